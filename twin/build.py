@@ -1,0 +1,128 @@
+"""Build the firmware for a platform, cached by the content hash of everything that goes into it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .platforms import Platform
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+
+COMMON_CFLAGS = (
+    "-O2", "-g", "-std=c11", "-ffreestanding", "-fno-common", "-ffunction-sections", "-fdata-sections",
+    "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
+)
+LDFLAGS = ("-nostdlib", "-nostartfiles", "-Wl,--gc-sections", "-Wl,--no-warn-rwx-segments")
+
+
+class BuildError(RuntimeError):
+    """The firmware (or a tool it needs) could not be built."""
+
+
+@dataclass(frozen=True)
+class Firmware:
+    platform: Platform
+    elf: Path
+    build_id: str
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("TWIN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tinyllm-twin")
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BuildError(f"{name} not found: install the Debian package {package} "
+                         f"(scripts/setup does it: sudo scripts/setup)")
+    return path
+
+
+def firmware_sources(platform: Platform) -> list[Path]:
+    board = FIRMWARE / "boards" / f"{platform.board}.c"
+    if not board.exists():
+        raise BuildError(f"platform {platform.id}: no board support file {board.relative_to(ROOT)} "
+                         f"for board family '{platform.board}'")
+    arch_dir = FIRMWARE / "boards" / "arch" / platform.arch
+    return sorted([
+        *(FIRMWARE / "runtime").glob("*.c"),
+        *(FIRMWARE / "app").glob("*.c"),
+        FIRMWARE / "boards" / "crt.c",
+        board,
+        *arch_dir.glob("*.c"),
+        *arch_dir.glob("*.S"),
+    ])
+
+
+def memory_script(platform: Platform) -> str:
+    f, m, r = platform.flash, platform.model, platform.ram
+    return (
+        f"/* generated from {platform.id}.yaml */\n"
+        "MEMORY\n{\n"
+        f"    FLASH (rx)  : ORIGIN = {f.origin:#x}, LENGTH = {f.size:#x}\n"
+        f"    MODEL (r)   : ORIGIN = {m.origin:#x}, LENGTH = {m.size:#x}\n"
+        f"    RAM   (rwx) : ORIGIN = {r.origin:#x}, LENGTH = {r.size:#x}\n"
+        "}\n"
+        f"STACK_SIZE = {platform.stack_size:#x};\n"
+    )
+
+
+def compile_flags(platform: Platform, build_id: str) -> list[str]:
+    defines = {
+        "BOARD_ID": f'"{platform.id}"',
+        "BOARD_CORE": f'"{platform.core}"',
+        "BOARD_CLOCK_HZ": f"{platform.clock_hz}u",
+        "BUILD_ID": f'"{build_id}"',
+        f"CYCLE_COUNTER_{platform.cycle_counter.upper()}": "1",
+        **{k: (f"{v:#x}u" if isinstance(v, int) else str(v)) for k, v in platform.defines.items()},
+    }
+    return [*platform.cflags, *COMMON_CFLAGS, *(f"-D{k}={v}" for k, v in defines.items()),
+            f"-I{FIRMWARE / 'boards'}", f"-I{FIRMWARE / 'runtime'}", f"-I{FIRMWARE / 'app'}"]
+
+
+def _content_key(platform: Platform, sources: list[Path], compiler: str) -> str:
+    h = hashlib.sha256()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    h.update(version.encode())
+    h.update(repr((platform.cflags, sorted(platform.defines.items()), platform.id, platform.core,
+                   platform.clock_hz, platform.cycle_counter, COMMON_CFLAGS, LDFLAGS)).encode())
+    h.update(memory_script(platform).encode())
+    for path in [*sources, FIRMWARE / "link.ld", *sorted(FIRMWARE.rglob("*.h"))]:
+        h.update(str(path.relative_to(FIRMWARE)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def build_firmware(platform: Platform, force: bool = False) -> Firmware:
+    """Compile and link the firmware for ``platform``; reuse the cached ELF when nothing changed."""
+    compiler = require_tool(platform.toolchain + "gcc", platform.toolchain_package)
+    sources = firmware_sources(platform)
+    key = _content_key(platform, sources, compiler)
+    build_id = key[:12]
+    out = cache_dir() / "firmware" / f"{platform.id}-{build_id}.elf"
+    if out.exists() and not force:
+        return Firmware(platform, out, build_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="twin-build-") as tmp:
+        (Path(tmp) / "memory.ld").write_text(memory_script(platform))
+        elf = Path(tmp) / "firmware.elf"
+        cmd = [compiler, *compile_flags(platform, build_id), *LDFLAGS,
+               f"-L{tmp}", "-T", str(FIRMWARE / "link.ld"), "-o", str(elf), *map(str, sources), "-lgcc"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"firmware build for {platform.id} failed:\n{proc.stderr.strip()}")
+        staging = out.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(elf, staging)
+        os.replace(staging, out)   # atomic: parallel builds of the same key never see half a file
+    return Firmware(platform, out, build_id)
