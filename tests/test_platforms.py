@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from twin.build import memory_script
+from twin.platforms import PLATFORM_DIR, PlatformError, all_platforms, get_platform, load_platform_file
+
+SPINE = ["mps2-an386", "mps2-an500", "mps2-an505", "riscv32-virt", "stm32f4-disco"]
+
+
+def test_every_platform_file_loads():
+    platforms = all_platforms()
+    assert set(SPINE) <= set(platforms)
+    for p in platforms.values():
+        assert p.flash.size > 0 and p.ram.size > p.stack_size
+        assert (Path(__file__).parent.parent / "firmware" / "boards" / f"{p.board}.c").exists()
+
+
+def test_regions_do_not_overlap():
+    for p in all_platforms().values():
+        regions = sorted([p.flash, p.model, p.ram], key=lambda r: r.origin)
+        for a, b in zip(regions, regions[1:]):
+            assert a.end <= b.origin, p.id
+
+
+def test_unknown_platform_lists_valid_ones():
+    with pytest.raises(PlatformError, match="valid platforms: .*mps2-an386"):
+        get_platform("nonexistent-board")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("clock_hz", "fast", "field 'clock_hz' must be int"),
+    ("arch", "xtensa", "field 'arch' must be one of"),
+    ("memory", None, "field 'memory' must be dict"),
+    ("id", "other", "field 'id' is 'other' but the file name says"),
+])
+def test_broken_file_names_the_field(tmp_path, field, value, message):
+    data = yaml.safe_load((PLATFORM_DIR / "mps2-an386.yaml").read_text())
+    data[field] = value
+    path = tmp_path / "mps2-an386.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PlatformError, match=message) as info:
+        load_platform_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_field_and_bad_yaml(tmp_path):
+    data = yaml.safe_load((PLATFORM_DIR / "riscv32-virt.yaml").read_text())
+    del data["memory"]["ram"]
+    path = tmp_path / "riscv32-virt.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PlatformError, match="missing field 'ram'"):
+        load_platform_file(path)
+    path.write_text("id: [unclosed")
+    with pytest.raises(PlatformError, match="not valid YAML"):
+        load_platform_file(path)
+
+
+def test_memory_script_follows_the_data():
+    p = get_platform("stm32f4-disco")
+    script = memory_script(p)
+    assert "ORIGIN = 0x8000000" in script and "ORIGIN = 0x8040000" in script
+    assert f"LENGTH = {p.ram.size:#x}" in script
