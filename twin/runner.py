@@ -1,0 +1,188 @@
+"""One profiling run end to end: build what is missing, start the emulator, talk to the firmware
+through pyserial, cut the plugin's counts at the firmware's phase markers, check the generated tokens
+against the host reference, and return one report."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import modelgen
+from .build import build_firmware, cache_dir
+from .image import read_image, write_image
+from .platforms import Platform, get_platform
+from .profile import SegmentProfile, analyze, build_plugin, parse_dump, plugin_args
+from .protocol import DeviceError, Phase, PhaseKind
+from .qemu import EmulatorError, QemuConfig, QemuProcess
+from .reference import QuantReference
+from .transport import Device, DeviceGone, DeviceTimeout
+
+DEFAULT_PROMPT = "Once upon a time"
+
+
+class RunError(RuntimeError):
+    """A run could not be completed; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    platform: str
+    model: str = "builtin"           # "builtin" or the path of a model image (.twlm)
+    bits: int = 4
+    group_size: int = 32
+    prompt: str = DEFAULT_PROMPT
+    tokens: int = 16
+    seed: int = 0
+    temperature: float = 0.0
+    topp: float = 0.9
+    timeout: float = 120.0           # wall-clock limit for the whole emulator run
+    reply_timeout: float = 30.0      # no byte from the firmware for this long = hung
+
+
+def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
+    """The model image to load (a file in the cache), its bytes, and the model's display name."""
+    if spec.model == "builtin":
+        data = write_image(modelgen.builtin_model(), bits=spec.bits, group_size=spec.group_size)
+        name = f"builtin-q{spec.bits}g{spec.group_size}"
+    else:
+        path = Path(spec.model)
+        if not path.is_file():
+            raise RunError(f"model file {path} not found: give a model image made by twin, or 'builtin'")
+        data = path.read_bytes()
+        read_image(data)             # raises ImageError with what is wrong before anything starts
+        name = path.name
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    out = cache_dir() / "images" / f"{digest}.twlm"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{time.time_ns()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    return out, data, name
+
+
+def _check_fits(platform: Platform, image: bytes) -> None:
+    if len(image) > platform.model.size:
+        raise RunError(f"the model image ({len(image)} bytes) is larger than {platform.id}'s model "
+                       f"partition ({platform.model.size} bytes): use fewer bits or a smaller model")
+
+
+def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
+    """Profile one generation on one emulated platform; returns the report (see ``twin run --json``)."""
+    started = time.perf_counter()
+    platform = get_platform(spec.platform)
+    if platform.emulator is None:
+        raise RunError(f"platform {platform.id} has no emulator model; run it on the board with `twin bench`")
+    firmware = build_firmware(platform)
+    plugin = build_plugin()
+    image_path, image, model_name = model_image(spec)
+    reference = QuantReference(read_image(image))
+    prompt_ids = modelgen.encode(spec.prompt)
+    seq_len = reference.config.seq_len
+    if len(prompt_ids) + spec.tokens > seq_len:
+        raise RunError(f"prompt ({len(prompt_ids)} tokens) + {spec.tokens} new tokens exceed the model's "
+                       f"context of {seq_len}: shorten the prompt or ask for fewer tokens")
+    expected = reference.generate(prompt_ids, spec.tokens, seed=spec.seed,
+                                  temperature=spec.temperature, topp=spec.topp)
+
+    with tempfile.TemporaryDirectory(prefix="twin-run-") as tmp:
+        dump_path = Path(tmp) / "profile.dump"
+        cfg = QemuConfig(elf=firmware.elf, image=image_path, timeout=spec.timeout,
+                         plugin_args=plugin_args(plugin, firmware.elf, dump_path))
+        with QemuProcess(platform, cfg) as qemu:
+            try:
+                with Device.from_url(qemu.url, reply_timeout=spec.reply_timeout,
+                                     deadline=qemu.remaining) as dev:
+                    boot_phases, info = dev.hello()
+                    if info.status != 0:
+                        raise DeviceError(info.status, request="model image check")
+                    phases, result = dev.run(prompt_ids, spec.tokens, seed=spec.seed,
+                                             temperature=spec.temperature, topp=spec.topp,
+                                             on_phase=on_phase)
+                    mem = dev.mem()
+                    dev.exit()
+            except (DeviceTimeout, DeviceGone) as exc:
+                qemu.kill()
+                raise EmulatorError(_emulator_failure(exc, qemu)) from None
+            status = qemu.wait_exit()
+            if status != 0:
+                raise EmulatorError(f"QEMU exited with status {status} after the run: {qemu.stderr()}")
+        segments = analyze(parse_dump(dump_path), firmware.elf, platform.arch)
+
+    all_phases = [*boot_phases, *phases]
+    expected_segments = 2 * len(all_phases) + 1
+    if len(segments) != expected_segments:
+        raise RunError(f"the profile has {len(segments)} segments but the firmware reported "
+                       f"{len(all_phases)} phases ({expected_segments} segments expected): "
+                       "the phase markers and the protocol disagree")
+    by_phase = {id(ph): segments[2 * i + 1] for i, ph in enumerate(all_phases)}
+    prefill = [by_phase[id(p)] for p in all_phases if p.kind == PhaseKind.PREFILL]
+    decode = [by_phase[id(p)] for p in all_phases if p.kind == PhaseKind.DECODE]
+    validate = [by_phase[id(p)] for p in all_phases if p.kind == PhaseKind.VALIDATE]
+    inference = prefill + decode
+    tokens = [p.token for p in phases if p.kind == PhaseKind.DECODE]
+    return {
+        "platform": platform.id,
+        "model": model_name,
+        "bits": spec.bits,
+        "prompt_tokens": prompt_ids,
+        "tokens": tokens,
+        "text": modelgen.decode(tokens),
+        "reference_tokens": expected,
+        "matches_reference": tokens == expected,
+        "instructions": {
+            "total": sum(s.total for s in inference),
+            "by_class": _sum_classes(inference),
+            "by_phase": {
+                "validate": sum(s.total for s in validate),
+                "prefill": sum(s.total for s in prefill),
+                "decode": [s.total for s in decode],
+            },
+        },
+        "functions": _top_functions(inference),
+        "cycles": {
+            "counter": platform.cycle_counter,
+            "prefill": sum(p.cycles for p in phases if p.kind == PhaseKind.PREFILL),
+            "decode": [p.cycles for p in phases if p.kind == PhaseKind.DECODE],
+        },
+        "memory": {
+            "flash_bytes": mem.flash_used,
+            "ram_static_bytes": mem.ram_static,
+            "stack_peak_bytes": max(mem.stack_peak, result.stack_peak),
+            "arena_bytes": mem.arena_used,
+            "model_image_bytes": len(image),
+            "ram_bytes": platform.ram.size,
+        },
+        "firmware": {"build_id": info.build_id, "elf": str(firmware.elf)},
+        "clock_hz": info.clock_hz,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _emulator_failure(exc: Exception, qemu: QemuProcess) -> str:
+    err = qemu.stderr()
+    detail = f" QEMU said: {err}" if err else ""
+    if isinstance(exc, DeviceTimeout):
+        return f"{exc}. The firmware is hung; QEMU was killed.{detail}"
+    return f"{exc}. The emulator stopped unexpectedly (crashed?).{detail}"
+
+
+def _sum_classes(segments: list[SegmentProfile]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in segments:
+        for k, v in s.by_class.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _top_functions(segments: list[SegmentProfile]) -> list[dict]:
+    totals: dict[str, int] = {}
+    for s in segments:
+        for k, v in s.by_function.items():
+            totals[k] = totals.get(k, 0) + v
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [{"name": k, "instructions": v} for k, v in ranked if v > 0]
