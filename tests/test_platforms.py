@@ -20,7 +20,7 @@ def test_every_platform_file_loads():
 def test_regions_do_not_overlap():
     for p in all_platforms().values():
         regions = sorted([p.flash, p.model, p.ram], key=lambda r: r.origin)
-        for a, b in zip(regions, regions[1:]):
+        for a, b in zip(regions, regions[1:], strict=False):
             assert a.end <= b.origin, p.id
 
 
