@@ -1,0 +1,67 @@
+/* Reference kernels of the tiny-LLM runtime (the truth the host reference mirrors).
+ *
+ * Freestanding: <stdint.h> and <stddef.h> only; no libc, no libm, no board names.
+ * Optimized per-ISA kernels may replace kernels_ref.c later; they must keep these
+ * signatures AND produce bit-identical results (see the numeric rules in model.h).
+ */
+#ifndef TWIN_KERNELS_H
+#define TWIN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A tensor of the model image, viewed in place (nothing is copied).
+ * bits 32: data is float32[rows][cols], scales is NULL.
+ * bits 8 : data is int8 q[rows][padded_cols], q in [-127,127].
+ * bits 4 : data is uint8[rows][padded_cols/2]; element 2j in the low nibble of byte j,
+ *          element 2j+1 in the high nibble; the nibble holds q+8, q in [-7,7].
+ * scales : float32[rows][padded_cols/group_size] (one per row and group).
+ * Value of an element: (float)q * scale. */
+typedef struct {
+    const void *data;
+    const float *scales;
+    uint32_t rows, cols, padded_cols;
+    uint16_t group_size;
+    uint8_t bits;
+    uint8_t scheme; /* 0 = symmetric, float32 scales */
+} tw_tensor;
+
+/* (probability, token) pair used by nucleus sampling. */
+typedef struct {
+    float prob;
+    int32_t index;
+} tw_probindex;
+
+/* --- math (IEEE binary32 basic operations only) --- */
+float tw_sqrtf(float x);                         /* correctly rounded (bitwise integer sqrt) */
+float tw_expf(float x);                          /* range reduction + degree-6 polynomial */
+void tw_sincosf(float x, float *s, float *c);    /* range reduction by pi/2 + polynomials */
+
+/* --- vector kernels --- */
+void rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps);
+void softmax(float *x, uint32_t n);
+void vec_add(float *x, const float *y, uint32_t n);
+void swiglu(float *a, const float *b, uint32_t n);
+void embed_row(float *out, const tw_tensor *emb, uint32_t row);
+void rope_table(float *cos_t, float *sin_t, const float *freq, uint32_t n_pairs, uint32_t pos);
+void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, const float *sin_t);
+void attention_head(float *out, float *att, const float *q, const float *key_cache,
+                    const float *value_cache, uint32_t kv_stride, uint32_t n_pos,
+                    uint32_t head_size, float scale);
+
+/* --- quantized matrix-vector product --- */
+void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t group_size);
+void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
+void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
+
+/* --- sampling --- */
+uint32_t rng_next(uint32_t *state);   /* xorshift32 */
+float rng_float(uint32_t *state);     /* uniform in [0, 1) with 24 bits */
+uint32_t argmax(const float *x, uint32_t n);
+uint32_t sample_logits(const float *logits, uint32_t n, float temperature, float topp,
+                       uint32_t *rng, float *probs, tw_probindex *scratch);
+
+/* --- checksums --- */
+uint32_t tw_crc32(uint32_t crc, const uint8_t *p, uint32_t n); /* zlib.crc32 (pass crc 0 first) */
+
+#endif

@@ -1,0 +1,361 @@
+/* Reference kernels: plain C, IEEE binary32 basic operations only (rules in model.h).
+ * twin/reference.py mirrors every function here step by step. */
+#include "kernels.h"
+
+typedef union {
+    float f;
+    uint32_t u;
+} f32bits;
+
+/* ---------------------------------------------------------------- math */
+
+/* Correctly rounded square root by a bitwise integer square root of the mantissa.
+ * Equal to IEEE sqrt for every input, so the host mirror is numpy's float32 sqrt. */
+float tw_sqrtf(float x) {
+    f32bits v = {x};
+    int32_t e = (int32_t)((v.u >> 23) & 0xFFu);
+    uint32_t man = v.u & 0x7FFFFFu;
+    if ((v.u & 0x7FFFFFFFu) == 0) return x;             /* +-0 */
+    if (e == 0xFF && (man != 0 || !(v.u >> 31))) return x; /* nan, +inf */
+    if (v.u >> 31) { v.u = 0x7FC00000u; return v.f; }   /* negative: nan */
+    if (e == 0) { /* subnormal: normalize */
+        e = 1;
+        while (!(man & 0x800000u)) { man <<= 1; e--; }
+    } else {
+        man |= 0x800000u;
+    }
+    int32_t ue = e - 127; /* x = man * 2^(ue - 23), man in [2^23, 2^24) */
+    if (ue & 1) { man <<= 1; ue -= 1; }
+    /* sqrt(x) = sqrt(man * 2^23) * 2^(ue/2 - 23); the integer root has 24 bits */
+    uint64_t op = (uint64_t)man << 23, res = 0, one = (uint64_t)1 << 48;
+    while (one > op) one >>= 2;
+    while (one) {
+        if (op >= res + one) { op -= res + one; res = (res >> 1) + one; }
+        else res >>= 1;
+        one >>= 2;
+    }
+    if (op > res) res++; /* remainder > root: round up (ties cannot happen) */
+    v.u = (uint32_t)((ue / 2 + 127) << 23) + ((uint32_t)res - 0x800000u);
+    return v.f;
+}
+
+#define LOG2E 0x1.715476p+0f
+#define LN2_HI 0x1.62e3p-1f  /* 17 significant bits: k * LN2_HI is exact */
+#define LN2_LO 0x1.2fefa2p-17f
+
+/* exp(x) = 2^k * exp(r), k = round(x / ln2), r = x - k ln2 (two-constant split),
+ * exp(r) by a degree-6 Taylor polynomial (|r| <= 0.35). */
+float tw_expf(float x) {
+    if (x < -80.0f) return 0.0f;               /* keeps every result normal */
+    if (x > 88.0f) { f32bits inf = {.u = 0x7F800000u}; return inf.f; }
+    float t = x * LOG2E;
+    int32_t k = (int32_t)(t + (t >= 0.0f ? 0.5f : -0.5f));
+    float kf = (float)k;
+    float r = (x - kf * LN2_HI) - kf * LN2_LO;
+    float p = 0x1.6c16c2p-10f;                 /* 1/720 */
+    p = 0x1.111112p-7f + r * p;                /* 1/120 */
+    p = 0x1.555556p-5f + r * p;                /* 1/24 */
+    p = 0x1.555556p-3f + r * p;                /* 1/6 */
+    p = 0.5f + r * p;
+    p = 1.0f + r * p;
+    p = 1.0f + r * p;
+    f32bits scale = {.u = (uint32_t)(k + 127) << 23};
+    return p * scale.f;
+}
+
+#define TWO_OVER_PI 0x1.45f306p-1f
+#define PIO2_HI 0x1.92p+0f     /* pi/2 in three parts; n * PIO2_HI and n * PIO2_MID exact */
+#define PIO2_MID 0x1.fb4p-12f  /* for |n| < 4096 */
+#define PIO2_LO 0x1.4442d2p-24f
+
+/* sin and cos: n = round(x * 2/pi), r = x - n pi/2 (Cody-Waite, three parts),
+ * Taylor polynomials on |r| <= pi/4, quadrant n & 3 picks and signs them.
+ * Accurate for |x| < 6000 (n * PIO2_HI exact); defined while n fits an int32. */
+void tw_sincosf(float x, float *s, float *c) {
+    float t = x * TWO_OVER_PI;
+    int32_t n = (int32_t)(t + (t >= 0.0f ? 0.5f : -0.5f));
+    float nf = (float)n;
+    float r = ((x - nf * PIO2_HI) - nf * PIO2_MID) - nf * PIO2_LO;
+    float r2 = r * r;
+    float ps = 0x1.71de3ap-19f;                /* 1/9! */
+    ps = -0x1.a01a02p-13f + r2 * ps;           /* -1/7! */
+    ps = 0x1.111112p-7f + r2 * ps;             /* 1/5! */
+    ps = -0x1.555556p-3f + r2 * ps;            /* -1/3! */
+    float sr = r + (r * r2) * ps;
+    float pc = 0x1.a01a02p-16f;                /* 1/8! */
+    pc = -0x1.6c16c2p-10f + r2 * pc;           /* -1/6! */
+    pc = 0x1.555556p-5f + r2 * pc;             /* 1/4! */
+    pc = -0.5f + r2 * pc;
+    float cr = 1.0f + r2 * pc;
+    switch ((uint32_t)n & 3u) {
+    case 0: *s = sr; *c = cr; break;
+    case 1: *s = cr; *c = -sr; break;
+    case 2: *s = -sr; *c = -cr; break;
+    default: *s = -cr; *c = sr; break;
+    }
+}
+
+/* ------------------------------------------------------- vector kernels */
+
+void rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps) {
+    float ss = 0.0f;
+    for (uint32_t j = 0; j < n; j++) ss = ss + x[j] * x[j];
+    ss = ss / (float)n;
+    ss = ss + eps;
+    float inv = 1.0f / tw_sqrtf(ss);
+    for (uint32_t j = 0; j < n; j++) out[j] = (x[j] * inv) * w[j];
+}
+
+/* In place: max-subtract, exp, sequential sum, multiply by 1/sum. */
+void softmax(float *x, uint32_t n) {
+    float max = x[0];
+    for (uint32_t i = 1; i < n; i++)
+        if (x[i] > max) max = x[i];
+    float sum = 0.0f;
+    for (uint32_t i = 0; i < n; i++) {
+        x[i] = tw_expf(x[i] - max);
+        sum = sum + x[i];
+    }
+    float inv = 1.0f / sum;
+    for (uint32_t i = 0; i < n; i++) x[i] = x[i] * inv;
+}
+
+void vec_add(float *x, const float *y, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) x[i] = x[i] + y[i];
+}
+
+/* a[i] = silu(a[i]) * b[i], silu(v) = v / (1 + exp(-v)). */
+void swiglu(float *a, const float *b, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) {
+        float v = a[i];
+        a[i] = (v / (1.0f + tw_expf(-v))) * b[i];
+    }
+}
+
+/* One row of a quantized matrix, dequantized: (float)q * scale. */
+void embed_row(float *out, const tw_tensor *emb, uint32_t row) {
+    uint32_t g = emb->group_size, ng = emb->padded_cols / g;
+    const float *sc = emb->scales + row * ng;
+    if (emb->bits == 8) {
+        const int8_t *q = (const int8_t *)emb->data + row * emb->padded_cols;
+        for (uint32_t j = 0; j < emb->cols; j++) out[j] = (float)q[j] * sc[j / g];
+    } else {
+        const uint8_t *q = (const uint8_t *)emb->data + row * (emb->padded_cols / 2);
+        for (uint32_t j = 0; j < emb->cols; j++) {
+            int32_t nib = (j & 1) ? (q[j / 2] >> 4) : (q[j / 2] & 15);
+            out[j] = (float)(nib - 8) * sc[j / g];
+        }
+    }
+}
+
+/* cos/sin of pos * freq[i] for each rotation pair i. */
+void rope_table(float *cos_t, float *sin_t, const float *freq, uint32_t n_pairs, uint32_t pos) {
+    float p = (float)pos;
+    for (uint32_t i = 0; i < n_pairs; i++) tw_sincosf(p * freq[i], &sin_t[i], &cos_t[i]);
+}
+
+/* Rotate pairs (2i, 2i+1) of every head of v (n values, heads of head_size). */
+void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, const float *sin_t) {
+    for (uint32_t j = 0; j < n; j += 2) {
+        uint32_t i = (j % head_size) / 2;
+        float v0 = v[j], v1 = v[j + 1];
+        v[j] = v0 * cos_t[i] - v1 * sin_t[i];
+        v[j + 1] = v0 * sin_t[i] + v1 * cos_t[i];
+    }
+}
+
+/* One attention head over positions 0..n_pos-1. key_cache/value_cache point at this
+ * head's first element at position 0; consecutive positions are kv_stride floats apart. */
+void attention_head(float *out, float *att, const float *q, const float *key_cache,
+                    const float *value_cache, uint32_t kv_stride, uint32_t n_pos,
+                    uint32_t head_size, float scale) {
+    for (uint32_t t = 0; t < n_pos; t++) {
+        const float *k = key_cache + t * kv_stride;
+        float score = 0.0f;
+        for (uint32_t i = 0; i < head_size; i++) score = score + q[i] * k[i];
+        att[t] = score * scale;
+    }
+    softmax(att, n_pos);
+    for (uint32_t i = 0; i < head_size; i++) out[i] = 0.0f;
+    for (uint32_t t = 0; t < n_pos; t++) {
+        const float *v = value_cache + t * kv_stride;
+        float a = att[t];
+        for (uint32_t i = 0; i < head_size; i++) out[i] = out[i] + a * v[i];
+    }
+}
+
+/* ---------------------------------------------- quantized matrix-vector */
+
+/* x (n values) -> int8 per group: scale = maxabs / 127, q = round(x / scale) in [-127, 127]
+ * (q = 0 when scale is 0).
+ * The padding up to a multiple of group_size is zero. */
+void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t group_size) {
+    uint32_t ng = (n + group_size - 1) / group_size;
+    for (uint32_t g = 0; g < ng; g++) {
+        uint32_t lo = g * group_size, hi = lo + group_size < n ? lo + group_size : n;
+        float maxabs = 0.0f;
+        for (uint32_t j = lo; j < hi; j++) {
+            float a = x[j] < 0.0f ? -x[j] : x[j];
+            if (a > maxabs) maxabs = a;
+        }
+        float scale = maxabs / 127.0f;
+        xs[g] = scale;
+        for (uint32_t j = lo; j < lo + group_size; j++) {
+            int32_t q = 0;
+            if (j < hi && scale != 0.0f) {
+                float v = x[j] / scale; /* |v| <= 127 (+ rounding): no overflow, no nan */
+                q = (int32_t)(v + (v >= 0.0f ? 0.5f : -0.5f));
+                q = q > 127 ? 127 : (q < -127 ? -127 : q);
+            }
+            xq[j] = (int8_t)q;
+        }
+    }
+}
+
+/* out[r] = sum over groups g (sequential) of ((float)dot_int(w[r,g], xq[g]) * wscale) * xscale */
+void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
+    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
+    for (uint32_t r = 0; r < w->rows; r++) {
+        const int8_t *row = (const int8_t *)w->data + r * w->padded_cols;
+        const float *sc = w->scales + r * ng;
+        float acc = 0.0f;
+        for (uint32_t g = 0; g < ng; g++) {
+            int32_t isum = 0;
+            for (uint32_t j = g * gs; j < (g + 1) * gs; j++) isum += (int32_t)row[j] * xq[j];
+            acc = acc + ((float)isum * sc[g]) * xs[g];
+        }
+        out[r] = acc;
+    }
+}
+
+void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
+    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
+    for (uint32_t r = 0; r < w->rows; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + r * (w->padded_cols / 2);
+        const float *sc = w->scales + r * ng;
+        float acc = 0.0f;
+        for (uint32_t g = 0; g < ng; g++) {
+            int32_t isum = 0;
+            for (uint32_t j = g * gs; j < (g + 1) * gs; j += 2) {
+                uint8_t b = row[j / 2];
+                isum += ((int32_t)(b & 15) - 8) * xq[j] + ((int32_t)(b >> 4) - 8) * xq[j + 1];
+            }
+            acc = acc + ((float)isum * sc[g]) * xs[g];
+        }
+        out[r] = acc;
+    }
+}
+
+/* ------------------------------------------------------------- sampling */
+
+/* xorshift32 (Marsaglia): x ^= x << 13; x ^= x >> 17; x ^= x << 5. */
+uint32_t rng_next(uint32_t *state) {
+    uint32_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *state = x;
+    return x;
+}
+
+float rng_float(uint32_t *state) {
+    return (float)(rng_next(state) >> 8) * 0x1p-24f;
+}
+
+uint32_t argmax(const float *x, uint32_t n) {
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Total order of the nucleus sort: higher probability first, lower index on ties. */
+static int before(const tw_probindex *a, const tw_probindex *b) {
+    return a->prob > b->prob || (a->prob == b->prob && a->index < b->index);
+}
+
+static void sift_down(tw_probindex *h, uint32_t root, uint32_t n) {
+    for (;;) {
+        uint32_t child = 2 * root + 1;
+        if (child >= n) return;
+        /* max-heap on "after": the root is the element that sorts last */
+        if (child + 1 < n && before(&h[child], &h[child + 1])) child++;
+        if (!before(&h[root], &h[child])) return;
+        tw_probindex t = h[root];
+        h[root] = h[child];
+        h[child] = t;
+        root = child;
+    }
+}
+
+static void heap_sort(tw_probindex *a, uint32_t n) {
+    for (uint32_t i = n / 2; i-- > 0;) sift_down(a, i, n);
+    for (uint32_t end = n; end > 1; end--) {
+        tw_probindex t = a[0];
+        a[0] = a[end - 1];
+        a[end - 1] = t;
+        sift_down(a, 0, end - 1);
+    }
+}
+
+/* temperature 0: argmax. Otherwise p = softmax(logits / temperature); r = rng_float();
+ * without top-p pick the first i with r < cumsum(p)[i]; with 0 < topp < 1 keep the tokens with
+ * p >= (1 - topp) / (n - 1), sort them, cut after the first prefix whose sum exceeds topp and
+ * pick the first i of the prefix with r * prefix_sum < cumsum. */
+uint32_t sample_logits(const float *logits, uint32_t n, float temperature, float topp,
+                       uint32_t *rng, float *probs, tw_probindex *scratch) {
+    if (temperature == 0.0f || n == 1) return argmax(logits, n);
+    for (uint32_t i = 0; i < n; i++) probs[i] = logits[i] / temperature;
+    softmax(probs, n);
+    float r = rng_float(rng);
+    if (!(topp > 0.0f && topp < 1.0f)) {
+        float cdf = 0.0f;
+        for (uint32_t i = 0; i < n; i++) {
+            cdf = cdf + probs[i];
+            if (r < cdf) return i;
+        }
+        return n - 1;
+    }
+    float cutoff = (1.0f - topp) / (float)(n - 1);
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (probs[i] >= cutoff) {
+            scratch[m].prob = probs[i];
+            scratch[m].index = (int32_t)i;
+            m++;
+        }
+    }
+    if (m == 0) return argmax(probs, n);
+    heap_sort(scratch, m);
+    float cum = 0.0f;
+    uint32_t last = m - 1;
+    for (uint32_t i = 0; i < m; i++) {
+        cum = cum + scratch[i].prob;
+        if (cum > topp) { last = i; break; }
+    }
+    float rr = r * cum;
+    float cdf = 0.0f;
+    for (uint32_t i = 0; i <= last; i++) {
+        cdf = cdf + scratch[i].prob;
+        if (rr < cdf) return (uint32_t)scratch[i].index;
+    }
+    return (uint32_t)scratch[last].index;
+}
+
+/* ------------------------------------------------------------ checksums */
+
+/* CRC-32 (IEEE, reflected 0xEDB88320), one nibble at a time with a 16-entry table. */
+uint32_t tw_crc32(uint32_t crc, const uint8_t *p, uint32_t n) {
+    static const uint32_t table[16] = {
+        0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu, 0x76DC4190u, 0x6B6B51F4u,
+        0x4DB26158u, 0x5005713Cu, 0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu,
+        0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu,
+    };
+    crc = ~crc;
+    for (uint32_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        crc = (crc >> 4) ^ table[crc & 15u];
+        crc = (crc >> 4) ^ table[crc & 15u];
+    }
+    return ~crc;
+}

@@ -1,0 +1,210 @@
+"""The C runtime, compiled natively, against the Python reference: bit-exact tokens, logits and
+math; image validation codes; warning-free cross-compilation for the MCU targets."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twin import image as im
+from twin.modelgen import builtin_model, encode
+from twin.reference import QuantReference, tw_expf, tw_sincosf, tw_sqrtf
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = ROOT / "firmware" / "runtime"
+SOURCES = sorted(RUNTIME.glob("*.c"))
+WARN = ["-Wall", "-Wextra", "-Wdouble-promotion", "-std=c11"]
+CROSS = {
+    "cortex-m4": ["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
+    "rv32imac": ["riscv64-unknown-elf-gcc", "-march=rv32imac_zicsr", "-mabi=ilp32"],
+}
+PROMPT = encode("Once upon")
+
+
+def f32_hex(v: float) -> str:
+    return f"{int(np.float32(v).view(np.uint32)):08x}"
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not shutil.which("gcc"):
+        pytest.skip("host gcc not installed")
+    exe = tmp_path_factory.mktemp("native") / "driver"
+    cmd = ["gcc", "-O2", "-ffp-contract=off", "-fno-fast-math", *WARN, f"-I{RUNTIME}",
+           str(ROOT / "tests" / "native" / "driver.c"), *map(str, SOURCES), "-o", str(exe)]
+    subprocess.run(cmd, check=True)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], Path]:
+    d = tmp_path_factory.mktemp("images")
+    out = {}
+    for bits in (4, 8):
+        for group in (32, 64):
+            p = d / f"model_q{bits}_g{group}.bin"
+            p.write_bytes(im.write_image(builtin_model(), bits, group))
+            out[(bits, group)] = p
+    return out
+
+
+def run(driver: Path, *args: object, stdin: str | None = None) -> str:
+    r = subprocess.run([str(driver), *map(str, args)], capture_output=True, text=True, input=stdin, check=True)
+    return r.stdout
+
+
+# ------------------------------------------------------------ bit exactness
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64])
+@pytest.mark.parametrize("temperature,topp,seed", [(0.0, 0.9, 0), (0.8, 0.9, 1234), (1.0, 1.0, 7)])
+def test_generation_matches_reference(driver, images, bits, group, temperature, topp, seed):
+    path = images[(bits, group)]
+    n = 30
+    expected = QuantReference(path.read_bytes()).generate(PROMPT, n, seed=seed, temperature=temperature, topp=topp)
+    got = run(driver, "gen", path, n, seed, f32_hex(temperature), f32_hex(topp), *PROMPT).split()
+    assert [int(t) for t in got] == expected
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_logits_bit_exact(driver, images, bits):
+    path = images[(bits, 32)]
+    tokens = PROMPT + [100, 7, 300]
+    ref = QuantReference(path.read_bytes())
+    lines = run(driver, "logits", path, *tokens).splitlines()
+    assert len(lines) == len(tokens)
+    for pos, (tok, line) in enumerate(zip(tokens, lines, strict=True)):
+        c_bits = np.array([int(h, 16) for h in line.split()], dtype=np.uint32)
+        py_bits = ref.forward(tok, pos).view(np.uint32)
+        assert np.array_equal(c_bits, py_bits), f"logits differ at position {pos}"
+
+
+def test_math_bit_exact(driver):
+    rng = np.random.default_rng(1)
+    xs = np.concatenate([
+        rng.uniform(-100, 100, 4000), rng.uniform(-1, 1, 2000), rng.uniform(0, 5000, 2000),
+        rng.uniform(-5000, 0, 500), rng.uniform(-20000, 20000, 500), np.exp(rng.uniform(-80, 80, 2000)),
+        [0.0, -0.0, 1.0, 2.0, 4.0, -80.0, -80.001, 88.0, 88.001, 1e-40, 3.4e38],
+    ]).astype(np.float32)
+    out = run(driver, "math", stdin="".join(f"{int(v):08x}\n" for v in xs.view(np.uint32)))
+    got = np.array([[int(h, 16) for h in line.split()] for line in out.splitlines()], dtype=np.uint32)
+    s, c = tw_sincosf(xs)
+    assert np.array_equal(got[:, 0], tw_expf(xs).view(np.uint32))
+    pos = xs >= 0
+    assert np.array_equal(got[pos, 1], tw_sqrtf(xs[pos]).view(np.uint32))
+    rope_range = np.abs(xs) < 20000  # sin/cos are defined for RoPE angles (pos * freq < seq_len)
+    assert np.array_equal(got[rope_range, 2], s[rope_range].view(np.uint32))
+    assert np.array_equal(got[rope_range, 3], c[rope_range].view(np.uint32))
+
+
+# ------------------------------------------------------------- validation
+
+
+def open_status(driver: Path, tmp_path: Path, data: bytes, partition: int | None = None,
+                arena: int = 1 << 20) -> dict[str, str]:
+    p = tmp_path / "img.bin"
+    p.write_bytes(data)
+    fields = run(driver, "open", p, partition or len(data), arena).split()
+    return dict(zip(fields[0::2], fields[1::2], strict=False))
+
+
+def patched(data: bytes, offset: int, fmt: str, value: int, crc: bool = True) -> bytes:
+    b = bytearray(data)
+    struct.pack_into(fmt, b, offset, value)
+    return im.fix_crc(bytes(b)) if crc else bytes(b)
+
+
+def entry_offset(data: bytes, kind: im.Kind, layer: int = 0) -> int:
+    n = struct.unpack_from("<I", data, 72)[0]
+    for i in range(n):
+        off = im.HEADER_SIZE + i * im.ENTRY.size
+        if data[off] == kind and struct.unpack_from("<H", data, off + 4)[0] == layer:
+            return off
+    raise KeyError(kind)
+
+
+def test_open_ok_reports_image_and_arena(driver, images, tmp_path):
+    data = images[(8, 32)].read_bytes()
+    st = open_status(driver, tmp_path, data)
+    assert st["status"] == "0"
+    assert int(st["crc"], 16) == im.read_image(data).crc
+    assert int(st["size"]) == len(data)
+    assert st["name"] == builtin_model().config.name
+    needed = int(st["needed"])
+    assert int(st["used"]) == needed
+    kv_cache = 2 * 5 * 64 * 32 * 4
+    assert kv_cache < needed < kv_cache + 16 * 1024
+    assert open_status(driver, tmp_path, data, arena=needed)["status"] == "0"
+    no_ram = open_status(driver, tmp_path, data, arena=needed - 1)
+    assert no_ram["status"] == str(im.E_NO_RAM) and int(no_ram["needed"]) == needed
+
+
+def corruptions(data: bytes) -> dict[str, tuple[int, bytes, int | None]]:
+    wq = entry_offset(data, im.Kind.WQ, 2)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    return {
+        "bad magic": (im.E_BAD_MAGIC, patched(data, 0, "<I", 0x12345678, crc=False), None),
+        "empty partition": (im.E_BAD_MAGIC, data, 8),
+        "version": (im.E_VERSION, patched(data, 4, "<H", 2, crc=False), None),
+        "partition too small": (im.E_TOO_LARGE, data, len(data) - 4),
+        "total size absurd": (im.E_TOO_LARGE, patched(data, 8, "<I", 0xFFFFFFF0, crc=False), None),
+        "crc": (im.E_CRC, bytes(flipped), None),
+        "shape": (im.E_CORRUPT, patched(data, wq + 8, "<I", 63), None),
+        "data offset out of range": (im.E_CORRUPT, patched(data, wq + 16, "<I", len(data) - 4), None),
+        "data size": (im.E_CORRUPT, patched(data, wq + 20, "<I", 64 * 64 - 4), None),
+        "missing tensor": (im.E_CORRUPT, patched(data, 72, "<I", 9 * 5 + 2), None),
+        "duplicate tensor": (im.E_CORRUPT, patched(data, wq + 4, "<H", 1), None),
+        "header dims": (im.E_CORRUPT, patched(data, 32, "<I", 7), None),
+        "arch": (im.E_ARCH, patched(data, 16, "<I", 2), None),
+        "bits": (im.E_QUANT, patched(data, wq + 1, "<B", 3), None),
+        "group size": (im.E_QUANT, patched(data, wq + 6, "<H", 16), None),
+        "scheme": (im.E_QUANT, patched(data, wq + 2, "<B", 1), None),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "bad magic", "empty partition", "version", "partition too small", "total size absurd", "crc", "shape",
+    "data offset out of range", "data size", "missing tensor", "duplicate tensor", "header dims", "arch",
+    "bits", "group size", "scheme"])
+def test_open_error_codes(driver, images, tmp_path, case):
+    data = images[(8, 32)].read_bytes()
+    code, bad, partition = corruptions(data)[case]
+    assert open_status(driver, tmp_path, bad, partition)["status"] == str(code)
+    with pytest.raises(im.ImageError) as e:
+        im.read_image(bad, partition)
+    assert e.value.code == code
+
+
+# ------------------------------------------------------ cross-compilation
+
+
+@pytest.mark.parametrize("target", list(CROSS))
+def test_cross_compiles_without_warnings(target, tmp_path):
+    cc, *flags = CROSS[target]
+    if not shutil.which(cc):
+        pytest.skip(f"{cc} not installed")
+    nm = cc.replace("gcc", "nm")
+    for src in SOURCES:
+        obj = tmp_path / (src.stem + ".o")
+        r = subprocess.run([cc, *flags, "-O2", "-ffp-contract=off", "-ffreestanding", *WARN,
+                            "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        undefined = subprocess.run([nm, "-u", str(obj)], capture_output=True, text=True, check=True).stdout.split()
+        for sym in undefined:  # our kernels, libgcc helpers (__*), and what gcc emits itself
+            if sym == "U" or sym.startswith("__") or sym in {"memset", "memcpy", "memmove"}:
+                continue
+            assert sym in KERNEL_SYMBOLS, f"{src.name} references {sym} (no libc/libm allowed)"
+
+
+KERNEL_SYMBOLS = {
+    "tw_sqrtf", "tw_expf", "tw_sincosf", "rmsnorm", "softmax", "vec_add", "swiglu", "embed_row",
+    "rope_table", "rope_rotate", "attention_head", "quantize_act", "matvec_q8", "matvec_q4", "rng_next",
+    "rng_float", "argmax", "sample_logits", "tw_crc32",
+}
