@@ -141,8 +141,23 @@ class Device:
     # ------------------------------------------------------------------ requests
 
     def hello(self, *, deadline: float | None = None) -> tuple[list[Phase], Info]:
-        """HELLO: returns the boot-time PHASE record(s) (image validation; only in reply to the
-        first HELLO after boot) and the INFO reply."""
+        """HELLO: returns the boot-time PHASE record (image validation) and the INFO reply.
+
+        A device that has just been started (or reset) may drop bytes until its UART is set up, so
+        HELLO is repeated with growing pauses until the device answers or the inactivity time-out
+        (``timeout``) or the request deadline runs out."""
+        limit = min(self.timeout, self.deadline if deadline is None else deadline)
+        start, pause = time.monotonic(), 0.2
+        while True:
+            left = limit - (time.monotonic() - start)
+            try:
+                return self._hello_once(min(pause, left) if pause < left else None)
+            except DeviceTimeout:
+                if pause >= left:
+                    raise
+            pause = min(2 * pause, 2.0)
+
+    def _hello_once(self, deadline: float | None) -> tuple[list[Phase], Info]:
         seq = self._send(Hello(), "HELLO")
         phases: list[Phase] = []
         for msg in self._replies(seq, "HELLO", deadline):
