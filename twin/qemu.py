@@ -24,7 +24,7 @@ class QemuConfig:
     """What to run: firmware ELF, model image (loaded at the platform's model address), plugin."""
     elf: Path
     image: Path | None = None
-    plugin_args: str | None = None     # the value of -plugin (path.so,arg=…,arg=…), or None
+    extra_args: tuple[str, ...] = ()   # e.g. the profiling plugin's ("-plugin", "path.so,out=…")
     timeout: float = 120.0             # wall-clock limit for the whole run
 
 
@@ -57,9 +57,7 @@ def qemu_command(platform: Platform, cfg: QemuConfig, port: int) -> list[str]:
             cmd += ["-serial", role]
     if cfg.image is not None:
         cmd += ["-device", f"loader,file={cfg.image},addr={platform.model.origin:#x},force-raw=on"]
-    if cfg.plugin_args:
-        cmd += ["-plugin", cfg.plugin_args]
-    return cmd
+    return cmd + list(cfg.extra_args)
 
 
 class QemuProcess:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from . import modelgen
 from .build import build_firmware, cache_dir
 from .image import read_image, write_image
 from .platforms import Platform, get_platform
-from .profile import SegmentProfile, analyze, build_plugin, parse_dump, plugin_args
-from .protocol import DeviceError, Phase, PhaseKind
+from .profile import SegmentProfile, analyze, parse_dump, plugin_args
+from .protocol import DeviceError, Info, Phase, PhaseKind
 from .qemu import EmulatorError, QemuConfig, QemuProcess
 from .reference import QuantReference
 from .transport import Device, DeviceGone, DeviceTimeout
@@ -71,6 +72,36 @@ def _check_fits(platform: Platform, image: bytes) -> None:
                        f"partition ({platform.model.size} bytes): use fewer bits or a smaller model")
 
 
+@dataclass
+class Session:
+    """A running emulator with its firmware, and the device it exposes (already said HELLO)."""
+    qemu: QemuProcess
+    device: Device
+    boot_phases: list[Phase]
+    info: Info
+
+
+@contextmanager
+def emulator_session(platform: Platform, elf: Path, image: Path | None, *, extra_args: tuple[str, ...] = (),
+                     timeout: float = 120.0, reply_timeout: float = 30.0) -> Iterator[Session]:
+    """Start QEMU with ``elf`` (and the model ``image`` at the model address), open its UART through
+    pyserial and say HELLO. On leaving, the firmware is told to EXIT and QEMU must end by itself.
+    A firmware that stops answering, or an emulator that dies, becomes an EmulatorError that says so."""
+    cfg = QemuConfig(elf=elf, image=image, timeout=timeout, extra_args=extra_args)
+    with QemuProcess(platform, cfg) as qemu:
+        try:
+            with Device.from_url(qemu.url, timeout=reply_timeout, deadline=qemu.remaining()) as dev:
+                boot_phases, info = dev.hello()
+                yield Session(qemu, dev, boot_phases, info)
+                dev.exit()
+        except (DeviceTimeout, DeviceGone) as exc:
+            qemu.kill()
+            raise EmulatorError(_emulator_failure(exc, qemu)) from None
+        status = qemu.wait_exit()
+        if status != 0:
+            raise EmulatorError(f"QEMU exited with status {status} after the run: {qemu.stderr()}")
+
+
 def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     """Profile one generation on one emulated platform; returns the report (see ``twin run --json``)."""
     started = time.perf_counter()
@@ -78,8 +109,8 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     if platform.emulator is None:
         raise RunError(f"platform {platform.id} has no emulator model; run it on the board with `twin bench`")
     firmware = build_firmware(platform)
-    plugin = build_plugin()
     image_path, image, model_name = model_image(spec)
+    _check_fits(platform, image)
     reference = QuantReference(read_image(image))
     prompt_ids = modelgen.encode(spec.prompt)
     seq_len = reference.config.seq_len
@@ -91,38 +122,25 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="twin-run-") as tmp:
         dump_path = Path(tmp) / "profile.dump"
-        cfg = QemuConfig(elf=firmware.elf, image=image_path, timeout=spec.timeout,
-                         plugin_args=plugin_args(plugin, firmware.elf, dump_path))
-        with QemuProcess(platform, cfg) as qemu:
-            try:
-                with Device.from_url(qemu.url, reply_timeout=spec.reply_timeout,
-                                     deadline=qemu.remaining) as dev:
-                    boot_phases, info = dev.hello()
-                    if info.status != 0:
-                        raise DeviceError(info.status, request="model image check")
-                    phases, result = dev.run(prompt_ids, spec.tokens, seed=spec.seed,
-                                             temperature=spec.temperature, topp=spec.topp,
-                                             on_phase=on_phase)
-                    mem = dev.mem()
-                    dev.exit()
-            except (DeviceTimeout, DeviceGone) as exc:
-                qemu.kill()
-                raise EmulatorError(_emulator_failure(exc, qemu)) from None
-            status = qemu.wait_exit()
-            if status != 0:
-                raise EmulatorError(f"QEMU exited with status {status} after the run: {qemu.stderr()}")
+        with emulator_session(platform, firmware.elf, image_path, timeout=spec.timeout,
+                              reply_timeout=spec.reply_timeout,
+                              extra_args=tuple(plugin_args(firmware.elf, dump_path))) as s:
+            if s.info.status != 0:
+                raise DeviceError(s.info.status, request="model image check")
+            phases, result = s.device.run(prompt_ids, spec.tokens, seed=spec.seed,
+                                          temperature=spec.temperature, topp=spec.topp, on_phase=on_phase)
+            mem = s.device.mem()
         segments = analyze(parse_dump(dump_path), firmware.elf, platform.arch)
+    info = s.info
 
-    all_phases = [*boot_phases, *phases]
+    all_phases = [*s.boot_phases, *phases]
     expected_segments = 2 * len(all_phases) + 1
     if len(segments) != expected_segments:
         raise RunError(f"the profile has {len(segments)} segments but the firmware reported "
                        f"{len(all_phases)} phases ({expected_segments} segments expected): "
                        "the phase markers and the protocol disagree")
-    by_phase = {id(ph): segments[2 * i + 1] for i, ph in enumerate(all_phases)}
-    prefill = [by_phase[id(p)] for p in all_phases if p.kind == PhaseKind.PREFILL]
-    decode = [by_phase[id(p)] for p in all_phases if p.kind == PhaseKind.DECODE]
-    validate = [by_phase[id(p)] for p in all_phases if p.kind == PhaseKind.VALIDATE]
+    of_kind = {k: [segments[2 * i + 1] for i, ph in enumerate(all_phases) if ph.kind == k] for k in PhaseKind}
+    prefill, decode = of_kind[PhaseKind.PREFILL], of_kind[PhaseKind.DECODE]
     inference = prefill + decode
     tokens = [p.token for p in phases if p.kind == PhaseKind.DECODE]
     return {
@@ -138,7 +156,7 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
             "total": sum(s.total for s in inference),
             "by_class": _sum_classes(inference),
             "by_phase": {
-                "validate": sum(s.total for s in validate),
+                "validate": sum(s.total for s in of_kind[PhaseKind.VALIDATE]),
                 "prefill": sum(s.total for s in prefill),
                 "decode": [s.total for s in decode],
             },

@@ -1,0 +1,22 @@
+import shutil
+
+import pytest
+
+
+def _missing_emulator_tools() -> str | None:
+    for tool, package in [("qemu-system-arm", "qemu-system-arm"), ("qemu-system-riscv32", "qemu-system-misc"),
+                          ("arm-none-eabi-gcc", "gcc-arm-none-eabi"),
+                          ("riscv64-unknown-elf-gcc", "gcc-riscv64-unknown-elf")]:
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (Debian package {package}; run scripts/setup)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _missing_emulator_tools()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "qemu" in item.keywords:
+            item.add_marker(skip)
