@@ -1,0 +1,74 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from twin.build import BuildError, require_tool
+from twin.cli import main
+from twin.platforms import Emulator, get_platform
+from twin.qemu import EmulatorError, qemu_binary
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_platforms_lists_every_spine_platform():
+    r = invoke("platforms", "--json")
+    assert r.exit_code == 0
+    rows = {row["id"]: row for row in json.loads(r.output)}
+    assert rows["stm32f4-disco"]["emulator"] == "qemu:netduinoplus2"
+    assert rows["riscv32-virt"]["core"] == "rv32imac"
+    text = invoke("platforms").output
+    assert "mps2-an505" in text and "cortex-m33" in text
+
+
+def test_unknown_platform_is_one_line_listing_valid_ones():
+    r = invoke("run", "--platform", "esp32-s9")
+    assert r.exit_code != 0
+    line = r.output.strip()
+    assert "\n" not in line
+    assert "unknown platform 'esp32-s9'" in line and "mps2-an386" in line
+
+
+def test_missing_tools_name_their_package():
+    with pytest.raises(BuildError, match="install the Debian package gcc-arm-none-eabi"):
+        require_tool("arm-none-eabi-gcc-not-here", "gcc-arm-none-eabi")
+    from dataclasses import replace
+    p = get_platform("riscv32-virt")
+    p = replace(p, emulator=Emulator("qemu", "qemu-system-riscv32-missing", "qemu-system-misc", "virt", ("uart",)))
+    with pytest.raises(EmulatorError, match="install the Debian package qemu-system-misc"):
+        qemu_binary(p)
+
+
+def test_model_file_errors_are_clear(tmp_path):
+    bad = tmp_path / "model.twlm"
+    bad.write_bytes(b"not a model image at all")
+    r = invoke("run", "--platform", "mps2-an386", "--model", str(bad))
+    assert r.exit_code != 0 and "magic" in r.output.lower()
+    r = invoke("run", "--platform", "mps2-an386", "--model", str(tmp_path / "missing.twlm"))
+    assert r.exit_code != 0 and "not found" in r.output
+
+
+@pytest.mark.qemu
+def test_run_json_contract():
+    r = invoke("run", "--platform", "riscv32-virt", "--tokens", "5", "--bits", "8", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert isinstance(out["platform"], str) and isinstance(out["model"], str)
+    assert isinstance(out["tokens"], list) and all(isinstance(t, int) for t in out["tokens"])
+    assert out["matches_reference"] is True
+    ins = out["instructions"]
+    assert isinstance(ins["total"], int) and isinstance(ins["by_class"], dict)
+    assert {"alu", "load", "store", "mul", "div", "branch", "fp", "simd", "other"} <= set(ins["by_class"])
+    assert isinstance(ins["by_phase"]["prefill"], int) and len(ins["by_phase"]["decode"]) == 5
+    assert all({"name", "instructions"} <= set(f) for f in out["functions"])
+    assert {"flash_bytes", "ram_static_bytes", "stack_peak_bytes"} <= set(out["memory"])
+    assert isinstance(out["wall_seconds"], float)
+
+
+@pytest.mark.qemu
+def test_run_human_output():
+    r = invoke("run", "--platform", "mps2-an386", "--tokens", "3", "--prompt", "The cat")
+    assert r.exit_code == 0, r.output
+    assert "matches the host reference" in r.output and "top functions" in r.output
