@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from .platforms import PlatformError, all_platforms, get_platform
+
+if TYPE_CHECKING:
+    from .runner import RunSpec
 
 
 class TwinCliError(click.ClickException):
@@ -75,6 +79,128 @@ def build(platform_ids: tuple[str, ...], build_all: bool, quiet: bool) -> None:
             click.echo(f"{'plugin':<16} {plugin}")
     except (PlatformError, BuildError, ProfileError) as exc:
         raise _fail(exc) from None
+
+
+def _run_errors() -> tuple[type[Exception], ...]:
+    from .build import BuildError
+    from .image import ImageError
+    from .profile import ProfileError
+    from .protocol import DeviceError, ProtocolError
+    from .qemu import EmulatorError
+    from .runner import RunError
+    from .transport import DeviceGone, DeviceTimeout
+
+    return (PlatformError, BuildError, ImageError, ProfileError, DeviceError, ProtocolError, EmulatorError,
+            RunError, DeviceGone, DeviceTimeout)
+
+
+def _print_report(r: dict) -> None:
+    ins = r["instructions"]
+    decode = ins["by_phase"]["decode"]
+    verdict = "matches the host reference" if r["matches_reference"] else (
+        f"DIFFERS from the host reference {r['reference_tokens']}")
+    click.echo(f"{r['platform']} · {r['model']} · {len(r['tokens'])} tokens · {verdict}")
+    click.echo(f"  text        {r['text']!r}")
+    click.echo(f"  tokens      {r['tokens']}")
+    per_token = sum(decode) / len(decode) if decode else 0
+    click.echo(f"  instructions {ins['total']:,} (prefill {ins['by_phase']['prefill']:,}; "
+               f"decode {per_token:,.0f}/token; image check {ins['by_phase']['validate']:,})")
+    total = max(ins["total"], 1)
+    mix = "  ".join(f"{k} {100 * v / total:.1f}%" for k, v in
+                    sorted(ins["by_class"].items(), key=lambda kv: -kv[1]) if v)
+    click.echo(f"  class mix   {mix}")
+    click.echo("  top functions")
+    for f in r["functions"][:8]:
+        click.echo(f"    {f['instructions']:>14,}  {100 * f['instructions'] / total:5.1f}%  {f['name']}")
+    m = r["memory"]
+    click.echo(f"  memory      flash {m['flash_bytes']:,} B · static RAM {m['ram_static_bytes']:,} B · "
+               f"run state {m['arena_bytes']:,} B · stack peak {m['stack_peak_bytes']:,} B · "
+               f"model image {m['model_image_bytes']:,} B")
+    cyc = r["cycles"]
+    if any(cyc["decode"]) or cyc["prefill"]:
+        click.echo(f"  cycles      prefill {cyc['prefill']:,}; decode {cyc['decode']}")
+    click.echo(f"  wall        {r['wall_seconds']:.2f} s")
+
+
+def _run_options(f):
+    for opt in reversed([
+        click.option("--model", default="builtin", show_default=True,
+                     help="'builtin' or the path of a model image."),
+        click.option("--prompt", default=None, help="Prompt text (byte-level tokenizer)."),
+        click.option("--tokens", default=16, show_default=True, type=click.IntRange(1, 4096)),
+        click.option("--bits", default=4, show_default=True, type=click.Choice(["4", "8"])),
+        click.option("--group-size", default=32, show_default=True, type=click.Choice(["32", "64", "128"])),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0.0)),
+        click.option("--top-p", "topp", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0)),
+        click.option("--timeout", default=120.0, show_default=True, help="Seconds before the emulator is killed."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _spec(platform: str, **kw) -> RunSpec:
+    from .runner import DEFAULT_PROMPT, RunSpec
+
+    return RunSpec(platform=platform, model=kw["model"], bits=int(kw["bits"]),
+                   group_size=int(kw["group_size"]), prompt=kw["prompt"] or DEFAULT_PROMPT,
+                   tokens=kw["tokens"], seed=kw["seed"], temperature=kw["temperature"], topp=kw["topp"],
+                   timeout=kw["timeout"])
+
+
+@main.command()
+@click.option("--platform", required=True, help="Platform id (see `twin platforms`).")
+@_run_options
+def run(platform: str, as_json: bool, **kw) -> None:
+    """Profile the model on one emulated platform."""
+    from .runner import run as do_run
+
+    try:
+        report = do_run(_spec(platform, **kw))
+    except _run_errors() as exc:
+        raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        _print_report(report)
+    if not report["matches_reference"]:
+        sys.exit(3)
+
+
+@main.command()
+@click.option("--platforms", "platform_list", default=None,
+              help="Comma-separated platform ids (default: every emulated platform).")
+@_run_options
+def demo(platform_list: str | None, as_json: bool, **kw) -> None:
+    """Profile the model on several emulated platforms and compare them side by side."""
+    from .runner import run as do_run
+
+    ids = platform_list.split(",") if platform_list else _emulated()
+    reports = []
+    for pid in ids:
+        try:
+            report = do_run(_spec(pid, **kw))
+        except _run_errors() as exc:
+            raise _fail(exc) from None
+        reports.append(report)
+        if not as_json:
+            _print_report(report)
+            click.echo()
+    if as_json:
+        click.echo(json.dumps(reports))
+        return
+    click.echo(f"{'platform':<16}{'ref':>5}{'instr/token':>14}{'prefill':>12}{'flash B':>10}"
+               f"{'RAM B':>10}{'stack B':>9}{'wall s':>8}")
+    for r in reports:
+        dec = r["instructions"]["by_phase"]["decode"]
+        m = r["memory"]
+        click.echo(f"{r['platform']:<16}{'ok' if r['matches_reference'] else 'FAIL':>5}"
+                   f"{sum(dec) / max(len(dec), 1):>14,.0f}{r['instructions']['by_phase']['prefill']:>12,}"
+                   f"{m['flash_bytes']:>10,}{m['ram_static_bytes'] + m['arena_bytes']:>10,}"
+                   f"{m['stack_peak_bytes']:>9,}{r['wall_seconds']:>8.2f}")
+    if not all(r["matches_reference"] for r in reports):
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -300,6 +300,7 @@ class MsgType(IntEnum):
     MEMINFO = 0x84
     SELFTEST_DONE = 0x85
     BYE = 0x86
+    BOOT = 0x87
     ERROR = 0xEE
 
 
@@ -492,6 +493,22 @@ class MemInfo:
 
 
 @dataclass(frozen=True)
+class Boot:
+    """Sent once, unsolicited (seq SEQ_NONE), when the firmware has started and is ready to listen."""
+    TYPE: ClassVar[int] = MsgType.BOOT
+
+    proto_version: int
+
+    def pack(self) -> bytes:
+        return struct.pack("<H", self.proto_version)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> Boot:
+        _check_size("BOOT", body, 2)
+        return cls(*struct.unpack("<H", body))
+
+
+@dataclass(frozen=True)
 class Selftest:
     TYPE: ClassVar[int] = MsgType.SELFTEST
 
@@ -565,7 +582,7 @@ Message = (Hello | Mem | Bye | Info | RunRequest | Phase | Result | MemInfo | Se
            | ErrorReply)
 
 MESSAGE_CLASSES: dict[int, type] = {cls.TYPE: cls for cls in
-                                    (Hello, Mem, Bye, Info, RunRequest, Phase, Result, MemInfo, Selftest,
+                                    (Hello, Mem, Bye, Boot, Info, RunRequest, Phase, Result, MemInfo, Selftest,
                                      SelftestDone, Exit, ErrorReply)}
 
 

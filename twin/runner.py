@@ -91,13 +91,14 @@ def emulator_session(platform: Platform, elf: Path, image: Path | None, *, extra
     with QemuProcess(platform, cfg) as qemu:
         try:
             with Device.from_url(qemu.url, timeout=reply_timeout, deadline=qemu.remaining()) as dev:
+                dev.wait_boot()
                 boot_phases, info = dev.hello()
                 yield Session(qemu, dev, boot_phases, info)
                 dev.exit()
+                status = qemu.wait_exit()   # before closing the socket: QEMU exits at once then
         except (DeviceTimeout, DeviceGone) as exc:
             qemu.kill()
             raise EmulatorError(_emulator_failure(exc, qemu)) from None
-        status = qemu.wait_exit()
         if status != 0:
             raise EmulatorError(f"QEMU exited with status {status} after the run: {qemu.stderr()}")
 

@@ -26,6 +26,7 @@ from twin.protocol import (
     MAX_BODY,
     PROTO_VERSION,
     SEQ_NONE,
+    Boot,
     Bye,
     DeviceError,
     ErrorCode,
@@ -67,6 +68,10 @@ class DeviceTimeout(TransportError):
 
 class DeviceGone(TransportError):
     """The port was closed: socket disconnected, emulator exited or board unplugged."""
+
+
+class DeviceRestarted(DeviceGone):
+    """The device announced BOOT while a request was pending: it reset."""
 
 
 class _Wait:
@@ -140,22 +145,38 @@ class Device:
 
     # ------------------------------------------------------------------ requests
 
+    def wait_boot(self, timeout: float | None = None) -> Boot:
+        """Wait for the BOOT announcement of a device that has just been started or reset.
+
+        Bytes sent to a device before its UART is set up may be lost (an STM32 USART drops them), so
+        a host that starts the device waits for BOOT before its first request."""
+        wait = _Wait("start-up (waiting for BOOT)")
+        limit = self.timeout if timeout is None else timeout
+        start = time.monotonic()
+        while True:
+            while self._unread:
+                item = self._unread.popleft()
+                if isinstance(item, Frame) and item.type == MsgType.BOOT:
+                    return Boot.unpack(item.body)
+                self._accept(item, -1, wait)
+            if time.monotonic() - start >= limit:
+                raise DeviceTimeout(f"{self.name}: the device did not announce itself within {limit:g}s of "
+                                    f"starting — wrong firmware, or it crashed at boot?"
+                                    f"{wait.context(self._decoder.pending)}")
+            data = self._read(wait.what)
+            if data:
+                self._unread.extend(self._decoder.feed(data))
+
     def hello(self, *, deadline: float | None = None) -> tuple[list[Phase], Info]:
         """HELLO: returns the boot-time PHASE record (image validation) and the INFO reply.
 
-        A device that has just been started (or reset) may drop bytes until its UART is set up, so
-        HELLO is repeated with growing pauses until the device answers or the inactivity time-out
-        (``timeout``) or the request deadline runs out."""
-        limit = min(self.timeout, self.deadline if deadline is None else deadline)
-        start, pause = time.monotonic(), 0.2
-        while True:
-            left = limit - (time.monotonic() - start)
-            try:
-                return self._hello_once(min(pause, left) if pause < left else None)
-            except DeviceTimeout:
-                if pause >= left:
-                    raise
-            pause = min(2 * pause, 2.0)
+        A device that announces BOOT meanwhile was starting when HELLO went out (and may have lost
+        it): HELLO is said once more."""
+        try:
+            return self._hello_once(deadline)
+        except DeviceRestarted:
+            log.debug("%s: BOOT while waiting for the reply to HELLO; saying HELLO again", self.name)
+            return self._hello_once(deadline)
 
     def _hello_once(self, deadline: float | None) -> tuple[list[Phase], Info]:
         seq = self._send(Hello(), "HELLO")
@@ -313,6 +334,9 @@ class Device:
             log.warning("%s rejected a frame from the host: %s", self.name, err.to_exception())
             wait.host_frames_rejected += 1
             return None
+        if item.type == MsgType.BOOT:
+            raise DeviceRestarted(f"{self.name} restarted while the host was waiting for the reply to {wait.what} "
+                             "— it reset (watchdog, brown-out, crash) or was re-flashed")
         if item.type < 0x80:
             raise ProtocolError(f"{self.name} sent back a {type_name(item.type)} request: the port echoes what "
                                 "the host writes (loop:// or a loopback cable) — no device is answering")

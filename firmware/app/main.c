@@ -179,6 +179,10 @@ int main(void)
     twin_mark();
     validate_cycles = board_cycles() - c0;
 
+    uint8_t boot[2];
+    proto_put_u16(boot, PROTO_VERSION);
+    proto_send(MSG_BOOT, PROTO_SEQ_NONE, boot, sizeof boot);   /* "I am up and listening" */
+
     for (;;) {
         proto_frame_t f;
         int r = proto_poll(&f);
@@ -196,6 +200,7 @@ int main(void)
         case MSG_EXIT:
             proto_send(MSG_BYE, f.seq, 0, 0);
             board_exit(f.len ? f.body[0] : 0);
+            break;
         default: proto_send_error(f.seq, E_UNKNOWN, f.type, "unknown message type");
         }
     }

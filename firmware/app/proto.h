@@ -38,6 +38,7 @@ enum proto_type {
     MSG_MEMINFO = 0x84,
     MSG_SELFTEST_DONE = 0x85,
     MSG_BYE = 0x86,
+    MSG_BOOT = 0x87,
     MSG_ERROR = 0xEE,
 };
 

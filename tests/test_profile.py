@@ -1,0 +1,320 @@
+"""Tests of the QEMU counting plugin, the dump parser, the analysis and the classifier.
+
+The test programs (tests/fixtures/*_loop.S) are compiled at test time; QEMU runs them with the
+iteration count of work_loop set by "-device loader".  Segment 1 (between the two twin_mark
+calls) holds the call of work_loop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from pathlib import Path
+
+import pytest
+from fixtures import programs  # tests/ is on sys.path under pytest (no __init__.py)
+from fixtures.programs import Target
+
+from twin import isa
+from twin.profile import (
+    ProfileError,
+    SegmentProfile,
+    analyze,
+    build_plugin,
+    mark_address,
+    parse_dump,
+    plugin_args,
+    sum_profiles,
+)
+
+# Instructions of segment 1 outside work_loop's inner loop, read off the fixture sources:
+#   arm:   work_loop cbz, push, ldr, movs, vmov, vmov + pop; reset_handler ldr, ldr, bl + bl;
+#          twin_mark bx
+#   riscv: work_loop beqz, auipc, addi + ret; _start auipc, addi, lw, jal + jal; twin_mark ret
+SEGMENT1_FIXED = {
+    "arm": {"work_loop": 7, "reset_handler": 4, "twin_mark": 1},
+    "riscv": {"work_loop": 4, "_start": 5, "twin_mark": 1},
+}
+# Data accesses of segment 1 besides the loop's one load and one store of buf per iteration.
+SEGMENT1_MEM_FIXED = {
+    # loop_count load; push/pop of 3 registers; two literal-pool loads from code.
+    "arm": {"buf": (0, 0), "code": (2, 0), "ram": (4, 3), "?": (0, 0)},
+    "riscv": {"buf": (0, 0), "code": (0, 0), "ram": (1, 0), "?": (0, 0)},
+}
+RESET_ROM_INSNS = {"arm": 0, "riscv": 6}
+
+
+@pytest.fixture(scope="session")
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_plugin(tmp_path_factory.mktemp("plugin"))
+
+
+@pytest.fixture(scope="session", params=["arm", "riscv"])
+def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Target, Path]:
+    t = programs.TARGETS[request.param]
+    missing = programs.missing_tools(t)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} on PATH")
+    return t, programs.build(t, tmp_path_factory.mktemp(t.arch))
+
+
+def mem_regions(t: Target, elf: Path) -> dict[str, tuple[int, int]]:
+    buf = programs.symbol(elf, "buf")
+    return {"buf": (buf, buf + 16), "code": t.code, "ram": t.ram}  # first match wins
+
+
+def run_profiled(t: Target, elf: Path, plugin: Path, out_dir: Path, n: int, *, mem: bool = False,
+                 exit_by_reset: bool = False) -> tuple[Path, list[SegmentProfile]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump = out_dir / f"dump-{n}-{mem}-{exit_by_reset}.txt"
+    args = plugin_args(elf, dump, mem_regions(t, elf) if mem else None, plugin=plugin)
+    cmd = programs.qemu_command(t, elf, n, exit_by_reset=exit_by_reset, extra=args)
+    proc = programs.run(cmd)
+    assert proc.returncode == 0, proc.stderr
+    return dump, analyze(parse_dump(dump), elf, t.arch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs under QEMU
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.qemu
+def test_loop_length_changes_counts_exactly(target, plugin, tmp_path):
+    t, elf = target
+    n1, n2 = 100, 1100
+    _, p1 = run_profiled(t, elf, plugin, tmp_path, n1)
+    _, p2 = run_profiled(t, elf, plugin, tmp_path, n2)
+    assert len(p1) == len(p2) == 3
+    dn = n2 - n1
+    assert p2[1].total - p1[1].total == t.loop_body * dn
+    for cls in isa.CLASSES:
+        assert p2[1].by_class[cls] - p1[1].by_class[cls] == t.loop_classes.get(cls, 0) * dn, cls
+    assert p1[0] == p2[0]
+    assert p1[2] == p2[2]
+    for p in p1 + p2:
+        assert set(p.by_class) == set(isa.CLASSES)
+        assert sum(p.by_class.values()) == p.total == sum(p.by_function.values())
+    # Only the virt machine's reset ROM (6 instructions at 0x1000, not in the ELF) is undecoded.
+    rom = RESET_ROM_INSNS[t.arch]
+    assert [p.undecoded for p in p1] == [rom, 0, 0]
+    assert p1[0].by_function.get("?", 0) == rom
+
+
+@pytest.mark.qemu
+def test_runs_are_deterministic(target, plugin, tmp_path):
+    t, elf = target
+    d1, p1 = run_profiled(t, elf, plugin, tmp_path / "a", 500)
+    d2, p2 = run_profiled(t, elf, plugin, tmp_path / "b", 500)
+    assert d1.read_text() == d2.read_text()
+    assert p1 == p2
+
+
+@pytest.mark.qemu
+def test_by_function_attributes_the_loop(target, plugin, tmp_path):
+    t, elf = target
+    n = 321
+    _, prof = run_profiled(t, elf, plugin, tmp_path, n)
+    expected = dict(SEGMENT1_FIXED[t.arch])
+    expected["work_loop"] += t.loop_body * n
+    assert prof[1].by_function == expected
+    assert "work_loop" not in prof[0].by_function and "work_loop" not in prof[2].by_function
+
+
+@pytest.mark.qemu
+def test_mem_mode_counts_loop_traffic_per_region(target, plugin, tmp_path):
+    t, elf = target
+    counts_only = run_profiled(t, elf, plugin, tmp_path, 250)[1]
+    for n in (250, 750):
+        _, prof = run_profiled(t, elf, plugin, tmp_path, n, mem=True)
+        expected = {r: {"loads": lo, "stores": st} for r, (lo, st) in SEGMENT1_MEM_FIXED[t.arch].items()}
+        expected["buf"] = {"loads": n, "stores": n}
+        assert prof[1].mem == expected
+        assert counts_only[0].mem is None
+    # Memory mode does not change what is counted.
+    assert [dataclasses.replace(p, mem=None) for p in run_profiled(t, elf, plugin, tmp_path, 250,
+                                                                      mem=True)[1]] == counts_only
+
+
+@pytest.mark.qemu
+def test_dump_written_on_reset_exit(plugin, tmp_path, tmp_path_factory):
+    t = programs.ARM
+    if programs.missing_tools(t):
+        pytest.skip(f"needs {', '.join(programs.missing_tools(t))} on PATH")
+    elf = programs.build(t, tmp_path_factory.mktemp("arm-reset"))
+    _, by_semihosting = run_profiled(t, elf, plugin, tmp_path, 40)
+    _, by_reset = run_profiled(t, elf, plugin, tmp_path, 40, exit_by_reset=True)
+    assert by_reset[1] == by_semihosting[1]
+    assert by_reset[2].by_function["reset_handler"] > 0
+
+
+@pytest.mark.qemu
+def test_bad_plugin_argument_stops_qemu(plugin, tmp_path):
+    t = programs.ARM
+    if programs.missing_tools(t):
+        pytest.skip(f"needs {', '.join(programs.missing_tools(t))} on PATH")
+    elf = programs.build(t, tmp_path)
+    cmd = programs.qemu_command(t, elf, 1, extra=["-plugin", f"{plugin},out={tmp_path}/d,bogus=1"])
+    proc = programs.run(cmd)
+    assert proc.returncode != 0
+    assert "unknown argument 'bogus=1'" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Dump parsing errors
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def good_dump(tmp_path_factory, plugin) -> str:
+    t = programs.ARM
+    if programs.missing_tools(t):
+        pytest.skip(f"needs {', '.join(programs.missing_tools(t))} on PATH")
+    d = tmp_path_factory.mktemp("good")
+    elf = programs.build(t, d)
+    dump, _ = run_profiled(t, elf, plugin, d, 10, mem=True)
+    return dump.read_text()
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda s: s[: len(s) // 2], "truncated"),
+        (lambda s: "".join(s.splitlines(keepends=True)[:-1]), "truncated"),
+        (lambda s: "".join(ln for ln in s.splitlines(keepends=True) if not ln.startswith("tb 3 ")),
+         "garbled"),
+        (lambda s: s.replace("seg 1 ", "seg 1 zz ", 1), "garbled"),
+        (lambda s: s.replace("\nmem 0 ", "\nmem 0 1 ", 1), "garbled"),
+        (lambda s: "hello\n", "not a twin plugin dump"),
+        (lambda s: "", "not a twin plugin dump"),
+    ],
+)
+def test_bad_dump_raises(good_dump, tmp_path, mangle, message):
+    p = tmp_path / "dump.txt"
+    p.write_text(mangle(good_dump))
+    with pytest.raises(ProfileError, match=message):
+        parse_dump(p)
+
+
+def test_missing_dump_says_qemu_exited(tmp_path):
+    with pytest.raises(ProfileError, match="QEMU exited before the plugin wrote its dump"):
+        parse_dump(tmp_path / "nothing.txt")
+
+
+@pytest.mark.qemu
+def test_analyze_rejects_other_arch(good_dump, tmp_path, target):
+    t, elf = target
+    p = tmp_path / "dump.txt"
+    p.write_text(good_dump)  # an Arm dump
+    if t.arch == "arm":
+        assert len(analyze(parse_dump(p), elf, "arm")) == 3
+    else:
+        with pytest.raises(ProfileError, match="arm guest"):
+            analyze(parse_dump(p), elf, t.arch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plugin build and arguments
+# ---------------------------------------------------------------------------------------------
+def test_build_plugin_is_cached_and_parallel_safe(tmp_path):
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: build_plugin(tmp_path), range(4)))
+    assert len(set(paths)) == 1 and paths[0].exists()
+    mtime = paths[0].stat().st_mtime_ns
+    assert build_plugin(tmp_path) == paths[0]
+    assert paths[0].stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]  # no temporary files left
+
+
+def test_plugin_args(target, plugin, tmp_path):
+    t, elf = target
+    mark = mark_address(elf)
+    assert mark is not None and mark % 2 == 0
+    args = plugin_args(elf, tmp_path / "a,b.txt", {"sram": (0x20000000, 0x20400000)}, plugin=plugin)
+    assert args[0] == "-plugin"
+    assert args[1] == (f"{plugin},out={tmp_path}/a,,b.txt,mark={mark:#x},mem=on,"
+                       "region=sram:0x20000000:0x20400000")
+    with pytest.raises(ValueError):
+        plugin_args(elf, tmp_path / "d", {"bad name": (0, 1)}, plugin=plugin)
+    with pytest.raises(ValueError):
+        plugin_args(elf, tmp_path / "d", {f"r{i}": (0, 1) for i in range(9)}, plugin=plugin)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier
+# ---------------------------------------------------------------------------------------------
+# Mnemonics of the fixtures allowed to be "other" (all documented in twin/isa.py).
+DOCUMENTED_OTHER = {".word", ".short", ".byte", "bkpt", "dsb", "isb", "dmb", "nop", "csrrs", "c.nop"}
+
+
+def test_classifier_covers_fixture_mnemonics(target):
+    t, elf = target
+    insns = isa.disassemble(elf, t.arch)
+    assert insns
+    unknown = sorted({i.mnemonic for i in insns.values() if not i.known})
+    assert unknown == [], f"add these to the tables in twin/isa.py: {unknown}"
+    other = {i.mnemonic for i in insns.values() if i.cls == "other"}
+    assert {m for m in other if not m.startswith("it")} <= DOCUMENTED_OTHER
+
+
+@pytest.mark.parametrize(
+    "mnemonic, cls",
+    [
+        ("adds", "alu"), ("movs", "alu"), ("bics", "alu"), ("lsls", "alu"), ("addeq.w", "alu"),
+        ("adcs", "alu"), ("uxtb", "alu"), ("ldr.w", "load"), ("ldrhi", "load"), ("pop", "load"),
+        ("vldr", "load"), ("vpop", "load"), ("ldmia.w", "load"), ("strd", "store"),
+        ("push", "store"), ("vstmia", "store"), ("mul.w", "mul"), ("mla", "mul"),
+        ("smlals", "mul"), ("umull", "mul"), ("smlabb", "mul"), ("sdiv", "div"), ("udiv", "div"),
+        ("bne.n", "branch"), ("bls", "branch"), ("bl", "branch"), ("cbz", "branch"),
+        ("tbb", "branch"), ("le", "branch"), ("vadd.f32", "fp"), ("vdiv.f32", "fp"),
+        ("vsqrt.f32", "fp"), ("vcvt.f32.s32", "fp"), ("vmrs", "fp"), ("smlad", "simd"),
+        ("sadd16", "simd"), ("uxtb16", "simd"), ("qadd", "simd"), ("sxtab", "simd"),
+        ("vadd.i8", "simd"), ("vmlava.s8", "simd"), ("vldrb.u8", "load"), ("itte", "other"),
+        ("nop", "other"), ("dmb", "other"),
+    ],
+)
+def test_classify_arm(mnemonic, cls):
+    assert isa.classify(mnemonic, "arm") == cls
+    assert isa.is_known(mnemonic, "arm")
+
+
+@pytest.mark.parametrize(
+    "mnemonic, cls",
+    [
+        ("addi", "alu"), ("c.addi", "alu"), ("c.mv", "alu"), ("lui", "alu"), ("auipc", "alu"),
+        ("lw", "load"), ("c.lwsp", "load"), ("flw", "load"), ("lr.w", "load"), ("sw", "store"),
+        ("c.swsp", "store"), ("amoadd.w", "store"), ("mul", "mul"), ("mulhu", "mul"),
+        ("divu", "div"), ("rem", "div"), ("jal", "branch"), ("c.jr", "branch"),
+        ("c.bnez", "branch"), ("bgeu", "branch"), ("ret", "branch"), ("fadd.s", "fp"),
+        ("fcvt.w.s", "fp"), ("csrrs", "other"), ("fence.i", "other"), ("ecall", "other"),
+    ],
+)
+def test_classify_riscv(mnemonic, cls):
+    assert isa.classify(mnemonic, "riscv32") == cls
+    assert isa.is_known(mnemonic, "riscv32")
+
+
+def test_unknown_mnemonic_is_other_and_flagged():
+    assert isa.classify("frobnicate", "arm") == "other"
+    assert not isa.is_known("frobnicate", "arm")
+    assert not isa.is_known("frobnicate", "riscv")
+
+
+def test_parse_objdump_sizes():
+    text = (
+        "   54:\t680b      \tldr\tr3, [r1, #0]\n"
+        "   5a:\tfb03 f403 \tmul.w\tr4, r3, r3\n"
+        "   7c:\te000ed88 \t.word\t0xe000ed88\n"
+    )
+    d = isa.parse_objdump(text, "arm")
+    assert {a: (i.mnemonic, i.size, i.cls) for a, i in d.items()} == {
+        0x54: ("ldr", 2, "load"), 0x5a: ("mul.w", 4, "mul"), 0x7c: (".word", 4, "other")}
+
+
+def test_sum_profiles():
+    a = SegmentProfile(3, {**dict.fromkeys(isa.CLASSES, 0), "alu": 3}, {"f": 3},
+                       {"r": {"loads": 1, "stores": 2}})
+    b = SegmentProfile(2, {**dict.fromkeys(isa.CLASSES, 0), "load": 2}, {"f": 1, "g": 1},
+                       {"r": {"loads": 5, "stores": 0}})
+    s = sum_profiles([a, b])
+    assert s.total == 5
+    assert s.by_class["alu"] == 3 and s.by_class["load"] == 2
+    assert s.by_function == {"f": 4, "g": 1}
+    assert s.mem == {"r": {"loads": 6, "stores": 2}}
