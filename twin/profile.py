@@ -22,13 +22,13 @@ import numpy as np
 from elftools.elf.elffile import ELFFile
 
 from twin import isa
+from twin.build import cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC_DIR = REPO_ROOT / "firmware" / "plugin"
 PLUGIN_SOURCES = ("twin_plugin.c", "qemu_plugin_api.h")
 PLUGIN_CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-std=gnu11", "-fPIC", "-shared",
                  "-fvisibility=hidden")
-DEFAULT_BUILD_DIR = REPO_ROOT / "build" / "plugin"
 MARK_SYMBOL = "twin_mark"
 MAX_REGIONS = 8
 UNKNOWN_FUNCTION = "?"
@@ -55,13 +55,13 @@ def _plugin_hash(cc: str) -> str:
 
 
 def build_plugin(out_dir: Path | str | None = None, cc: str = "gcc") -> Path:
-    """Compile the plugin into ``out_dir`` (default ``build/plugin``) and return the .so path.
+    """Compile the plugin into ``out_dir`` (default: the twin's cache) and return the .so path.
 
     The file name carries a hash of the sources and flags, so it is rebuilt only when they
     change; it is compiled to a private temporary name and renamed into place, so parallel
     test processes never see (or load) a half-written library.
     """
-    out = Path(out_dir) if out_dir is not None else DEFAULT_BUILD_DIR
+    out = Path(out_dir) if out_dir is not None else cache_dir() / "plugin"
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"twin_plugin-{_plugin_hash(cc)}.so"
     if target.exists():
