@@ -72,3 +72,11 @@ def test_run_human_output():
     r = invoke("run", "--platform", "mps2-an386", "--tokens", "3", "--prompt", "The cat")
     assert r.exit_code == 0, r.output
     assert "matches the host reference" in r.output and "top functions" in r.output
+
+
+@pytest.mark.qemu
+def test_demo_compares_platforms_side_by_side():
+    r = invoke("demo", "--platforms", "mps2-an500,riscv32-virt", "--tokens", "2")
+    assert r.exit_code == 0, r.output
+    table = r.output.split("instr/token")[-1]
+    assert "mps2-an500" in table and "riscv32-virt" in table and "FAIL" not in table

@@ -183,3 +183,24 @@ def test_corrupt_frame_is_rejected_and_the_link_recovers():
         code, detail = struct.unpack_from("<HI", replies[0].body)
         assert code == ErrorCode.E_FRAME
         assert s.device.mem().image_size > 0                # the next good request is answered
+
+
+def test_memory_traffic_by_region():
+    plain = run(RunSpec(platform="mps2-an386", tokens=3))
+    r = run(RunSpec(platform="mps2-an386", tokens=3, mem_traffic=True))
+    assert r["instructions"] == plain["instructions"]          # counting memory changes no count
+    decode = r["memory_traffic"]["decode"]
+    assert decode["model"]["stores"] == 0 and decode["code"]["stores"] == 0   # weights are read in place
+    assert decode["ram"]["stores"] > 0 and decode["ram"]["loads"] > 0
+    # every weight byte is read once per generated token, at most 4 bytes per load
+    assert 4 * decode["model"]["loads"] / 3 >= 0.9 * r["memory"]["model_image_bytes"]
+    assert plain["memory_traffic"] is None
+
+
+def test_parallel_runs_do_not_collide():
+    from concurrent.futures import ThreadPoolExecutor
+    specs = [RunSpec(platform=p, tokens=4) for p in ("mps2-an386", "mps2-an386", "riscv32-virt", "stm32f4-disco")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        reports = list(pool.map(run, specs))
+    assert all(r["matches_reference"] for r in reports)
+    assert reports[0]["instructions"] == reports[1]["instructions"]

@@ -106,9 +106,18 @@ def _print_report(r: dict) -> None:
     click.echo(f"  instructions {ins['total']:,} (prefill {ins['by_phase']['prefill']:,}; "
                f"decode {per_token:,.0f}/token; image check {ins['by_phase']['validate']:,})")
     total = max(ins["total"], 1)
-    mix = "  ".join(f"{k} {100 * v / total:.1f}%" for k, v in
-                    sorted(ins["by_class"].items(), key=lambda kv: -kv[1]) if v)
-    click.echo(f"  class mix   {mix}")
+    classes = [k for k, v in sorted(ins["by_class"].items(), key=lambda kv: -kv[1]) if v]
+    pre, dec = ins["by_phase_class"]["prefill"], ins["by_phase_class"]["decode"]
+    n = max(len(decode), 1)
+    click.echo(f"  class mix   {'':<8}{'all':>8}{'prefill':>14}{'decode/token':>14}")
+    for k in classes:
+        click.echo(f"              {k:<8}{100 * ins['by_class'][k] / total:>7.1f}%{pre[k]:>14,}{dec[k] / n:>14,.0f}")
+    if r.get("memory_traffic"):
+        click.echo("  memory traffic (loads / stores)")
+        for phase, regions in r["memory_traffic"].items():
+            cells = "  ".join(f"{name} {v['loads']:,} / {v['stores']:,}" for name, v in regions.items()
+                              if v["loads"] or v["stores"])
+            click.echo(f"    {phase:<8}{cells}")
     click.echo("  top functions")
     for f in r["functions"][:8]:
         click.echo(f"    {f['instructions']:>14,}  {100 * f['instructions'] / total:5.1f}%  {f['name']}")
@@ -134,6 +143,8 @@ def _run_options(f):
         click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0.0)),
         click.option("--top-p", "topp", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0)),
         click.option("--timeout", default=120.0, show_default=True, help="Seconds before the emulator is killed."),
+        click.option("--mem-traffic", is_flag=True,
+                     help="Also count loads/stores per memory region (code, model, RAM); slower."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
     ]):
         f = opt(f)
@@ -146,7 +157,7 @@ def _spec(platform: str, **kw) -> RunSpec:
     return RunSpec(platform=platform, model=kw["model"], bits=int(kw["bits"]),
                    group_size=int(kw["group_size"]), prompt=kw["prompt"] or DEFAULT_PROMPT,
                    tokens=kw["tokens"], seed=kw["seed"], temperature=kw["temperature"], topp=kw["topp"],
-                   timeout=kw["timeout"])
+                   timeout=kw["timeout"], mem_traffic=kw["mem_traffic"])
 
 
 @main.command()
@@ -156,8 +167,16 @@ def run(platform: str, as_json: bool, **kw) -> None:
     """Profile the model on one emulated platform."""
     from .runner import run as do_run
 
+    live = not as_json and sys.stderr.isatty()
+
+    def show(phase) -> None:   # stream tokens as the device produces them (terminals only)
+        if phase.kind == 2:
+            click.echo(f"{phase.token} ", nl=False, err=True)
+
     try:
-        report = do_run(_spec(platform, **kw))
+        report = do_run(_spec(platform, **kw), on_phase=show if live else None)
+        if live:
+            click.echo(err=True)
     except _run_errors() as exc:
         raise _fail(exc) from None
     if as_json:

@@ -16,7 +16,7 @@ from . import modelgen
 from .build import build_firmware, cache_dir
 from .image import read_image, write_image
 from .platforms import Platform, get_platform
-from .profile import SegmentProfile, analyze, parse_dump, plugin_args
+from .profile import analyze, parse_dump, plugin_args, sum_profiles
 from .protocol import DeviceError, Info, Phase, PhaseKind
 from .qemu import EmulatorError, QemuConfig, QemuProcess
 from .reference import QuantReference
@@ -42,6 +42,7 @@ class RunSpec:
     topp: float = 0.9
     timeout: float = 120.0           # wall-clock limit for the whole emulator run
     reply_timeout: float = 30.0      # no byte from the firmware for this long = hung
+    mem_traffic: bool = False        # count loads/stores per memory region (costs emulator speed)
 
 
 def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
@@ -64,6 +65,12 @@ def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
         tmp.write_bytes(data)
         tmp.replace(out)
     return out, data, name
+
+
+def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
+    """The regions whose loads and stores the profiler counts: code, model partition, RAM."""
+    return {name: (r.origin, r.end) for name, r in
+            (("code", platform.flash), ("model", platform.model), ("ram", platform.ram))}
 
 
 def _check_fits(platform: Platform, image: bytes) -> None:
@@ -121,11 +128,12 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     expected = reference.generate(prompt_ids, spec.tokens, seed=spec.seed,
                                   temperature=spec.temperature, topp=spec.topp)
 
+    regions = memory_regions(platform) if spec.mem_traffic else None
     with tempfile.TemporaryDirectory(prefix="twin-run-") as tmp:
         dump_path = Path(tmp) / "profile.dump"
         with emulator_session(platform, firmware.elf, image_path, timeout=spec.timeout,
                               reply_timeout=spec.reply_timeout,
-                              extra_args=tuple(plugin_args(firmware.elf, dump_path))) as s:
+                              extra_args=tuple(plugin_args(firmware.elf, dump_path, regions))) as s:
             if s.info.status != 0:
                 raise DeviceError(s.info.status, request="model image check")
             phases, result = s.device.run(prompt_ids, spec.tokens, seed=spec.seed,
@@ -142,8 +150,10 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
                        "the phase markers and the protocol disagree")
     of_kind = {k: [segments[2 * i + 1] for i, ph in enumerate(all_phases) if ph.kind == k] for k in PhaseKind}
     prefill, decode = of_kind[PhaseKind.PREFILL], of_kind[PhaseKind.DECODE]
-    inference = prefill + decode
+    prefill_sum, decode_sum = sum_profiles(prefill), sum_profiles(decode)
+    inference = sum_profiles([prefill_sum, decode_sum])
     tokens = [p.token for p in phases if p.kind == PhaseKind.DECODE]
+    ranked = sorted(inference.by_function.items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "platform": platform.id,
         "model": model_name,
@@ -154,15 +164,17 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
         "reference_tokens": expected,
         "matches_reference": tokens == expected,
         "instructions": {
-            "total": sum(s.total for s in inference),
-            "by_class": _sum_classes(inference),
+            "total": inference.total,
+            "by_class": inference.by_class,
             "by_phase": {
                 "validate": sum(s.total for s in of_kind[PhaseKind.VALIDATE]),
-                "prefill": sum(s.total for s in prefill),
+                "prefill": prefill_sum.total,
                 "decode": [s.total for s in decode],
             },
+            "by_phase_class": {"prefill": prefill_sum.by_class, "decode": decode_sum.by_class},
         },
-        "functions": _top_functions(inference),
+        "functions": [{"name": k, "instructions": v} for k, v in ranked if v > 0],
+        "memory_traffic": None if regions is None else {"prefill": prefill_sum.mem, "decode": decode_sum.mem},
         "cycles": {
             "counter": platform.cycle_counter,
             "prefill": sum(p.cycles for p in phases if p.kind == PhaseKind.PREFILL),
@@ -188,20 +200,3 @@ def _emulator_failure(exc: Exception, qemu: QemuProcess) -> str:
     if isinstance(exc, DeviceTimeout):
         return f"{exc}. The firmware is hung; QEMU was killed.{detail}"
     return f"{exc}. The emulator stopped unexpectedly (crashed?).{detail}"
-
-
-def _sum_classes(segments: list[SegmentProfile]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in segments:
-        for k, v in s.by_class.items():
-            out[k] = out.get(k, 0) + v
-    return out
-
-
-def _top_functions(segments: list[SegmentProfile]) -> list[dict]:
-    totals: dict[str, int] = {}
-    for s in segments:
-        for k, v in s.by_function.items():
-            totals[k] = totals.get(k, 0) + v
-    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [{"name": k, "instructions": v} for k, v in ranked if v > 0]
