@@ -71,7 +71,7 @@ def test_image_is_deterministic(image8):
 
 def test_write_rejects_unsupported_quantization():
     with pytest.raises(ValueError, match="unsupported"):
-        im.write_image(builtin_model(), 3, 32)
+        im.write_image(builtin_model(), 5, 32)
     with pytest.raises(ValueError, match="unsupported"):
         im.write_image(builtin_model(), 8, 48)
 
@@ -93,7 +93,7 @@ def _patch(data: bytes, offset: int, fmt: str, value: int, crc: bool = True) -> 
     (lambda d: _patch(d, im.HEADER_SIZE + 16, "<I", 1 << 30), im.E_CORRUPT, "outside the image"),
     (lambda d: _patch(d, 32, "<I", 0), im.E_CORRUPT, "n_heads"),
     (lambda d: _patch(d, 16, "<I", 7), im.E_ARCH, "architecture 7"),
-    (lambda d: _patch(d, im.HEADER_SIZE + 1, "<B", 2), im.E_QUANT, "bits 2"),
+    (lambda d: _patch(d, im.HEADER_SIZE + 1, "<B", 5), im.E_QUANT, "bits 5"),
 ])
 def test_malformed_images_give_clear_errors(image8, mutate, code, message):
     with pytest.raises(im.ImageError, match=message) as e:

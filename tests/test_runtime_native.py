@@ -103,6 +103,52 @@ def test_math_bit_exact(driver):
     assert np.array_equal(got[rope_range, 3], c[rope_range].view(np.uint32))
 
 
+# ------------------------------------------- quantization schemes: 2/3/4/8 bits, sym/asym, mixed
+
+# (bits, group size, symmetric): every width in both schemes, every group size somewhere
+SCHEMES = [(2, 32, True), (2, 64, False), (3, 128, True), (3, 32, False), (4, 64, True), (4, 128, False),
+           (8, 128, True), (8, 64, False)]
+MIXED = im.QuantRecipe.make(3, 32, symmetric=False, overrides={
+    "tok_emb": im.QuantScheme(8, 32, True), "wq": 2, "w2": 4, "w1.0": im.QuantScheme(8, 128, False)})
+
+
+def _scheme_id(s: tuple[int, int, bool] | str) -> str:
+    return s if isinstance(s, str) else im.QuantScheme(*s).label
+
+
+@pytest.fixture(scope="module")
+def scheme_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("schemes")
+    recipes = {_scheme_id(s): im.QuantRecipe.make(s[0], s[1], s[2]) for s in SCHEMES}
+    recipes["mixed"] = MIXED
+    out = {}
+    for name, recipe in recipes.items():
+        out[name] = d / f"{name}.bin"
+        out[name].write_bytes(im.write_image(builtin_model(), recipe=recipe))
+    return out
+
+
+@pytest.mark.parametrize("scheme", [*SCHEMES, "mixed"], ids=_scheme_id)
+def test_quant_schemes_bit_exact(driver, scheme_images, scheme):
+    path = scheme_images[_scheme_id(scheme)]
+    ref = QuantReference(path.read_bytes())
+    tokens = PROMPT + [100, 7, 300]
+    lines = run(driver, "logits", path, *tokens).splitlines()
+    assert len(lines) == len(tokens)
+    for pos, (tok, line) in enumerate(zip(tokens, lines, strict=True)):
+        c_bits = np.array([int(h, 16) for h in line.split()], dtype=np.uint32)
+        assert np.array_equal(c_bits, ref.forward(tok, pos).view(np.uint32)), f"logits differ at position {pos}"
+    expected = ref.generate(PROMPT, 20, seed=9, temperature=0.9, topp=0.9)
+    got = run(driver, "gen", path, 20, 9, f32_hex(0.9), f32_hex(0.9), *PROMPT).split()
+    assert [int(t) for t in got] == expected
+
+
+def test_mixed_image_really_mixes(scheme_images):
+    qm = im.read_image(scheme_images["mixed"].read_bytes())
+    encodings = {(t.bits, t.group_size, t.scheme) for t in qm.tensors.values() if t.bits != 32}
+    assert encodings == {(8, 32, 0), (2, 32, 1), (4, 32, 1), (3, 32, 1), (8, 128, 1)}
+
+
 # ------------------------------------------------------------- validation
 
 
@@ -147,6 +193,7 @@ def test_open_ok_reports_image_and_arena(driver, images, tmp_path):
 
 def corruptions(data: bytes) -> dict[str, tuple[int, bytes, int | None]]:
     wq = entry_offset(data, im.Kind.WQ, 2)
+    norm = entry_offset(data, im.Kind.FFN_NORM, 1)
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
     return {
@@ -163,16 +210,19 @@ def corruptions(data: bytes) -> dict[str, tuple[int, bytes, int | None]]:
         "duplicate tensor": (im.E_CORRUPT, patched(data, wq + 4, "<H", 1), None),
         "header dims": (im.E_CORRUPT, patched(data, 32, "<I", 7), None),
         "arch": (im.E_ARCH, patched(data, 16, "<I", 2), None),
-        "bits": (im.E_QUANT, patched(data, wq + 1, "<B", 3), None),
+        "bits": (im.E_QUANT, patched(data, wq + 1, "<B", 5), None),
         "group size": (im.E_QUANT, patched(data, wq + 6, "<H", 16), None),
-        "scheme": (im.E_QUANT, patched(data, wq + 2, "<B", 1), None),
+        "scheme": (im.E_QUANT, patched(data, wq + 2, "<B", 2), None),
+        "vector scheme": (im.E_QUANT, patched(data, norm + 2, "<B", 1), None),
+        "asymmetric without zero points": (im.E_CORRUPT, patched(data, wq + 2, "<B", 1), None),
+        "3-bit size": (im.E_CORRUPT, patched(data, wq + 1, "<B", 3), None),
     }
 
 
 @pytest.mark.parametrize("case", [
     "bad magic", "empty partition", "version", "partition too small", "total size absurd", "crc", "shape",
     "data offset out of range", "data size", "missing tensor", "duplicate tensor", "header dims", "arch",
-    "bits", "group size", "scheme"])
+    "bits", "group size", "scheme", "vector scheme", "asymmetric without zero points", "3-bit size"])
 def test_open_error_codes(driver, images, tmp_path, case):
     data = images[(8, 32)].read_bytes()
     code, bad, partition = corruptions(data)[case]
@@ -205,6 +255,7 @@ def test_cross_compiles_without_warnings(target, tmp_path):
 
 KERNEL_SYMBOLS = {
     "tw_sqrtf", "tw_expf", "tw_sincosf", "rmsnorm", "softmax", "vec_add", "swiglu", "embed_row",
-    "rope_table", "rope_rotate", "attention_head", "quantize_act", "matvec_q8", "matvec_q4", "rng_next",
+    "rope_table", "rope_rotate", "attention_head", "quantize_act", "matvec_q8", "matvec_q4", "matvec_q3",
+    "matvec_q2", "rng_next",
     "rng_float", "argmax", "sample_logits", "tw_crc32",
 }

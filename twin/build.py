@@ -106,6 +106,9 @@ def _content_key(platform: Platform, sources: list[Path], compiler: str) -> str:
 
 def build_firmware(platform: Platform, force: bool = False) -> Firmware:
     """Compile and link the firmware for ``platform``; reuse the cached ELF when nothing changed."""
+    if not platform.has_firmware:
+        raise BuildError(f"platform {platform.id} has no firmware build yet (its file has no 'board:' "
+                         f"section); predict it through its proxy: twin predict --platform {platform.id}")
     compiler = require_tool(platform.toolchain + "gcc", platform.toolchain_package)
     sources = firmware_sources(platform)
     key = _content_key(platform, sources, compiler)

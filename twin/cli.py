@@ -45,16 +45,26 @@ def platforms(as_json: bool) -> None:
     rows = []
     for p in all_platforms().values():
         emu = f"{p.emulator.kind}:{p.emulator.machine}" if p.emulator else "-"
+        t = p.twin_mode
         rows.append({"id": p.id, "core": p.core, "emulator": emu, "clock_mhz": p.clock_hz / 1e6,
-                     "flash_bytes": p.flash.size, "model_bytes": p.model.size, "ram_bytes": p.ram.size})
+                     "flash_bytes": p.flash.size, "model_bytes": p.model.size, "ram_bytes": p.ram.size,
+                     "twin": {"mode": t.mode, "proxy": t.proxy, "confidence": t.confidence},
+                     "firmware": p.has_firmware, "chip_flash_bytes": p.code_bytes_available,
+                     "chip_ram_bytes": p.ram_bytes_available})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'id':<16}{'core':<12}{'emulator':<22}{'clock':>9}  {'code':>8} {'model':>8} {'RAM':>8}")
+    click.echo(f"{'id':<17}{'core':<18}{'emulator':<20}{'clock':>9}  {'code':>8} {'model':>8} {'RAM':>8}  twin")
     for r in rows:
-        click.echo(f"{r['id']:<16}{r['core']:<12}{r['emulator']:<22}{r['clock_mhz']:>6.0f} MHz  "
-                   f"{_human_bytes(r['flash_bytes']):>8} {_human_bytes(r['model_bytes']):>8} "
-                   f"{_human_bytes(r['ram_bytes']):>8}")
+        if r["firmware"]:
+            sizes = (f"{_human_bytes(r['flash_bytes']):>8} {_human_bytes(r['model_bytes']):>8} "
+                     f"{_human_bytes(r['ram_bytes']):>8}")
+        else:   # no firmware build yet: the chip's flash (code + model) and RAM
+            sizes = f"{_human_bytes(r['chip_flash_bytes']):>17} {_human_bytes(r['chip_ram_bytes']):>8}"
+        t = r["twin"]
+        via = "" if t["mode"] == "exact" else f" via {t['proxy']}"
+        click.echo(f"{r['id']:<17}{r['core']:<18}{r['emulator']:<20}{r['clock_mhz']:>5.0f} MHz  {sizes}  "
+                   f"{t['mode']}{via} ({t['confidence']})")
 
 
 @main.command()
@@ -137,8 +147,11 @@ def _run_options(f):
                      help="'builtin' or the path of a model image."),
         click.option("--prompt", default=None, help="Prompt text (byte-level tokenizer)."),
         click.option("--tokens", default=16, show_default=True, type=click.IntRange(1, 4096)),
-        click.option("--bits", default=4, show_default=True, type=click.Choice(["4", "8"])),
+        click.option("--bits", default=4, show_default=True, type=click.Choice(["2", "3", "4", "8"])),
         click.option("--group-size", default=32, show_default=True, type=click.Choice(["32", "64", "128"])),
+        click.option("--asymmetric", is_flag=True, help="Asymmetric quantization (per-group zero points)."),
+        click.option("--override", "overrides", multiple=True, metavar="NAME=BITS",
+                     help="Per-tensor bit width (mixed precision), e.g. tok_emb=8 or w2.0=8; repeatable."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0.0)),
         click.option("--top-p", "topp", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0)),
@@ -151,11 +164,23 @@ def _run_options(f):
     return f
 
 
+def _overrides(items: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """NAME=BITS options as RunSpec.overrides (checked again when the image is written)."""
+    out = []
+    for item in items:
+        name, _, bits = item.partition("=")
+        if not bits.strip().isdigit():
+            raise TwinCliError(f"--override {item!r}: expected NAME=BITS, e.g. tok_emb=8")
+        out.append((name.strip(), int(bits)))
+    return tuple(out)
+
+
 def _spec(platform: str, **kw) -> RunSpec:
     from .runner import DEFAULT_PROMPT, RunSpec
 
     return RunSpec(platform=platform, model=kw["model"], bits=int(kw["bits"]),
-                   group_size=int(kw["group_size"]), prompt=kw["prompt"] or DEFAULT_PROMPT,
+                   group_size=int(kw["group_size"]), symmetric=not kw["asymmetric"],
+                   overrides=_overrides(kw["overrides"]), prompt=kw["prompt"] or DEFAULT_PROMPT,
                    tokens=kw["tokens"], seed=kw["seed"], temperature=kw["temperature"], topp=kw["topp"],
                    timeout=kw["timeout"], mem_traffic=kw["mem_traffic"])
 
@@ -221,6 +246,61 @@ def demo(platform_list: str | None, as_json: bool, **kw) -> None:
     if not all(r["matches_reference"] for r in reports):
         sys.exit(3)
 
+
+@main.command()
+@click.option("--model", default="builtin", show_default=True, help="'builtin' or a model file the importers read.")
+@click.option("--bits", "bits_list", default="2,3,4,8", show_default=True,
+              help="Comma-separated default bit widths, one scheme each (2, 3, 4, 8).")
+@click.option("--group-size", default="32", show_default=True, type=click.Choice(["32", "64", "128"]))
+@click.option("--asymmetric", is_flag=True, help="Asymmetric quantization (per-group zero points).")
+@click.option("--override", "overrides", multiple=True, metavar="NAME=BITS",
+              help="Per-tensor bit width applied to every scheme, e.g. tok_emb=8; repeatable.")
+@click.option("--eval", "eval_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Held-out text file for perplexity and agreement.")
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
+              help="Evaluate the first N tokens of the text.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@click.option("-o", "--output", "chart_path", default=None, type=click.Path(dir_okay=False),
+              help="Write a chart (PNG) of perplexity vs size and top-1 agreement.")
+def quantize(model: str, bits_list: str, group_size: str, asymmetric: bool, overrides: tuple[str, ...],
+             eval_file: str, max_tokens: int, as_json: bool, chart_path: str | None) -> None:
+    """Quantize the model with several schemes and measure their accuracy against the float model."""
+    from pathlib import Path
+
+    from . import accuracy
+    from .image import ImageError, QuantRecipe
+
+    try:
+        widths = [int(b) for b in bits_list.split(",") if b.strip()]
+    except ValueError:
+        raise TwinCliError(f"--bits {bits_list!r}: expected comma-separated widths, e.g. 2,3,4,8") from None
+    try:
+        over = dict(_overrides(overrides))
+        recipes = [QuantRecipe.make(b, int(group_size), not asymmetric, over) for b in widths]
+        if not recipes:
+            raise ValueError("--bits names no width")
+        float_model = accuracy.load_model(model)
+        text = Path(eval_file).read_text(encoding="utf-8", errors="replace")
+        results = accuracy.evaluate(float_model, text, recipes, max_tokens=max_tokens)
+        if chart_path:
+            accuracy.chart(results, chart_path, title=f"{float_model.config.name} on {Path(eval_file).name}")
+    except (ValueError, ImageError, OSError) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps(accuracy.as_dicts(results)))
+        return
+    click.echo(accuracy.table(results))
+    if chart_path:
+        click.echo(f"chart: {chart_path}")
+
+
+from . import cli_bench  # noqa: E402,F401  -- registers `twin bench` and `twin calibrate`
+from .cli_predict import compare_cmd, predict_cmd  # noqa: E402  -- `twin predict`, `twin compare`
+
+main.add_command(predict_cmd)
+main.add_command(compare_cmd)
+main.add_command(__import__("twin.cli_model", fromlist=["x"]).image_cmd)  # `twin image` (twin/cli_model.py)
+main.add_command(__import__("twin.cli_model", fromlist=["x"]).fit_cmd)  # `twin fit` (twin/cli_model.py)
 
 if __name__ == "__main__":
     sys.exit(main())

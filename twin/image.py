@@ -1,4 +1,4 @@
-"""Model image format v1: writer and reader (layout in docs/image-format.md).
+"""Model image format v1: quantization schemes and recipes, writer and reader (docs/image-format.md).
 
 The firmware reads the image in place; `firmware/runtime/model.c` validates it with the same
 checks, in the same order, as `read_image` here (ImageError.code is the firmware's code).
@@ -23,7 +23,8 @@ HEADER_SIZE = PREAMBLE.size + HEADER.size  # 96: the tensor table starts here
 ENTRY = struct.Struct("<BBBxHHIIIIII")  # kind bits scheme - layer group rows cols doff dsize soff ssize
 ARCH_LLAMA = 1
 FLAG_SHARED_CLASSIFIER = 1
-SUPPORTED_BITS = (4, 8)
+SUPPORTED_BITS = (2, 3, 4, 8)
+SCHEME_SYMMETRIC, SCHEME_ASYMMETRIC = 0, 1
 SUPPORTED_GROUPS = (32, 64, 128)
 MAX_TENSORS = 4096
 
@@ -60,53 +61,222 @@ class ImageError(ValueError):
 
 
 # ------------------------------------------------------------ quantization
+#
+# A quantized element is a code c of `bits` bits; its integer level is q = c - z and its value
+# (float)q * scale, with one float32 scale per (row, group) and z as follows:
+#   symmetric  (scheme 0): z = 2^(bits-1) implicit (8 bits: c is int8, z = 0); q in [-qmax, qmax],
+#                          qmax = 2^(bits-1) - 1 (2 bits: ternary -1, 0, 1).
+#   asymmetric (scheme 1): c in [0, 2^bits - 1], z a uint8 per (row, group) stored after the scales.
 
 
 def padded(cols: int, group_size: int) -> int:
     return -(-cols // group_size) * group_size
 
 
-def quantize(w: np.ndarray, bits: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-(row, group) quantization along cols.
+def qmax(bits: int) -> int:
+    """Largest symmetric level: 127, 7, 3, 1 for 8, 4, 3, 2 bits."""
+    return (1 << (bits - 1)) - 1
 
-    Returns q int8 (rows, padded_cols) in [-qmax, qmax] (qmax 127 or 7, zero padding) and
-    float32 scales (rows, padded_cols / group_size) = maxabs / qmax.
-    """
-    qmax = {8: 127, 4: 7}[bits]
+
+def _grouped(w: np.ndarray, group_size: int) -> np.ndarray:
     rows, cols = w.shape
     x = np.zeros((rows, padded(cols, group_size)), dtype=np.float32)
     x[:, :cols] = w
-    groups = x.reshape(rows, -1, group_size)
-    scales = np.abs(groups).max(axis=2) / np.float32(qmax)
+    return x.reshape(rows, -1, group_size)
+
+
+def quantize(w: np.ndarray, bits: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-(row, group) quantization along cols.
+
+    Returns the levels q as int8 (rows, padded_cols) in [-qmax, qmax] (zero padding) and float32
+    scales (rows, padded_cols / group_size) = maxabs / qmax.
+    """
+    m = qmax(bits)
+    rows = w.shape[0]
+    groups = _grouped(w, group_size)
+    scales = np.abs(groups).max(axis=2) / np.float32(m)
     safe = np.where(scales == 0, np.float32(1), scales).astype(np.float64)
-    q = np.clip(np.rint(groups / safe[:, :, None]), -qmax, qmax).astype(np.int8)
+    q = np.clip(np.rint(groups / safe[:, :, None]), -m, m).astype(np.int8)
     return q.reshape(rows, -1), scales.astype(np.float32)
 
 
+def quantize_asymmetric(w: np.ndarray, bits: int, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric per-(row, group) quantization along cols.
+
+    The group's range is widened to include 0, [lo, hi] = [min(min, 0), max(max, 0)];
+    scale = (hi - lo) / (2^bits - 1) (float32), z = round(-lo / scale), c = clip(round(w / scale) + z).
+    Returns codes uint8 (rows, padded_cols) in [0, 2^bits - 1] (padding holds z, i.e. level 0),
+    float32 scales and uint8 zero points (rows, padded_cols / group_size). |value - w| <= scale / 2.
+    """
+    top = (1 << bits) - 1
+    rows = w.shape[0]
+    groups = _grouped(w, group_size)
+    lo = np.minimum(groups.min(axis=2), np.float32(0))
+    hi = np.maximum(groups.max(axis=2), np.float32(0))
+    scales = ((hi - lo) / np.float32(top)).astype(np.float32)
+    safe = np.where(scales == 0, np.float32(1), scales).astype(np.float64)
+    zeros = np.clip(np.rint(-lo / safe), 0, top)
+    codes = np.clip(np.rint(groups / safe[:, :, None]) + zeros[:, :, None], 0, top)
+    return codes.astype(np.uint8).reshape(rows, -1), scales, zeros.astype(np.uint8)
+
+
 def dequantize(q: np.ndarray, scales: np.ndarray, cols: int) -> np.ndarray:
-    """(float)q * scale in float32, cut to the logical cols."""
+    """(float)q * scale in float32 for levels q (= c - z), cut to the logical cols."""
     rows, pcols = q.shape
     g = pcols // scales.shape[1]
     w = q.reshape(rows, -1, g).astype(np.float32) * scales[:, :, None]
     return w.reshape(rows, pcols)[:, :cols]
 
 
-def pack(q: np.ndarray, bits: int) -> bytes:
-    """8-bit: int8 bytes. 4-bit: q + 8 in nibbles, element 2j low, 2j + 1 high."""
+def pack_codes(codes: np.ndarray, bits: int) -> bytes:
+    """Codes (rows, padded_cols), each in [0, 2^bits) (8 bits: any byte), packed row by row:
+    8: a byte each; 4: element 2j in the low nibble of byte j; 2: element 4j+k at bits 2k of byte j;
+    3: 8 elements per 3 bytes, element 8j+k at bits 3k of the little-endian 24-bit word."""
+    c = np.asarray(codes).astype(np.uint32)
+    rows = c.shape[0]
     if bits == 8:
-        return q.astype(np.int8).tobytes()
-    n = (q.astype(np.int16) + 8).astype(np.uint8).reshape(q.shape[0], -1, 2)
-    return (n[:, :, 0] | (n[:, :, 1] << 4)).astype(np.uint8).tobytes()
+        return (c & 0xFF).astype(np.uint8).tobytes()
+    per = {4: 2, 2: 4, 3: 8}[bits]
+    parts = c.reshape(rows, -1, per) << (np.arange(per, dtype=np.uint32) * bits)
+    word = np.bitwise_or.reduce(parts, axis=2)
+    nbytes = per * bits // 8
+    out = np.stack([(word >> (8 * i)) & 0xFF for i in range(nbytes)], axis=2)
+    return out.astype(np.uint8).tobytes()
+
+
+def unpack_codes(data: bytes, bits: int, rows: int, padded_cols: int) -> np.ndarray:
+    """Inverse of pack_codes: uint8 codes (rows, padded_cols)."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    if bits == 8:
+        return b.reshape(rows, padded_cols).copy()
+    per = {4: 2, 2: 4, 3: 8}[bits]
+    nbytes = per * bits // 8
+    chunks = b.reshape(rows, -1, nbytes).astype(np.uint32)
+    word = np.bitwise_or.reduce(chunks << (np.arange(nbytes, dtype=np.uint32) * 8), axis=2)
+    codes = (word[:, :, None] >> (np.arange(per, dtype=np.uint32) * bits)) & ((1 << bits) - 1)
+    return codes.reshape(rows, padded_cols).astype(np.uint8)
+
+
+def pack(q: np.ndarray, bits: int) -> bytes:
+    """Symmetric levels q: 8-bit as int8 bytes, otherwise codes q + 2^(bits-1) (pack_codes)."""
+    q = np.asarray(q).astype(np.int16)
+    return pack_codes(q if bits == 8 else q + (1 << (bits - 1)), bits)
 
 
 def unpack(data: bytes, bits: int, rows: int, padded_cols: int) -> np.ndarray:
+    """Symmetric levels q (int8) of packed data (inverse of pack)."""
+    c = unpack_codes(data, bits, rows, padded_cols)
     if bits == 8:
-        return np.frombuffer(data, dtype=np.int8).reshape(rows, padded_cols).copy()
-    b = np.frombuffer(data, dtype=np.uint8).reshape(rows, padded_cols // 2)
-    q = np.empty((rows, padded_cols), dtype=np.int8)
-    q[:, 0::2] = (b & 15).astype(np.int8) - 8
-    q[:, 1::2] = (b >> 4).astype(np.int8) - 8
-    return q
+        return c.view(np.int8)
+    return (c.astype(np.int16) - (1 << (bits - 1))).astype(np.int8)
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How one tensor is quantized: width, group size along cols, symmetric or asymmetric."""
+
+    bits: int = 4
+    group_size: int = 32
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS or self.group_size not in SUPPORTED_GROUPS:
+            raise ValueError(f"unsupported quantization: {self.bits} bits, group size {self.group_size} "
+                             f"(bits {'/'.join(map(str, SUPPORTED_BITS))}, group size "
+                             f"{'/'.join(map(str, SUPPORTED_GROUPS))})")
+
+    @property
+    def scheme(self) -> int:
+        return SCHEME_SYMMETRIC if self.symmetric else SCHEME_ASYMMETRIC
+
+    @property
+    def label(self) -> str:
+        """e.g. q4g32 (symmetric), q3g64a (asymmetric)."""
+        return f"q{self.bits}g{self.group_size}{'' if self.symmetric else 'a'}"
+
+    def sizes(self, rows: int, cols: int) -> tuple[int, int]:
+        """(data bytes, scale-block bytes) of a rows x cols matrix."""
+        p = padded(cols, self.group_size)
+        groups = rows * (p // self.group_size)
+        return rows * p * self.bits // 8, groups * 4 + (0 if self.symmetric else groups)
+
+    def encode(self, w: np.ndarray) -> tuple[bytes, bytes]:
+        """Quantize and pack a float matrix: (data, scale block) as stored in the image."""
+        if self.symmetric:
+            q, scales = quantize(w, self.bits, self.group_size)
+            return pack(q, self.bits), scales.tobytes()
+        codes, scales, zeros = quantize_asymmetric(w, self.bits, self.group_size)
+        return pack_codes(codes, self.bits), scales.tobytes() + zeros.tobytes()
+
+
+RECIPE_KEYS = ("tok_emb", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "classifier")
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """Per-tensor quantization (mixed precision): a default scheme and overrides by tensor name.
+
+    Override keys are matrix names (RECIPE_KEYS: tok_emb, wq, wk, wv, wo, w1, w2, w3, classifier),
+    optionally with a layer, e.g. "w2.0"; a layer key wins over a name key. Values are a
+    QuantScheme or a bit width (the default's group size and symmetry with those bits). When the
+    model's classifier shares the token embedding, tok_emb and classifier name one tensor.
+    """
+
+    default: QuantScheme = QuantScheme()
+    overrides: tuple[tuple[str, QuantScheme], ...] = ()
+
+    @classmethod
+    def make(cls, bits: int = 4, group_size: int = 32, symmetric: bool = True,
+             overrides: dict[str, int | QuantScheme] | None = None) -> QuantRecipe:
+        default = QuantScheme(bits, group_size, symmetric)
+        items = []
+        for key, v in sorted((overrides or {}).items()):
+            name, _, layer = key.partition(".")
+            if name not in RECIPE_KEYS or (layer and not layer.isdigit()):
+                raise ValueError(f"unknown tensor {key!r} in the quantization overrides "
+                                 f"(names: {', '.join(RECIPE_KEYS)}, optionally with .LAYER)")
+            scheme = v if isinstance(v, QuantScheme) else QuantScheme(int(v), group_size, symmetric)
+            items.append((key, scheme))
+        return cls(default, tuple(items))
+
+    @classmethod
+    def parse(cls, text: str, group_size: int = 32, symmetric: bool = True) -> QuantRecipe:
+        """'4' or '4,tok_emb=8,classifier=8,w2.0=8' (the CLI's form)."""
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts or "=" in parts[0]:
+            raise ValueError(f"a recipe starts with the default bit width, e.g. '4,tok_emb=8' (got {text!r})")
+        try:
+            bits = int(parts[0])
+            over = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in parts[1:])}
+        except ValueError:
+            raise ValueError(f"bad recipe {text!r}: expected BITS[,NAME=BITS...]") from None
+        return cls.make(bits, group_size, symmetric, over)
+
+    def for_tensor(self, kind: Kind, layer: int = 0, shared_classifier: bool = False) -> QuantScheme:
+        table = dict(self.overrides)
+        names = [kind.name.lower()]
+        if shared_classifier and kind == Kind.TOK_EMB:
+            names = ["tok_emb", "classifier"]
+            picks = {table[n] for n in names if n in table}
+            if len(picks) > 1:
+                raise ValueError("tok_emb and classifier are one tensor in this model (shared classifier) "
+                                 "but the recipe gives them different schemes")
+        for n in names:
+            if f"{n}.{layer}" in table:
+                return table[f"{n}.{layer}"]
+        for n in names:
+            if n in table:
+                return table[n]
+        return self.default
+
+    @property
+    def label(self) -> str:
+        """e.g. q4g32, q4g32a+tok_emb=q8g32a."""
+        return "+".join([self.default.label, *(f"{k}={s.label}" for k, s in self.overrides)])
+
+    @property
+    def is_uniform(self) -> bool:
+        return all(s == self.default for _, s in self.overrides)
 
 
 # ----------------------------------------------------------------- model
@@ -116,12 +286,22 @@ def unpack(data: bytes, bits: int, rows: int, padded_cols: int) -> np.ndarray:
 class Tensor:
     kind: Kind
     layer: int
-    bits: int  # 32, 8 or 4
+    bits: int  # 32, 8, 4, 3 or 2
     group_size: int  # 0 for float32
     rows: int
     cols: int
-    values: np.ndarray  # float32 (rows, cols) if bits == 32, else int8 q (rows, padded_cols)
+    values: np.ndarray  # float32 (rows, cols) if bits == 32, else int16 levels q = c - z (rows, padded_cols)
     scales: np.ndarray | None  # float32 (rows, n_groups)
+    scheme: int = SCHEME_SYMMETRIC
+    zeros: np.ndarray | None = None  # uint8 (rows, n_groups), asymmetric only
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of data and scale block in the image (without alignment padding)."""
+        if self.bits == 32:
+            return self.rows * self.cols * 4
+        return sum(QuantScheme(self.bits, self.group_size, self.scheme == SCHEME_SYMMETRIC).sizes(
+            self.rows, self.cols))
 
     def dense(self) -> np.ndarray:
         if self.bits == 32:
@@ -176,10 +356,15 @@ def _align4(b: bytearray) -> None:
     b.extend(b"\0" * (-len(b) % 4))
 
 
-def write_image(model: FloatModel, bits: int = 8, group_size: int = 32) -> bytes:
-    """Quantize every matrix to `bits` (4 or 8) with `group_size`; vectors stay float32."""
-    if bits not in SUPPORTED_BITS or group_size not in SUPPORTED_GROUPS:
-        raise ValueError(f"unsupported quantization: {bits} bits, group size {group_size}")
+def write_image(model: FloatModel, bits: int = 8, group_size: int = 32, *, symmetric: bool = True,
+                overrides: dict[str, int | QuantScheme] | None = None,
+                recipe: QuantRecipe | None = None) -> bytes:
+    """Quantize every matrix with `recipe`, by default QuantRecipe.make(bits, group_size,
+    symmetric, overrides) (e.g. overrides={"tok_emb": 8}); vectors stay float32."""
+    if recipe is None:
+        recipe = QuantRecipe.make(bits, group_size, symmetric, overrides)
+    elif overrides:
+        raise ValueError("give either a recipe or bits/group_size/symmetric/overrides")
     c = model.config
     if (model.classifier is None) != c.shared_classifier:
         raise ValueError("config.shared_classifier disagrees with the classifier weights")
@@ -195,14 +380,15 @@ def write_image(model: FloatModel, bits: int = 8, group_size: int = 32) -> bytes
             blob += data
             entries.append(ENTRY.pack(kind, 32, 0, layer, 0, rows, cols, doff, len(data), 0, 0))
         else:
-            q, scales = quantize(w2, bits, group_size)
-            doff, data = len(blob), pack(q, bits)
+            qs = recipe.for_tensor(kind, layer, c.shared_classifier)
+            data, sdata = qs.encode(w2)
+            doff = len(blob)
             blob += data
             _align4(blob)
-            soff, sdata = len(blob), scales.tobytes()
+            soff = len(blob)
             blob += sdata
-            entries.append(ENTRY.pack(kind, bits, 0, layer, group_size, rows, cols, doff, len(data),
-                                      soff, len(sdata)))
+            entries.append(ENTRY.pack(kind, qs.bits, qs.scheme, layer, qs.group_size, rows, cols, doff,
+                                      len(data), soff, len(sdata)))
         _align4(blob)
     blob[HEADER_SIZE:table_end] = b"".join(entries)
     name = c.name.encode("utf-8")[:16]
@@ -241,13 +427,13 @@ def _config_problem(f: dict) -> str | None:
     return None
 
 
-def _expected_sizes(bits: int, group: int, rows: int, cols: int) -> tuple[int, int] | None:
+def _expected_sizes(bits: int, scheme: int, group: int, rows: int, cols: int) -> tuple[int, int] | None:
     if bits == 32:
-        return rows * cols * 4, 0
-    if bits not in SUPPORTED_BITS or group not in SUPPORTED_GROUPS:
+        return (rows * cols * 4, 0) if scheme == SCHEME_SYMMETRIC else None
+    if (bits not in SUPPORTED_BITS or group not in SUPPORTED_GROUPS
+            or scheme not in (SCHEME_SYMMETRIC, SCHEME_ASYMMETRIC)):
         return None
-    p = padded(cols, group)
-    return rows * (p if bits == 8 else p // 2), rows * (p // group) * 4
+    return QuantScheme(bits, group, scheme == SCHEME_SYMMETRIC).sizes(rows, cols)
 
 
 def read_image(image: bytes, partition_size: int | None = None) -> QuantModel:
@@ -318,7 +504,7 @@ def read_image(image: bytes, partition_size: int | None = None) -> QuantModel:
                 raise corrupt(f"{k.name} layer {layer}: data [{off}, +{size}) outside the image")
         if doff < table_end or (ssize and soff < table_end):
             raise corrupt(f"{k.name} layer {layer}: data overlaps the header")
-        sizes = _expected_sizes(bits, group, rows, cols)
+        sizes = _expected_sizes(bits, scheme, group, rows, cols)
         if sizes is not None and sizes != (dsize, ssize):
             raise corrupt(f"{k.name} layer {layer}: sizes {dsize}/{ssize}, expected {sizes[0]}/{sizes[1]}")
         entries.append((k, layer, bits, scheme, group, rows, cols, doff, dsize, soff, ssize))
@@ -326,19 +512,30 @@ def read_image(image: bytes, partition_size: int | None = None) -> QuantModel:
     if f["arch"] != ARCH_LLAMA:
         raise ImageError(E_ARCH, f"architecture {f['arch']} is not supported (1 = llama)")
     for k, layer, bits, scheme, group, *_ in entries:
-        ok = (bits == 32 and group == 0) if k in VECTORS else (bits in SUPPORTED_BITS and group in SUPPORTED_GROUPS)
-        if scheme != 0 or not ok:
+        if k in VECTORS:
+            ok = bits == 32 and group == 0 and scheme == SCHEME_SYMMETRIC
+        else:
+            ok = bits in SUPPORTED_BITS and group in SUPPORTED_GROUPS and scheme in (SCHEME_SYMMETRIC,
+                                                                                    SCHEME_ASYMMETRIC)
+        if not ok:
             raise ImageError(E_QUANT, f"{k.name} layer {layer}: unsupported quantization "
                                       f"(bits {bits}, group size {group}, scheme {scheme})")
 
     tensors: dict[tuple[Kind, int], Tensor] = {}
-    for k, layer, bits, _scheme, group, rows, cols, doff, dsize, soff, ssize in entries:
+    for k, layer, bits, scheme, group, rows, cols, doff, dsize, soff, ssize in entries:
         data = image[doff:doff + dsize]
+        zeros = None
         if bits == 32:
             values = np.frombuffer(data, dtype="<f4").reshape(rows, cols).astype(np.float32)
             scales = None
         else:
-            values = unpack(data, bits, rows, padded(cols, group))
-            scales = np.frombuffer(image[soff:soff + ssize], dtype="<f4").reshape(rows, -1).astype(np.float32)
-        tensors[(k, layer)] = Tensor(k, layer, bits, group, rows, cols, values, scales)
+            ng = padded(cols, group) // group
+            scales = np.frombuffer(image[soff:soff + rows * ng * 4], dtype="<f4").reshape(rows, ng).astype(np.float32)
+            if scheme == SCHEME_SYMMETRIC:
+                values = unpack(data, bits, rows, padded(cols, group)).astype(np.int16)
+            else:
+                zeros = np.frombuffer(image[soff + rows * ng * 4:soff + ssize], dtype=np.uint8).reshape(rows, ng).copy()
+                codes = unpack_codes(data, bits, rows, padded(cols, group)).astype(np.int16)
+                values = codes - np.repeat(zeros, group, axis=1).astype(np.int16)
+        tensors[(k, layer)] = Tensor(k, layer, bits, group, rows, cols, values, scales, scheme, zeros)
     return QuantModel(config=config, tensors=tensors, crc=crc, size=total)

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from twin.tokenizer import Tokenizer
 
 BOS, EOS, PAD = 0, 1, 2
 BYTE_OFFSET = 3  # byte b is token b + 3
@@ -27,6 +32,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     name: str = "twin-260k"
     shared_classifier: bool = True
+    rope_theta: float = 10000.0  # rope_freq[i] = rope_theta^(-2i / head_size)
 
     @property
     def head_size(self) -> int:
@@ -60,6 +66,7 @@ class FloatModel:
     final_norm: np.ndarray  # (dim,)
     rope_freq: np.ndarray  # (head_size / 2,)
     classifier: np.ndarray | None = field(default=None)  # None: shares tok_emb
+    tokenizer: Tokenizer | None = field(default=None, compare=False)  # None: byte-level encode/decode
 
     @property
     def classifier_weights(self) -> np.ndarray:
@@ -112,18 +119,38 @@ def generate_model(config: ModelConfig | None = None, seed: int = 0) -> FloatMod
         tok_emb=tok_emb,
         layers=layers,
         final_norm=norm(3.0),
-        rope_freq=rope_frequencies(c.head_size),
+        rope_freq=rope_frequencies(c.head_size, c.rope_theta),
         classifier=classifier,
     )
 
 
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+BUILTIN_FILE = MODELS_DIR / "austen-260k.npz"
+
+
 @functools.cache
 def builtin_model() -> FloatModel:
-    """The default model (seed 0), built once per process."""
-    return generate_model(ModelConfig(), seed=0)
+    """The built-in model: the trained 260K-parameter model of models/ (default shape, with its BPE
+    tokenizer), loaded once per process. Random-weight models of any shape: generate_model()."""
+    from twin.importers.npz import load_npz
+
+    return load_npz(BUILTIN_FILE)
 
 
 # ---------------------------------------------------------------- tokenizer
+# The byte-level scheme, used when a model carries no tokenizer (twin.tokenizer.Tokenizer otherwise).
+
+
+def encode_for(model: FloatModel | None, text: str, bos: bool = True) -> list[int]:
+    """Token ids of ``text`` with the model's tokenizer, or byte-level without one."""
+    tok = model.tokenizer if model is not None else None
+    return tok.encode(text, bos=bos) if tok is not None else encode(text, bos=bos)
+
+
+def decode_for(model: FloatModel | None, ids: list[int]) -> str:
+    tok = model.tokenizer if model is not None else None
+    return tok.decode(ids) if tok is not None else decode(ids)
+
 
 
 def encode(text: str, bos: bool = True) -> list[int]:

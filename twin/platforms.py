@@ -1,6 +1,12 @@
 """Platforms are data: one YAML file per board under ``platforms/``.
 
 Loading validates every file; a broken one is an error that names the file and the field.
+
+A file describes the board (core, clocks, memories, flash wait states against the clock, caches and
+accelerators, FPU/DSP/vector extensions, cycle counter, power figures, each figure with its
+``source``), how the twin runs its code (``twin: {mode: exact|proxy|none, proxy, confidence}``) and,
+for boards we build firmware for, the board-support family, compiler flags and the linker memory
+map.  A board without ``board:`` has no firmware build yet: it is predicted through its proxy.
 """
 
 from __future__ import annotations
@@ -39,6 +45,85 @@ class Emulator:
 
 
 @dataclass(frozen=True)
+class Clocks:
+    max_hz: int
+    default_hz: int
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Memories:
+    """What the chip and board offer (the linker map in ``memory:`` is what the firmware uses)."""
+    sram_bytes: int
+    flash_bytes: int                 # internal flash (0 when code runs from external flash)
+    external_flash_bytes: int = 0    # QSPI/XIP flash on the board or in the package
+    external_ram_bytes: int = 0      # PSRAM/SDRAM on the board
+    source: str = ""
+
+    @property
+    def code_bytes_available(self) -> int:
+        """Where code and model weights can live: internal plus external flash."""
+        return self.flash_bytes + self.external_flash_bytes
+
+    @property
+    def ram_bytes_available(self) -> int:
+        return self.sram_bytes + self.external_ram_bytes
+
+
+@dataclass(frozen=True)
+class FlashTiming:
+    """Flash wait states against the core clock: ``table`` rows (max_hz, wait_states), ascending.
+
+    ``kind`` is "internal" (embedded flash with wait states), "xip" (external flash behind a cache:
+    the wait-state table does not apply, a miss costs a QSPI transfer) or "ram" (code in zero-wait
+    RAM, e.g. QEMU).  An empty table means the figures were not found (see ``source``).
+    """
+    kind: str
+    table: tuple[tuple[int, int], ...] = ()
+    source: str = ""
+
+    def wait_states(self, clock_hz: int) -> int | None:
+        """Wait states at ``clock_hz``; None when the table is empty or does not apply.
+
+        Above the last row the clock is out of range (None); below the first known row the
+        first row's figure is used (an upper bound when lower rows were not found)."""
+        if self.kind != "internal" or not self.table:
+            return None
+        for max_hz, ws in self.table:
+            if clock_hz <= max_hz:
+                return ws
+        return None
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str
+    kind: str                        # "icache" | "dcache" | "cache" | "art" | "xip-cache" | "prefetch" | "tcm"
+    size_bytes: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Power:
+    """Run-mode power figures; None = not found (the ``source`` says so)."""
+    run_ua_per_mhz: float | None
+    voltage_v: float | None
+    static_ma: float | None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class TwinMapping:
+    """How the twin runs this board's code: ``exact`` (QEMU models the board, the very ELF runs),
+    ``proxy`` (counts from the same core on another emulated platform) or ``none`` (no emulator
+    of this core: counts from ``proxy`` are mapped across cores, with low confidence)."""
+    mode: str
+    proxy: str | None
+    confidence: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Platform:
     id: str
     name: str
@@ -48,28 +133,83 @@ class Platform:
     fpu: str                       # "none" | "sp" | "dp"
     dsp: bool
     clock_hz: int
-    cycle_counter: str             # "dwt" | "mcycle" | "systick" | "none"
-    board: str                     # board-support family: firmware/boards/<board>.c
-    cflags: tuple[str, ...]
-    defines: dict[str, int | str] = field(hash=False)
+    cycle_counter: str             # "dwt" | "mcycle" | "systick" | "ccount" | "mpccr" | "none"
+    board: str | None = None       # board-support family: firmware/boards/<board>.c; None = no build yet
+    cflags: tuple[str, ...] = ()
+    defines: dict[str, int | str] = field(default_factory=dict, hash=False)
     flash: Region = Region(0, 0)
     model: Region = Region(0, 0)
     ram: Region = Region(0, 0)
     stack_size: int = 0x4000
     emulator: Emulator | None = None
     source: Path | None = None
+    vector: str = "none"           # "none" | "mve" | "pie" (ESP32-S3 128-bit SIMD)
+    clocks: Clocks | None = None
+    memories: Memories | None = None
+    flash_timing: FlashTiming | None = None
+    accelerators: tuple[Accelerator, ...] = ()
+    power: Power | None = None
+    twin: TwinMapping | None = None
+
+    @property
+    def has_firmware(self) -> bool:
+        """True when the platform has a board-support family and a linker map: firmware builds."""
+        return self.board is not None
+
+    @property
+    def max_clock_hz(self) -> int:
+        return self.clocks.max_hz if self.clocks else self.clock_hz
+
+    @property
+    def default_clock_hz(self) -> int:
+        return self.clocks.default_hz if self.clocks else self.clock_hz
+
+    @property
+    def code_bytes_available(self) -> int:
+        """Bytes for firmware + model: the chip's flash, else the linker map's code + model windows."""
+        if self.memories:
+            return self.memories.code_bytes_available
+        return self.flash.size + self.model.size
+
+    @property
+    def ram_bytes_available(self) -> int:
+        return self.memories.ram_bytes_available if self.memories else self.ram.size
+
+    @property
+    def twin_mode(self) -> TwinMapping:
+        """The twin mapping; a file without ``twin:`` that has an emulator runs exactly."""
+        if self.twin is not None:
+            return self.twin
+        return TwinMapping("exact" if self.emulator else "none", self.id if self.emulator else None,
+                           "high" if self.emulator else "low")
+
+    @property
+    def counts_platform(self) -> str | None:
+        """The emulated platform whose counts stand for this board's code."""
+        t = self.twin_mode
+        return self.id if t.mode == "exact" else t.proxy
 
     @property
     def toolchain(self) -> str:
-        return {"arm": "arm-none-eabi-", "riscv": "riscv64-unknown-elf-"}[self.arch]
+        if self.arch not in _TOOLCHAINS:
+            raise PlatformError(f"platform {self.id}: no toolchain for arch {self.arch!r}")
+        return _TOOLCHAINS[self.arch]
 
     @property
     def toolchain_package(self) -> str:
         return {"arm": "gcc-arm-none-eabi", "riscv": "gcc-riscv64-unknown-elf"}[self.arch]
 
 
+_TOOLCHAINS = {"arm": "arm-none-eabi-", "riscv": "riscv64-unknown-elf-"}
 _ARCHES = ("arm", "riscv")
-_CYCLE_COUNTERS = ("dwt", "mcycle", "systick", "none")
+_NO_BUILD_ARCHES = ("xtensa",)          # catalog-only: no toolchain here, so no firmware build
+_CYCLE_COUNTERS = ("dwt", "mcycle", "systick", "ccount", "mpccr", "none")
+_FPUS = ("none", "sp", "dp")
+_VECTORS = ("none", "mve", "pie")
+_FLASH_KINDS = ("internal", "xip", "ram")
+_ACCEL_KINDS = ("icache", "dcache", "cache", "art", "xip-cache", "prefetch", "tcm")
+TWIN_MODES = ("exact", "proxy", "none")
+CONFIDENCES = ("high", "medium", "low")
 
 
 def _need(data: dict, key: str, kind: type | tuple[type, ...], where: str):
@@ -91,6 +231,148 @@ def _region(data: dict, key: str, where: str) -> Region:
     return Region(origin, size)
 
 
+def _optional(data: dict, key: str, kind: type | tuple[type, ...], where: str):
+    """A field that may be absent or null: None then; else it must have the type."""
+    if data.get(key) is None:
+        return None
+    return _need(data, key, kind, where)
+
+
+def _number(data: dict, key: str, where: str, *, required: bool = True, positive: bool = True):
+    value = _need(data, key, (int, float), where) if required else _optional(data, key, (int, float), where)
+    if isinstance(value, bool):
+        raise PlatformError(f"{where}: field '{key}' must be a number, got {value!r}")
+    if value is not None and (value < 0 or (positive and value == 0)):
+        raise PlatformError(f"{where}: field '{key}' must be {'positive' if positive else '>= 0'}, got {value!r}")
+    return value
+
+
+def _source(data: dict, where: str) -> str:
+    """Every section with figures says where they come from (or that they were not found)."""
+    src = _need(data, "source", str, where)
+    if not src.strip():
+        raise PlatformError(f"{where}: field 'source' must say where the figures come from (or 'nf')")
+    return src
+
+
+def _choice(data: dict, key: str, choices: tuple[str, ...], where: str, default: str | None = None) -> str:
+    if default is not None and key not in data:
+        return default
+    value = _need(data, key, str, where)
+    if value not in choices:
+        raise PlatformError(f"{where}: field '{key}' must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _clocks(data: dict, where: str, clock_hz: int) -> Clocks | None:
+    c = _optional(data, "clocks", dict, where)
+    if c is None:
+        return None
+    cw = f"{where}: clocks"
+    max_hz = _need(c, "max_hz", int, cw)
+    default_hz = _need(c, "default_hz", int, cw)
+    if max_hz <= 0 or default_hz <= 0:
+        raise PlatformError(f"{cw}: fields 'max_hz' and 'default_hz' must be positive")
+    if default_hz > max_hz:
+        raise PlatformError(f"{cw}: field 'default_hz' ({default_hz}) exceeds 'max_hz' ({max_hz})")
+    if clock_hz > max_hz:
+        raise PlatformError(f"{where}: field 'clock_hz' ({clock_hz}) exceeds clocks.max_hz ({max_hz})")
+    return Clocks(max_hz, default_hz, _source(c, cw))
+
+
+def _memories(data: dict, where: str) -> Memories | None:
+    m = _optional(data, "memories", dict, where)
+    if m is None:
+        return None
+    mw = f"{where}: memories"
+    sizes = {}
+    for key in ("sram_bytes", "flash_bytes", "external_flash_bytes", "external_ram_bytes"):
+        value = _need(m, key, int, mw) if key in ("sram_bytes", "flash_bytes") else m.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise PlatformError(f"{mw}: field '{key}' must be an int >= 0, got {value!r}")
+        sizes[key] = value
+    if sizes["sram_bytes"] == 0:
+        raise PlatformError(f"{mw}: field 'sram_bytes' must be positive")
+    if sizes["flash_bytes"] + sizes["external_flash_bytes"] == 0:
+        raise PlatformError(f"{mw}: 'flash_bytes' + 'external_flash_bytes' must be positive")
+    return Memories(**sizes, source=_source(m, mw))
+
+
+def _flash_timing(data: dict, where: str) -> FlashTiming | None:
+    f = _optional(data, "flash_wait_states", dict, where)
+    if f is None:
+        return None
+    fw = f"{where}: flash_wait_states"
+    kind = _choice(f, "kind", _FLASH_KINDS, fw)
+    rows = _need(f, "table", list, fw)
+    table: list[tuple[int, int]] = []
+    for i, row in enumerate(rows):
+        rw = f"{fw}.table[{i}]"
+        if not isinstance(row, dict):
+            raise PlatformError(f"{rw}: expected a mapping {{max_hz: int, wait_states: int}}")
+        max_hz, ws = _need(row, "max_hz", int, rw), _need(row, "wait_states", int, rw)
+        if max_hz <= 0 or ws < 0:
+            raise PlatformError(f"{rw}: need max_hz > 0 and wait_states >= 0")
+        if table and (max_hz <= table[-1][0] or ws < table[-1][1]):
+            raise PlatformError(f"{rw}: rows must ascend in max_hz and not decrease in wait_states")
+        table.append((max_hz, ws))
+    if kind != "internal" and table:
+        raise PlatformError(f"{fw}: field 'table' must be empty for kind {kind!r} (wait states apply to "
+                            "internal flash only)")
+    return FlashTiming(kind, tuple(table), _source(f, fw))
+
+
+def _accelerators(data: dict, where: str) -> tuple[Accelerator, ...]:
+    items = _optional(data, "accelerators", list, where) or []
+    out = []
+    for i, a in enumerate(items):
+        aw = f"{where}: accelerators[{i}]"
+        if not isinstance(a, dict):
+            raise PlatformError(f"{aw}: expected a mapping with name, kind, size_bytes, source")
+        size = _optional(a, "size_bytes", int, aw)
+        if size is not None and size <= 0:
+            raise PlatformError(f"{aw}: field 'size_bytes' must be positive (or null when not found)")
+        out.append(Accelerator(_need(a, "name", str, aw), _choice(a, "kind", _ACCEL_KINDS, aw), size,
+                               _source(a, aw)))
+    return tuple(out)
+
+
+def _power(data: dict, where: str) -> Power | None:
+    p = _optional(data, "power", dict, where)
+    if p is None:
+        return None
+    pw = f"{where}: power"
+    for key in ("run_ua_per_mhz", "voltage_v", "static_ma"):
+        if key not in p:
+            raise PlatformError(f"{pw}: missing field '{key}' (write null when the figure was not found)")
+    return Power(
+        run_ua_per_mhz=_number(p, "run_ua_per_mhz", pw, required=False),
+        voltage_v=_number(p, "voltage_v", pw, required=False),
+        static_ma=_number(p, "static_ma", pw, required=False, positive=False),
+        source=_source(p, pw),
+    )
+
+
+def _twin(data: dict, where: str, has_emulator: bool, pid: str) -> TwinMapping | None:
+    t = _optional(data, "twin", dict, where)
+    if t is None:
+        return None
+    tw = f"{where}: twin"
+    mode = _choice(t, "mode", TWIN_MODES, tw)
+    proxy = _optional(t, "proxy", str, tw)
+    confidence = _choice(t, "confidence", CONFIDENCES, tw)
+    if mode == "exact":
+        if not has_emulator:
+            raise PlatformError(f"{tw}: field 'mode' is 'exact' but the file has no 'emulator' section")
+        if proxy not in (None, pid):
+            raise PlatformError(f"{tw}: field 'proxy' must be absent for mode 'exact' (the board runs itself)")
+        proxy = pid
+    elif proxy is None:
+        raise PlatformError(f"{tw}: field 'proxy' is required for mode {mode!r}: the emulated platform "
+                            "whose counts stand for this board")
+    return TwinMapping(mode, proxy, confidence, str(t.get("note", "")))
+
+
 def parse_platform(data: object, source: Path) -> Platform:
     where = str(source)
     if not isinstance(data, dict):
@@ -98,19 +380,33 @@ def parse_platform(data: object, source: Path) -> Platform:
     pid = _need(data, "id", str, where)
     if pid != source.stem:
         raise PlatformError(f"{where}: field 'id' is {pid!r} but the file name says {source.stem!r}")
+    builds = data.get("board") is not None
     arch = _need(data, "arch", str, where)
-    if arch not in _ARCHES:
-        raise PlatformError(f"{where}: field 'arch' must be one of {', '.join(_ARCHES)}, got {arch!r}")
+    if arch not in _ARCHES and not (arch in _NO_BUILD_ARCHES and not builds and "emulator" not in data):
+        extra = (f" (or {', '.join(_NO_BUILD_ARCHES)} for a catalog-only board without 'board' and "
+                 "'emulator')")
+        raise PlatformError(f"{where}: field 'arch' must be one of {', '.join(_ARCHES)}{extra}, got {arch!r}")
     counter = _need(data, "cycle_counter", str, where)
     if counter not in _CYCLE_COUNTERS:
         raise PlatformError(f"{where}: field 'cycle_counter' must be one of {', '.join(_CYCLE_COUNTERS)}")
     clock = _need(data, "clock_hz", int, where)
     if clock <= 0:
         raise PlatformError(f"{where}: field 'clock_hz' must be positive")
-    mem = _need(data, "memory", dict, where)
-    flash, model, ram = (_region(mem, k, where) for k in ("flash", "model", "ram"))
+    fpu = _choice(data, "fpu", _FPUS, where)
+    flash = model = ram = Region(0, 0)
+    if builds or "emulator" in data or "memory" in data:
+        mem = _need(data, "memory", dict, where)
+        flash, model, ram = (_region(mem, k, where) for k in ("flash", "model", "ram"))
+    board = _optional(data, "board", str, where)
+    cflags: tuple[str, ...] = ()
+    if board is not None:
+        cflags = tuple(_need(data, "cflags", list, where))
+    elif "cflags" in data:
+        raise PlatformError(f"{where}: field 'cflags' given without 'board': a firmware build needs both")
     emulator = None
     if "emulator" in data:
+        if board is None:
+            raise PlatformError(f"{where}: field 'emulator' needs 'board' (the firmware the emulator runs)")
         e = _need(data, "emulator", dict, where)
         ew = f"{where}: emulator"
         emulator = Emulator(
@@ -132,12 +428,12 @@ def parse_platform(data: object, source: Path) -> Platform:
         core=_need(data, "core", str, where),
         isa=_need(data, "isa", str, where),
         arch=arch,
-        fpu=_need(data, "fpu", str, where),
+        fpu=fpu,
         dsp=_need(data, "dsp", bool, where),
         clock_hz=clock,
         cycle_counter=counter,
-        board=_need(data, "board", str, where),
-        cflags=tuple(_need(data, "cflags", list, where)),
+        board=board,
+        cflags=cflags,
         defines=defines,
         flash=flash,
         model=model,
@@ -145,7 +441,26 @@ def parse_platform(data: object, source: Path) -> Platform:
         stack_size=int(data.get("stack_size", 0x4000)),
         emulator=emulator,
         source=source,
+        vector=_choice(data, "vector", _VECTORS, where, default="none"),
+        clocks=_clocks(data, where, clock),
+        memories=_memories(data, where),
+        flash_timing=_flash_timing(data, where),
+        accelerators=_accelerators(data, where),
+        power=_power(data, where),
+        twin=_twin(data, where, emulator is not None, pid),
     )
+
+
+def check_catalog(platforms: dict[str, Platform]) -> None:
+    """Cross-file rules: a proxy must be an emulated platform of the catalog."""
+    for p in platforms.values():
+        t = p.twin
+        if t is None or t.mode == "exact":
+            continue
+        target = platforms.get(t.proxy or "")
+        if target is None or target.emulator is None:
+            raise PlatformError(f"{p.source}: twin.proxy {t.proxy!r} is not an emulated platform; "
+                                f"emulated: {', '.join(k for k, v in platforms.items() if v.emulator)}")
 
 
 def load_platform_file(path: Path) -> Platform:
@@ -158,7 +473,9 @@ def load_platform_file(path: Path) -> Platform:
 
 @cache
 def all_platforms(directory: Path = PLATFORM_DIR) -> dict[str, Platform]:
-    return {p.stem: load_platform_file(p) for p in sorted(directory.glob("*.yaml"))}
+    platforms = {p.stem: load_platform_file(p) for p in sorted(directory.glob("*.yaml"))}
+    check_catalog(platforms)
+    return platforms
 
 
 def get_platform(pid: str) -> Platform:

@@ -294,6 +294,7 @@ class MsgType(IntEnum):
     MEM = 0x03
     SELFTEST = 0x04
     EXIT = 0x05
+    WORKLOAD = 0x06
     INFO = 0x81
     PHASE = 0x82
     RESULT = 0x83
@@ -301,6 +302,7 @@ class MsgType(IntEnum):
     SELFTEST_DONE = 0x85
     BYE = 0x86
     BOOT = 0x87
+    WORKLOAD_DONE = 0x88
     ERROR = 0xEE
 
 
@@ -316,6 +318,7 @@ class PhaseKind(IntEnum):
     PREFILL = 1
     DECODE = 2
     SELFTEST = 3
+    WORKLOAD = 4
 
 
 def _check_size(name: str, body: bytes, size: int) -> None:
@@ -542,6 +545,45 @@ class SelftestDone:
 
 
 @dataclass(frozen=True)
+class WorkloadRequest:
+    """WORKLOAD: run calibration workload ``id`` (twin/workloads.py) ``iterations`` times."""
+    TYPE: ClassVar[int] = MsgType.WORKLOAD
+    _S: ClassVar[struct.Struct] = struct.Struct("<HII")
+
+    id: int
+    size: int
+    iterations: int
+
+    def pack(self) -> bytes:
+        return self._S.pack(self.id, self.size, self.iterations)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> WorkloadRequest:
+        _check_size("WORKLOAD", body, cls._S.size)
+        return cls(*cls._S.unpack(body))
+
+
+@dataclass(frozen=True)
+class WorkloadDone:
+    TYPE: ClassVar[int] = MsgType.WORKLOAD_DONE
+    _S: ClassVar[struct.Struct] = struct.Struct("<HIIII")
+
+    id: int
+    size: int
+    iterations: int
+    cycles: int
+    checksum: int
+
+    def pack(self) -> bytes:
+        return self._S.pack(self.id, self.size, self.iterations, self.cycles, self.checksum)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> WorkloadDone:
+        _check_size("WORKLOAD_DONE", body, cls._S.size)
+        return cls(*cls._S.unpack(body))
+
+
+@dataclass(frozen=True)
 class Exit:
     TYPE: ClassVar[int] = MsgType.EXIT
 
@@ -579,11 +621,11 @@ class ErrorReply:
 
 
 Message = (Hello | Mem | Bye | Info | RunRequest | Phase | Result | MemInfo | Selftest | SelftestDone | Exit
-           | ErrorReply)
+           | WorkloadRequest | WorkloadDone | ErrorReply)
 
 MESSAGE_CLASSES: dict[int, type] = {cls.TYPE: cls for cls in
                                     (Hello, Mem, Bye, Boot, Info, RunRequest, Phase, Result, MemInfo, Selftest,
-                                     SelftestDone, Exit, ErrorReply)}
+                                     SelftestDone, Exit, WorkloadRequest, WorkloadDone, ErrorReply)}
 
 
 def encode_message(msg: Message, seq: int) -> bytes:

@@ -135,7 +135,11 @@ def quantize_act(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray
 
 
 class QMatrix:
-    """A quantized tensor ready for matvec: q as int32 (rows, groups, group_size)."""
+    """A quantized tensor ready for matvec: levels q = c - z as int32 (rows, groups, group_size).
+
+    Mirrors matvec_q2/q3/q4/q8 for both schemes: the firmware's per-group integer sum
+    isum = sum (c - z) * xq is exact, so summing q * xq (einsum, exact in int) gives the same int32;
+    the float part ((float)isum * scale) * xs, summed over groups in order, is the same operations."""
 
     def __init__(self, t: Tensor):
         assert t.scales is not None
@@ -172,6 +176,15 @@ def attention_head(q: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: n
     """keys/values: (n_pos, head_size)."""
     att = softmax(seq_sum(keys * q[None, :], axis=1) * scale)
     return seq_sum(att[:, None] * values, axis=0)
+
+
+def attention_heads(q: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: np.float32) -> np.ndarray:
+    """attention_head for every head at once (the same float32 operations per element and the same
+    sequential sums). q: (n_heads, head_size); keys/values: (n_heads, n_pos, head_size) -> (n_heads, head_size)."""
+    scores = seq_sum(keys * q[:, None, :], axis=2) * scale
+    e = tw_expf(scores - scores.max(axis=1, keepdims=True))
+    att = e * (ONE / seq_sum(e, axis=1))[:, None]
+    return seq_sum(att[:, :, None] * values, axis=1)
 
 
 # --------------------------------------------------------------- sampling
@@ -287,6 +300,7 @@ class QuantReference(_Generator):
     def forward(self, token: int, pos: int) -> np.ndarray:
         c = self.config
         hs, kv_mul = c.head_size, c.n_heads // c.n_kv_heads
+        kv_of_head = np.arange(c.n_heads) // kv_mul
         if not (0 <= token < c.vocab_size and 0 <= pos < c.seq_len):
             raise ValueError(f"token {token} or position {pos} out of range")
         x = self.tok_emb.row(token)
@@ -300,13 +314,12 @@ class QuantReference(_Generator):
             q = rope_rotate(q, hs, cos_t, sin_t)
             self.key_cache[li, pos] = rope_rotate(k, hs, cos_t, sin_t)
             self.value_cache[li, pos] = v
-            keys = self.key_cache[li, : pos + 1]
-            values = self.value_cache[li, : pos + 1]
-            heads = []
-            for h in range(c.n_heads):
-                kv = slice((h // kv_mul) * hs, (h // kv_mul + 1) * hs)
-                heads.append(attention_head(q[h * hs:(h + 1) * hs], keys[:, kv], values[:, kv], self.att_scale))
-            x = x + w["wo"].matvec(np.concatenate(heads))
+            # (n_heads, n_pos, head_size): head h reads KV head h // kv_mul
+            keys = self.key_cache[li, : pos + 1].reshape(pos + 1, c.n_kv_heads, hs)[:, kv_of_head]
+            values = self.value_cache[li, : pos + 1].reshape(pos + 1, c.n_kv_heads, hs)[:, kv_of_head]
+            heads = attention_heads(q.reshape(c.n_heads, hs), keys.transpose(1, 0, 2), values.transpose(1, 0, 2),
+                                    self.att_scale)
+            x = x + w["wo"].matvec(heads.reshape(-1))
             # feed-forward
             xb = rmsnorm(x, w["ffn_norm"], self.eps)
             hb = swiglu(w["w1"].matvec(xb), w["w3"].matvec(xb))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import modelgen
 from .build import build_firmware, cache_dir
-from .image import read_image, write_image
+from .image import QuantRecipe, read_image, write_image
 from .platforms import Platform, get_platform
 from .profile import analyze, parse_dump, plugin_args, sum_profiles
 from .protocol import DeviceError, Info, Phase, PhaseKind
@@ -33,8 +33,10 @@ class RunError(RuntimeError):
 class RunSpec:
     platform: str
     model: str = "builtin"           # "builtin" or the path of a model image (.twlm)
-    bits: int = 4
+    bits: int = 4                    # 2, 3, 4 or 8 (the built-in model's quantization)
     group_size: int = 32
+    symmetric: bool = True           # False: asymmetric, per-group zero points
+    overrides: tuple[tuple[str, int], ...] = ()  # per-tensor bits, e.g. (("tok_emb", 8),) (QuantRecipe)
     prompt: str = DEFAULT_PROMPT
     tokens: int = 16
     seed: int = 0
@@ -48,8 +50,12 @@ class RunSpec:
 def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
     """The model image to load (a file in the cache), its bytes, and the model's display name."""
     if spec.model == "builtin":
-        data = write_image(modelgen.builtin_model(), bits=spec.bits, group_size=spec.group_size)
-        name = f"builtin-q{spec.bits}g{spec.group_size}"
+        try:
+            recipe = QuantRecipe.make(spec.bits, spec.group_size, spec.symmetric, dict(spec.overrides))
+            data = write_image(modelgen.builtin_model(), recipe=recipe)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+        name = f"builtin-{recipe.label}"
     else:
         path = Path(spec.model)
         if not path.is_file():
@@ -71,6 +77,16 @@ def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
     """The regions whose loads and stores the profiler counts: code, model partition, RAM."""
     return {name: (r.origin, r.end) for name, r in
             (("code", platform.flash), ("model", platform.model), ("ram", platform.ram))}
+
+
+def model_tokenizer(model: str):
+    """The tokenizer for a RunSpec.model: the built-in model's, an image's sidecar ``<image>.tokenizer.json``
+    (written by `twin image`), or None (byte-level)."""
+    from .tokenizer import sidecar_tokenizer
+
+    if model == "builtin":
+        return modelgen.builtin_model().tokenizer
+    return sidecar_tokenizer(Path(model))
 
 
 def _check_fits(platform: Platform, image: bytes) -> None:
@@ -120,7 +136,8 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     image_path, image, model_name = model_image(spec)
     _check_fits(platform, image)
     reference = QuantReference(read_image(image))
-    prompt_ids = modelgen.encode(spec.prompt)
+    tokenizer = model_tokenizer(spec.model)
+    prompt_ids = tokenizer.encode(spec.prompt) if tokenizer else modelgen.encode(spec.prompt)
     seq_len = reference.config.seq_len
     if len(prompt_ids) + spec.tokens > seq_len:
         raise RunError(f"prompt ({len(prompt_ids)} tokens) + {spec.tokens} new tokens exceed the model's "
@@ -160,7 +177,7 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
         "bits": spec.bits,
         "prompt_tokens": prompt_ids,
         "tokens": tokens,
-        "text": modelgen.decode(tokens),
+        "text": tokenizer.decode(tokens) if tokenizer else modelgen.decode(tokens),
         "reference_tokens": expected,
         "matches_reference": tokens == expected,
         "instructions": {

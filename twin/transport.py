@@ -47,6 +47,8 @@ from twin.protocol import (
     RunRequest,
     Selftest,
     SelftestDone,
+    WorkloadDone,
+    WorkloadRequest,
     decode_message,
     encode_frame,
     type_name,
@@ -233,6 +235,30 @@ class Device:
             raise ValueError(f"iterations {iterations} does not fit in 32 bits")
         seq = self._send(Selftest(iterations), "SELFTEST")
         return self._single_reply(seq, "SELFTEST", SelftestDone, deadline)
+
+    def workload(self, id: int, size: int, iterations: int, *,
+                 deadline: float | None = None) -> tuple[Phase, WorkloadDone]:
+        """WORKLOAD: run calibration workload ``id`` (see twin/workloads.py) ``iterations`` times on
+        buffers of ``size``. Returns the PHASE record (kind 4, the phase the profiler's markers
+        bracket) and WORKLOAD_DONE (cycles from the board's counter, 0 in emulators; checksum)."""
+        for name, value, bits in (("id", id, 16), ("size", size, 32), ("iterations", iterations, 32)):
+            if not 0 <= value < 1 << bits:
+                raise ValueError(f"workload {name} {value} does not fit in {bits} bits")
+        seq = self._send(WorkloadRequest(id, size, iterations), "WORKLOAD")
+        phase: Phase | None = None
+        for msg in self._replies(seq, "WORKLOAD", deadline):
+            if isinstance(msg, Phase):
+                phase = msg
+            elif isinstance(msg, WorkloadDone):
+                if phase is None:
+                    raise ProtocolError("WORKLOAD reply incomplete: WORKLOAD_DONE without its PHASE record")
+                if (msg.id, msg.size, msg.iterations) != (id, size, iterations):
+                    raise ProtocolError(f"WORKLOAD_DONE answers workload {msg.id:#x} size {msg.size} "
+                                        f"iterations {msg.iterations}, not the one requested")
+                return phase, msg
+            else:
+                self._unexpected(msg, "WORKLOAD")
+        raise AssertionError("unreachable")
 
     def exit(self, code: int = 0, *, deadline: float | None = None) -> None:
         """EXIT: the device answers BYE, then ends the emulator / resets the board. The

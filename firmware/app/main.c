@@ -1,9 +1,11 @@
 /* The profiling firmware: validate the model image once at boot, then answer protocol requests
  * (docs/protocol.md). Every phase — image validation, prefill, each decoded token, the self-test
- * loop — is bracketed by twin_mark() calls, where the emulator's profiling plugin cuts its counts. */
+ * loop, each calibration workload (workloads.c) — is bracketed by twin_mark() calls, where the
+ * emulator's profiling plugin cuts its counts. */
 #include "board.h"
 #include "model.h"
 #include "proto.h"
+#include "workloads.h"
 
 /* The profiling plugin watches this function's first instruction. noipa: never inlined or dropped. */
 __attribute__((noipa, used)) void twin_mark(void)
@@ -197,6 +199,7 @@ int main(void)
         case MSG_RUN: on_run(f.seq, f.body, f.len); break;
         case MSG_MEM: on_mem(f.seq); break;
         case MSG_SELFTEST: on_selftest(f.seq, f.body, f.len); break;
+        case MSG_WORKLOAD: workload_request(f.seq, f.body, f.len, model_arena_used(&model)); break;
         case MSG_EXIT:
             proto_send(MSG_BYE, f.seq, 0, 0);
             board_exit(f.len ? f.body[0] : 0);

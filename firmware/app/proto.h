@@ -32,6 +32,7 @@ enum proto_type {
     MSG_MEM = 0x03,
     MSG_SELFTEST = 0x04,
     MSG_EXIT = 0x05,
+    MSG_WORKLOAD = 0x06,
     MSG_INFO = 0x81,
     MSG_PHASE = 0x82,
     MSG_RESULT = 0x83,
@@ -39,6 +40,7 @@ enum proto_type {
     MSG_SELFTEST_DONE = 0x85,
     MSG_BYE = 0x86,
     MSG_BOOT = 0x87,
+    MSG_WORKLOAD_DONE = 0x88,
     MSG_ERROR = 0xEE,
 };
 
@@ -66,6 +68,7 @@ enum proto_phase_kind {
     PHASE_PREFILL = 1,
     PHASE_DECODE = 2,
     PHASE_SELFTEST = 3,
+    PHASE_WORKLOAD = 4,     /* calibration workload (firmware/app/workloads.c), index = workload id */
 };
 
 /* proto_feed() / proto_poll() results. */

@@ -36,8 +36,8 @@
 
 /* Tensor-table entry */
 #define TW_E_KIND 0    /* u8 */
-#define TW_E_BITS 1    /* u8: 32, 8, 4 */
-#define TW_E_SCHEME 2  /* u8: 0 = symmetric per-group, float32 scales */
+#define TW_E_BITS 1    /* u8: 32 (float), 8, 4, 3, 2 */
+#define TW_E_SCHEME 2  /* u8: 0 = symmetric, 1 = asymmetric (uint8 zero points after the scales) */
 #define TW_E_LAYER 4   /* u16 */
 #define TW_E_GROUP 6   /* u16: 0 for float32 tensors */
 #define TW_E_ROWS 8

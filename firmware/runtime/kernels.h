@@ -11,20 +11,33 @@
 #include <stdint.h>
 
 /* A tensor of the model image, viewed in place (nothing is copied).
- * bits 32: data is float32[rows][cols], scales is NULL.
- * bits 8 : data is int8 q[rows][padded_cols], q in [-127,127].
- * bits 4 : data is uint8[rows][padded_cols/2]; element 2j in the low nibble of byte j,
- *          element 2j+1 in the high nibble; the nibble holds q+8, q in [-7,7].
+ * bits 32: data is float32[rows][cols], scales and zeros are NULL.
+ * Quantized (bits 2, 3, 4, 8): each row holds padded_cols codes c, grouped along cols in
+ * groups of group_size; the element's integer level is q = c - z and its value (float)q * scale.
+ *   scheme 0 (symmetric):  z is implicit: 2^(bits-1) for 2/3/4 bits (c in [1, 2^bits - 1]),
+ *                          0 for 8 bits where c is stored as int8 in [-127, 127].
+ *   scheme 1 (asymmetric): c unsigned in [0, 2^bits - 1], z = zeros[row][group] (uint8).
+ * Packing, per row (rows start on a byte boundary; padded_cols is a multiple of 32):
+ *   bits 8: one byte per element.
+ *   bits 4: byte j holds element 2j in bits 0-3, element 2j+1 in bits 4-7.
+ *   bits 2: byte j holds element 4j+k in bits 2k..2k+1.
+ *   bits 3: each 3 bytes b0 b1 b2 hold 8 elements: with w = b0 | b1 << 8 | b2 << 16,
+ *           element 8j+k is bits 3k..3k+2 of w (of bytes 3j..3j+2).
  * scales : float32[rows][padded_cols/group_size] (one per row and group).
- * Value of an element: (float)q * scale. */
+ * zeros  : uint8[rows][padded_cols/group_size] for scheme 1 (they follow the scales in the
+ *          image), NULL for scheme 0. */
 typedef struct {
     const void *data;
     const float *scales;
+    const uint8_t *zeros;
     uint32_t rows, cols, padded_cols;
     uint16_t group_size;
     uint8_t bits;
-    uint8_t scheme; /* 0 = symmetric, float32 scales */
+    uint8_t scheme; /* 0 = symmetric, 1 = asymmetric (zero points) */
 } tw_tensor;
+
+#define TW_SCHEME_SYMMETRIC 0u
+#define TW_SCHEME_ASYMMETRIC 1u
 
 /* (probability, token) pair used by nucleus sampling. */
 typedef struct {
@@ -49,10 +62,16 @@ void attention_head(float *out, float *att, const float *q, const float *key_cac
                     const float *value_cache, uint32_t kv_stride, uint32_t n_pos,
                     uint32_t head_size, float scale);
 
-/* --- quantized matrix-vector product --- */
+/* --- quantized matrix-vector product ---
+ * out[r] = sum over groups g, sequentially from 0.0f, of ((float)isum(r, g) * scale[r][g]) * xs[g]
+ * with isum(r, g) = sum over the group's j of (c[r][j] - z[r][g]) * xq[j], exact in int32
+ * (= sum c*xq - z * sum xq; any exact integer evaluation is equally valid). Each matvec_qN
+ * handles both schemes of its width. */
 void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t group_size);
 void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
 void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
+void matvec_q3(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
+void matvec_q2(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
 
 /* --- sampling --- */
 uint32_t rng_next(uint32_t *state);   /* xorshift32 */

@@ -132,20 +132,33 @@ void swiglu(float *a, const float *b, uint32_t n) {
     }
 }
 
-/* One row of a quantized matrix, dequantized: (float)q * scale. */
+/* Zero point z of (row, group g) of a quantized tensor (see tw_tensor in kernels.h). */
+static int32_t group_zero(const tw_tensor *t, uint32_t row, uint32_t g) {
+    if (t->scheme == TW_SCHEME_ASYMMETRIC) return t->zeros[row * (t->padded_cols / t->group_size) + g];
+    return t->bits == 8 ? 0 : (int32_t)1 << (t->bits - 1);
+}
+
+/* Stored code c of element j of a packed row (8-bit symmetric codes are signed). */
+static int32_t code_at(const tw_tensor *t, const uint8_t *row, uint32_t j) {
+    switch (t->bits) {
+    case 8: return t->scheme == TW_SCHEME_ASYMMETRIC ? (int32_t)row[j] : (int32_t)(int8_t)row[j];
+    case 4: return (row[j / 2] >> ((j & 1u) * 4u)) & 15;
+    case 2: return (row[j / 4] >> ((j & 3u) * 2u)) & 3;
+    default: { /* 3 */
+        const uint8_t *p = row + j / 8 * 3;
+        uint32_t w = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+        return (int32_t)((w >> ((j & 7u) * 3u)) & 7u);
+    }
+    }
+}
+
+/* One row of a quantized matrix, dequantized: (float)(c - z) * scale. */
 void embed_row(float *out, const tw_tensor *emb, uint32_t row) {
     uint32_t g = emb->group_size, ng = emb->padded_cols / g;
     const float *sc = emb->scales + row * ng;
-    if (emb->bits == 8) {
-        const int8_t *q = (const int8_t *)emb->data + row * emb->padded_cols;
-        for (uint32_t j = 0; j < emb->cols; j++) out[j] = (float)q[j] * sc[j / g];
-    } else {
-        const uint8_t *q = (const uint8_t *)emb->data + row * (emb->padded_cols / 2);
-        for (uint32_t j = 0; j < emb->cols; j++) {
-            int32_t nib = (j & 1) ? (q[j / 2] >> 4) : (q[j / 2] & 15);
-            out[j] = (float)(nib - 8) * sc[j / g];
-        }
-    }
+    const uint8_t *q = (const uint8_t *)emb->data + row * (emb->padded_cols / 8 * emb->bits);
+    for (uint32_t j = 0; j < emb->cols; j++)
+        out[j] = (float)(code_at(emb, q, j) - group_zero(emb, row, j / g)) * sc[j / g];
 }
 
 /* cos/sin of pos * freq[i] for each rotation pair i. */
@@ -212,7 +225,8 @@ void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t gr
     }
 }
 
-/* out[r] = sum over groups g (sequential) of ((float)dot_int(w[r,g], xq[g]) * wscale) * xscale */
+/* out[r] = sum over groups g (sequential) of ((float)isum(r, g) * wscale) * xscale, where
+ * isum(r, g) = sum over the group of (c - z) * xq (exact int32; kernels.h). */
 void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
     uint32_t gs = w->group_size, ng = w->padded_cols / gs;
     for (uint32_t r = 0; r < w->rows; r++) {
@@ -221,7 +235,13 @@ void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w
         float acc = 0.0f;
         for (uint32_t g = 0; g < ng; g++) {
             int32_t isum = 0;
-            for (uint32_t j = g * gs; j < (g + 1) * gs; j++) isum += (int32_t)row[j] * xq[j];
+            if (w->scheme == TW_SCHEME_ASYMMETRIC) { /* unsigned codes */
+                const uint8_t *urow = (const uint8_t *)row;
+                int32_t z = w->zeros[r * ng + g];
+                for (uint32_t j = g * gs; j < (g + 1) * gs; j++) isum += ((int32_t)urow[j] - z) * xq[j];
+            } else {
+                for (uint32_t j = g * gs; j < (g + 1) * gs; j++) isum += (int32_t)row[j] * xq[j];
+            }
             acc = acc + ((float)isum * sc[g]) * xs[g];
         }
         out[r] = acc;
@@ -235,10 +255,50 @@ void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w
         const float *sc = w->scales + r * ng;
         float acc = 0.0f;
         for (uint32_t g = 0; g < ng; g++) {
-            int32_t isum = 0;
+            int32_t z = group_zero(w, r, g), isum = 0;
             for (uint32_t j = g * gs; j < (g + 1) * gs; j += 2) {
                 uint8_t b = row[j / 2];
-                isum += ((int32_t)(b & 15) - 8) * xq[j] + ((int32_t)(b >> 4) - 8) * xq[j + 1];
+                isum += ((int32_t)(b & 15) - z) * xq[j] + ((int32_t)(b >> 4) - z) * xq[j + 1];
+            }
+            acc = acc + ((float)isum * sc[g]) * xs[g];
+        }
+        out[r] = acc;
+    }
+}
+
+/* 3 bits: 8 codes in 3 bytes (a 24-bit little-endian word, element k at bits 3k..3k+2). */
+void matvec_q3(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
+    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
+    for (uint32_t r = 0; r < w->rows; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + r * (w->padded_cols / 8 * 3);
+        const float *sc = w->scales + r * ng;
+        float acc = 0.0f;
+        for (uint32_t g = 0; g < ng; g++) {
+            int32_t z = group_zero(w, r, g), isum = 0;
+            for (uint32_t j = g * gs; j < (g + 1) * gs; j += 8) {
+                const uint8_t *p = row + j / 8 * 3;
+                uint32_t b = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+                for (uint32_t k = 0; k < 8; k++, b >>= 3) isum += ((int32_t)(b & 7u) - z) * xq[j + k];
+            }
+            acc = acc + ((float)isum * sc[g]) * xs[g];
+        }
+        out[r] = acc;
+    }
+}
+
+/* 2 bits: 4 codes per byte, element k of the byte at bits 2k..2k+1. */
+void matvec_q2(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
+    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
+    for (uint32_t r = 0; r < w->rows; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + r * (w->padded_cols / 4);
+        const float *sc = w->scales + r * ng;
+        float acc = 0.0f;
+        for (uint32_t g = 0; g < ng; g++) {
+            int32_t z = group_zero(w, r, g), isum = 0;
+            for (uint32_t j = g * gs; j < (g + 1) * gs; j += 4) {
+                uint32_t b = row[j / 4];
+                isum += ((int32_t)(b & 3u) - z) * xq[j] + ((int32_t)((b >> 2) & 3u) - z) * xq[j + 1] +
+                        ((int32_t)((b >> 4) & 3u) - z) * xq[j + 2] + ((int32_t)(b >> 6) - z) * xq[j + 3];
             }
             acc = acc + ((float)isum * sc[g]) * xs[g];
         }

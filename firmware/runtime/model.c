@@ -25,8 +25,12 @@ static int is_per_layer(uint32_t kind) {
     return kind >= TW_K_ATTN_NORM && kind <= TW_K_W3;
 }
 
-static int quant_supported(uint32_t bits, uint32_t group) {
-    return (bits == 8 || bits == 4) && (group == 32 || group == 64 || group == 128);
+/* Quantized encodings this runtime reads: 2/3/4/8-bit codes, symmetric or asymmetric, in
+ * groups of 32, 64 or 128 along the input dimension. */
+static int quant_supported(uint32_t bits, uint32_t scheme, uint32_t group) {
+    return (bits == 8 || bits == 4 || bits == 3 || bits == 2) &&
+           (scheme == TW_SCHEME_SYMMETRIC || scheme == TW_SCHEME_ASYMMETRIC) &&
+           (group == 32 || group == 64 || group == 128);
 }
 
 /* Logical shape a tensor kind must have, from the header. */
@@ -46,17 +50,18 @@ static void expected_shape(const twin_config *c, uint32_t kind, uint32_t *rows, 
 }
 
 /* Expected data and scale sizes for a known encoding; 0 if the encoding is unknown. */
-static int expected_sizes(uint32_t bits, uint32_t group, uint32_t rows, uint32_t cols,
-                          uint32_t *data, uint32_t *scales) {
+static int expected_sizes(uint32_t bits, uint32_t scheme, uint32_t group, uint32_t rows,
+                          uint32_t cols, uint32_t *data, uint32_t *scales) {
     if (bits == 32) {
         *data = rows * cols * 4u;
         *scales = 0;
-        return 1;
+        return scheme == 0;
     }
-    if (!quant_supported(bits, group)) return 0;
-    uint32_t padded = (cols + group - 1) / group * group;
-    *data = rows * (bits == 8 ? padded : padded / 2);
-    *scales = rows * (padded / group) * 4u;
+    if (!quant_supported(bits, scheme, group)) return 0;
+    uint32_t padded = (cols + group - 1) / group * group, groups = rows * (padded / group);
+    *data = rows * (padded / 8u * bits); /* padded is a multiple of 32 */
+    /* float32 scales, then (asymmetric) one uint8 zero point per (row, group) */
+    *scales = groups * 4u + (scheme == TW_SCHEME_ASYMMETRIC ? groups : 0u);
     return 1;
 }
 
@@ -116,22 +121,22 @@ static int check_table(const twin_config *c, const uint8_t *img, uint32_t total)
         uint32_t soff = rd32(e + TW_E_SCALE_OFF), ssize = rd32(e + TW_E_SCALE_SIZE);
         if (!range_ok(doff, dsize, total) || !range_ok(soff, ssize, total)) return 0;
         if (doff < header_size + n * esize || (ssize && soff < header_size + n * esize)) return 0;
-        if (expected_sizes(e[TW_E_BITS], rd16(e + TW_E_GROUP), rows, cols, &dsz, &ssz) &&
+        if (expected_sizes(e[TW_E_BITS], e[TW_E_SCHEME], rd16(e + TW_E_GROUP), rows, cols, &dsz, &ssz) &&
             (dsize != dsz || ssize != ssz))
             return 0;
     }
     return 1;
 }
 
-/* Every matrix 4/8-bit symmetric with a supported group size; vectors float32. */
+/* Every matrix a supported quantized encoding (quant_supported); vectors float32, scheme 0. */
 static int check_quant(const uint8_t *img) {
     uint32_t header_size = rd16(img + TW_OFF_HEADER_SIZE);
     uint32_t n = rd32(img + TW_OFF_N_TENSORS), esize = rd32(img + TW_OFF_ENTRY_SIZE);
     for (uint32_t i = 0; i < n; i++) {
         const uint8_t *e = img + header_size + i * esize;
-        uint32_t bits = e[TW_E_BITS], group = rd16(e + TW_E_GROUP);
-        if (e[TW_E_SCHEME] != 0) return 0;
-        if (is_matrix(e[TW_E_KIND]) ? !quant_supported(bits, group) : (bits != 32 || group != 0))
+        uint32_t bits = e[TW_E_BITS], group = rd16(e + TW_E_GROUP), scheme = e[TW_E_SCHEME];
+        if (is_matrix(e[TW_E_KIND]) ? !quant_supported(bits, scheme, group)
+                                    : (bits != 32 || group != 0 || scheme != 0))
             return 0;
     }
     return 1;
@@ -151,6 +156,9 @@ static void bind_tensors(twin_model *m, const uint8_t *img) {
         t.padded_cols = t.bits == 32 ? t.cols : (t.cols + t.group_size - 1) / t.group_size * t.group_size;
         t.data = img + rd32(e + TW_E_DATA_OFF);
         t.scales = t.bits == 32 ? NULL : (const float *)(const void *)(img + rd32(e + TW_E_SCALE_OFF));
+        t.zeros = t.scheme == TW_SCHEME_ASYMMETRIC /* after the scales */
+                      ? (const uint8_t *)(const void *)(t.scales + t.rows * (t.padded_cols / t.group_size))
+                      : NULL;
         tw_layer *l = &m->layers[rd16(e + TW_E_LAYER)];
         switch (e[TW_E_KIND]) {
         case TW_K_TOK_EMB: m->tok_emb = t; break;
@@ -258,8 +266,12 @@ int model_open(twin_model *m, const uint8_t *image, uint32_t partition_size, uin
 
 static void matmul(twin_model *m, float *out, const float *x, const tw_tensor *w) {
     quantize_act(m->s.xq, m->s.xs, x, w->cols, w->group_size);
-    if (w->bits == 8) matvec_q8(out, m->s.xq, m->s.xs, w);
-    else matvec_q4(out, m->s.xq, m->s.xs, w);
+    switch (w->bits) { /* model_open admits only these widths */
+    case 8: matvec_q8(out, m->s.xq, m->s.xs, w); break;
+    case 4: matvec_q4(out, m->s.xq, m->s.xs, w); break;
+    case 3: matvec_q3(out, m->s.xq, m->s.xs, w); break;
+    default: matvec_q2(out, m->s.xq, m->s.xs, w); break;
+    }
 }
 
 const float *model_forward(twin_model *m, int token, int pos) {

@@ -1,0 +1,242 @@
+"""From counts to cycles: a linear cycle model for in-order MCU cores.
+
+Features (``FEATURES``, one value per workload × phase)::
+
+    n_<class>        instructions of each class of twin.isa.CLASSES
+    branches_taken   taken branches (edge counts when known, else taken_fraction × n_branch)
+    fetch_wait       n_instructions × effective flash wait states (instruction fetch from flash)
+    flash_load_wait  loads_flash × effective flash wait states (model weights read from flash)
+
+    cycles = coef · features
+
+The prior coefficients come from published per-class timings (``calibration/cores.yaml``, every
+figure with its source); the coefficients of the two wait terms are the *miss* fractions
+(1 - hit rate) of the instruction-fetch accelerator and of the data path.  A bench calibration
+(``calibration.estimators``) fits the same coefficients, non-negative, from measured cycles.
+
+Assumptions, stated: when memory traffic was not counted, ``loads_flash`` is
+``flash_load_fraction × n_load`` (model weights live in flash); FP divide/square root are not a
+class of their own, so a small ``fp_divsqrt_fraction`` of fp instructions is charged the divide
+latency; multi-register loads/stores are charged as one instruction of their class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from twin.isa import CLASSES
+from twin.platforms import Platform, get_platform
+
+CORES_FILE = Path(__file__).resolve().parent / "cores.yaml"
+
+CLASS_FEATURES: tuple[str, ...] = tuple(f"n_{c}" for c in CLASSES)
+FEATURES: tuple[str, ...] = (*CLASS_FEATURES, "branches_taken", "fetch_wait", "flash_load_wait")
+
+
+class CycleModelError(ValueError):
+    """A core, board or count set the cycle model cannot use; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    value: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class CorePrior:
+    """Published per-class timings of one core (cycles at zero wait states) and their sources."""
+    core: str
+    class_cycles: dict[str, Figure] | None = field(hash=False)
+    taken_branch_penalty: Figure | None = None
+    fp_divsqrt_cycles: Figure | None = None
+    coremark_per_mhz: Figure | None = None
+
+    @property
+    def has_timings(self) -> bool:
+        return self.class_cycles is not None
+
+
+@dataclass(frozen=True)
+class MemorySetup:
+    """How one board at one clock feeds the core: effective wait states and hit rates."""
+    wait_states: float
+    fetch_hit: float
+    data_hit: float
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tables:
+    cores: dict[str, CorePrior] = field(hash=False)
+    memory: dict = field(hash=False)
+    cross_core: dict = field(hash=False)
+
+    def figure(self, section: str, key: str) -> Figure:
+        d = (self.memory if section == "memory" else self.cross_core)[key]
+        return Figure(d["value"], d["source"])
+
+
+def _figure(d: object, where: str) -> Figure:
+    if not isinstance(d, dict) or "value" not in d or not isinstance(d.get("source"), str):
+        raise CycleModelError(f"{where}: expected {{value: number, source: text}}, got {d!r}")
+    v = d["value"]
+    if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+        raise CycleModelError(f"{where}: value must be a number >= 0 or null, got {v!r}")
+    return Figure(None if v is None else float(v), d["source"])
+
+
+@cache
+def load_tables(path: Path = CORES_FILE) -> Tables:
+    """Read and check ``cores.yaml``: every figure has a value (or null) and a source."""
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or "cores" not in data:
+        raise CycleModelError(f"{path}: expected a mapping with 'cores'")
+    cores: dict[str, CorePrior] = {}
+    for name, c in data["cores"].items():
+        where = f"{path}: cores.{name}"
+        cc = c.get("class_cycles")
+        table = None
+        if cc is not None:
+            missing = [k for k in CLASSES if k not in cc]
+            if missing:
+                raise CycleModelError(f"{where}.class_cycles: missing classes {missing}")
+            table = {k: _figure(cc[k], f"{where}.class_cycles.{k}") for k in CLASSES}
+            if any(f.value is None for f in table.values()):
+                raise CycleModelError(f"{where}.class_cycles: every class needs a value")
+        cores[name] = CorePrior(
+            core=name, class_cycles=table,
+            taken_branch_penalty=_figure(c["taken_branch_penalty"], f"{where}.taken_branch_penalty")
+            if "taken_branch_penalty" in c else None,
+            fp_divsqrt_cycles=_figure(c["fp_divsqrt_cycles"], f"{where}.fp_divsqrt_cycles")
+            if "fp_divsqrt_cycles" in c else None,
+            coremark_per_mhz=_figure(c["coremark_per_mhz"], f"{where}.coremark_per_mhz")
+            if "coremark_per_mhz" in c else None,
+        )
+    memory = data.get("memory", {})
+    for key in ("xip_miss_cycles", "taken_fraction", "flash_load_fraction", "fp_divsqrt_fraction"):
+        _figure(memory.get(key), f"{path}: memory.{key}")
+    for kind in ("fetch_hit", "data_hit"):
+        for acc, d in memory.get(kind, {}).items():
+            _figure(d, f"{path}: memory.{kind}.{acc}")
+    return Tables(cores, memory, data.get("cross_core", {}))
+
+
+def core_prior(core: str) -> CorePrior:
+    cores = load_tables().cores
+    if core not in cores:
+        raise CycleModelError(f"no timing table for core {core!r} in {CORES_FILE.name}; "
+                              f"known cores: {', '.join(cores)}")
+    return cores[core]
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory set-up of a board at a clock
+# ---------------------------------------------------------------------------------------------
+def _hit(kind: str, platform: Platform, table: Mapping[str, dict]) -> tuple[float, str]:
+    """The hit rate of the best accelerator of the platform that serves ``kind`` of access."""
+    order = {"fetch_hit": ("icache", "xip-cache", "art", "cache"),
+             "data_hit": ("dcache", "xip-cache", "art", "cache")}[kind]
+    present = {a.kind for a in platform.accelerators}
+    for acc in order:
+        if acc in present and acc in table:
+            return float(table[acc]["value"]), f"{kind} {table[acc]['value']} ({acc}: {table[acc]['source']})"
+    return float(table["none"]["value"]), f"{kind} {table['none']['value']} (no accelerator)"
+
+
+def memory_setup(platform: Platform, clock_hz: int | None = None) -> MemorySetup:
+    """Effective wait states and hit rates for ``platform`` at ``clock_hz`` (default: its default)."""
+    tables = load_tables()
+    clock = clock_hz or platform.default_clock_hz
+    if clock > platform.max_clock_hz:
+        raise CycleModelError(f"{platform.id}: clock {clock / 1e6:g} MHz exceeds its maximum "
+                              f"{platform.max_clock_hz / 1e6:g} MHz")
+    ft = platform.flash_timing
+    notes: list[str] = []
+    if ft is None or ft.kind == "ram":
+        ws = 0.0
+    elif ft.kind == "xip":
+        miss = tables.figure("memory", "xip_miss_cycles")
+        ws = float(miss.value or 0.0)
+        notes.append(f"external flash: a miss costs {ws:g} cycles ({miss.source})")
+    else:
+        w = ft.wait_states(clock)
+        if w is None:
+            ws = 0.0
+            notes.append(f"flash wait states nf for {platform.id}: 0 assumed ({ft.source})")
+        else:
+            ws = float(w)
+            if clock < ft.table[0][0] or len(ft.table) == 1:
+                notes.append(f"{w} wait states from the table row at {ft.table[0][0] / 1e6:g} MHz")
+    fetch_hit, n1 = _hit("fetch_hit", platform, tables.memory["fetch_hit"])
+    data_hit, n2 = _hit("data_hit", platform, tables.memory["data_hit"])
+    return MemorySetup(ws, fetch_hit, data_hit, (*notes, n1, n2))
+
+
+def wait_states_for(board: str, clock_hz: float) -> float:
+    """Effective flash wait states of a catalog board at a clock (for dataset rows)."""
+    return memory_setup(get_platform(board), int(clock_hz)).wait_states
+
+
+# ---------------------------------------------------------------------------------------------
+# Prior coefficients and features
+# ---------------------------------------------------------------------------------------------
+def prior_coefficients(core: str, memory: MemorySetup | None = None) -> np.ndarray:
+    """The prior cost of each feature of ``FEATURES`` for ``core`` (and the board's hit rates)."""
+    prior = core_prior(core)
+    if not prior.has_timings:
+        raise CycleModelError(f"core {core!r} has no published instruction timings: it is predicted "
+                              "across cores (twin mode 'none')")
+    tables = load_tables()
+    assert prior.class_cycles is not None
+    costs = [prior.class_cycles[c].value for c in CLASSES]
+    frac = tables.figure("memory", "fp_divsqrt_fraction").value or 0.0
+    fp_i = CLASSES.index("fp")
+    if prior.fp_divsqrt_cycles and prior.fp_divsqrt_cycles.value is not None:
+        costs[fp_i] = costs[fp_i] + frac * max(prior.fp_divsqrt_cycles.value - costs[fp_i], 0.0)
+    taken = prior.taken_branch_penalty.value if prior.taken_branch_penalty else 0.0
+    mem = memory or MemorySetup(0.0, 1.0, 1.0)
+    return np.array([*costs, taken, 1.0 - mem.fetch_hit, 1.0 - mem.data_hit], dtype=float)
+
+
+def coefficients_dict(coef: np.ndarray) -> dict[str, float]:
+    return {f: float(c) for f, c in zip(FEATURES, coef, strict=True)}
+
+
+def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
+                   loads_flash: float | None = None, branches_taken: float | None = None,
+                   taken_fraction: float | None = None, flash_load_fraction: float | None = None
+                   ) -> np.ndarray:
+    """The ``FEATURES`` vector of one count set (a phase's instructions by class)."""
+    tables = load_tables()
+    tf = taken_fraction if taken_fraction is not None else tables.figure("memory", "taken_fraction").value
+    ff = (flash_load_fraction if flash_load_fraction is not None
+          else tables.figure("memory", "flash_load_fraction").value)
+    counts = [float(by_class.get(c, 0)) for c in CLASSES]
+    n_total = sum(counts)
+    if branches_taken is None or (isinstance(branches_taken, float) and math.isnan(branches_taken)):
+        branches_taken = tf * float(by_class.get("branch", 0))
+    if loads_flash is None or (isinstance(loads_flash, float) and math.isnan(loads_flash)):
+        loads_flash = ff * float(by_class.get("load", 0))
+    return np.array([*counts, branches_taken, n_total * wait_states, loads_flash * wait_states])
+
+
+def predict_cycles(coef: np.ndarray, features: np.ndarray) -> np.ndarray | float:
+    """cycles = features · coef (rows of a 2-D array, or one vector)."""
+    return features @ coef
+
+
+def cross_core_factor(proxy_core: str, target_core: str) -> tuple[float, str]:
+    """CoreMark/MHz ratio proxy/target: how many more cycles the target needs for the same C code."""
+    p, t = core_prior(proxy_core).coremark_per_mhz, core_prior(target_core).coremark_per_mhz
+    if p is None or t is None or p.value is None or t.value is None:
+        raise CycleModelError(f"no CoreMark/MHz for {proxy_core} or {target_core}: cannot map across cores")
+    return p.value / t.value, (f"CoreMark/MHz {proxy_core} {p.value:g} ({p.source}) / {target_core} "
+                               f"{t.value:g} ({t.source})")

@@ -1,0 +1,96 @@
+"""From time to energy: energy = power × time.
+
+Prior (from the board's ``power:`` figures)::
+
+    P(f, V) = V · (I_static · V/V0 + k · f · V/V0)        k = run current per Hz, V0 = figure's voltage
+    E       = P · t
+
+The run current of CMOS logic is C·V·f, so dynamic power scales with f·V² and static power roughly
+with V (leakage rises faster; stated simplification).  That is the DVFS what-if: ``clock_hz`` and
+``voltage_v`` move the power; the cycle count does not change with the voltage (wait states change
+with the clock, which the cycle model handles).
+
+Refined by calibration: energy is linear in the cycle features and the time,
+``E = Σ e_j · feature_j + P_static · t``, with non-negative per-feature energies (per class of
+instruction, per wait cycle) fitted from measured energy (``EnergyFeatures`` +
+``calibration.estimators.NonNegativeLinear``).  The prior of e_j is V·k·(cycles per feature j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from twin.platforms import Platform
+
+ASSUMED_VOLTAGE_V = 3.3
+ASSUMED_VOLTAGE_SOURCE = ("assumption: 3.3 V board rail (the figure's voltage was nf in the platform "
+                          "file)")
+
+
+class EnergyModelError(ValueError):
+    """The board has no power figures to build an energy estimate from."""
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """Power of a board's MCU in run mode as a function of clock and voltage."""
+    platform: str
+    run_a_per_hz: float             # run current per Hz of core clock
+    voltage_v: float                # the voltage the figures refer to (V0)
+    static_a: float
+    notes: tuple[str, ...] = ()
+
+    def watts(self, clock_hz: float, voltage_v: float | None = None) -> float:
+        """Run power at ``clock_hz`` and ``voltage_v`` (default: the figures' voltage)."""
+        v = self.voltage_v if voltage_v is None else voltage_v
+        if clock_hz <= 0 or v <= 0:
+            raise EnergyModelError(f"clock and voltage must be positive, got {clock_hz} Hz, {v} V")
+        scale = v / self.voltage_v
+        return v * (self.static_a * scale + self.run_a_per_hz * clock_hz * scale)
+
+    def joules_per_cycle(self, voltage_v: float | None = None) -> float:
+        """Dynamic energy of one core cycle (independent of the clock)."""
+        v = self.voltage_v if voltage_v is None else voltage_v
+        return v * self.run_a_per_hz * (v / self.voltage_v)
+
+    def static_watts(self, voltage_v: float | None = None) -> float:
+        v = self.voltage_v if voltage_v is None else voltage_v
+        return v * self.static_a * (v / self.voltage_v)
+
+    def energy(self, seconds: float, clock_hz: float, voltage_v: float | None = None) -> float:
+        return self.watts(clock_hz, voltage_v) * seconds
+
+
+def power_model(platform: Platform) -> PowerModel:
+    """The prior power model from the platform file; raises when the run current was not found."""
+    p = platform.power
+    if p is None or p.run_ua_per_mhz is None:
+        src = p.source if p is not None else "no power: section"
+        raise EnergyModelError(f"{platform.id}: run current per MHz not found ({src}); energy needs a "
+                               "bench calibration with measured energy_j")
+    notes = [f"run current {p.run_ua_per_mhz:g} uA/MHz ({p.source})"]
+    voltage = p.voltage_v
+    if voltage is None:
+        voltage = ASSUMED_VOLTAGE_V
+        notes.append(f"{ASSUMED_VOLTAGE_V} V: {ASSUMED_VOLTAGE_SOURCE}")
+    static_ma = p.static_ma
+    if static_ma is None:
+        static_ma = 0.0
+        notes.append("static current nf: 0 assumed (calibration fits it)")
+    return PowerModel(platform.id, p.run_ua_per_mhz * 1e-6 / 1e6, voltage, static_ma * 1e-3, tuple(notes))
+
+
+def prior_energy_coefficients(cycle_coef: np.ndarray, power: PowerModel,
+                              voltage_v: float | None = None) -> np.ndarray:
+    """Energy coefficients over (cycle features..., seconds): J per feature unit, then static W."""
+    return np.append(np.asarray(cycle_coef, dtype=float) * power.joules_per_cycle(voltage_v),
+                     power.static_watts(voltage_v))
+
+
+def energy_features(cycle_features: np.ndarray, seconds: np.ndarray | float) -> np.ndarray:
+    """Append the time column to cycle features: the energy model's features."""
+    f = np.atleast_2d(np.asarray(cycle_features, dtype=float))
+    s = np.broadcast_to(np.asarray(seconds, dtype=float), (f.shape[0],))
+    return np.column_stack([f, s])

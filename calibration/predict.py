@@ -1,0 +1,392 @@
+"""Prediction and what-if for every catalog board, present or not.
+
+The twin's counts come from running the model on the board's emulated platform: the board itself
+(twin mode ``exact``), the same core elsewhere (``proxy``), or another core mapped across
+(``none``, low confidence).  Counts are cached per (emulated platform, firmware build id, model image
+hash, run parameters), so comparing boards that share a proxy runs QEMU once.  The cycle model
+(``calibration.cycles``: a prior from published timings, or a calibration file) turns counts into
+time at the chosen clock and the board's flash wait states; the energy model
+(``calibration.energy``) turns time into energy.
+
+``predict(...)`` returns the ``twin predict --json`` object (contract in docs/calibration.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from twin.isa import CLASSES
+from twin.platforms import Platform, get_platform
+
+from . import store
+from .cycles import (
+    FEATURES,
+    CycleModelError,
+    core_prior,
+    cross_core_factor,
+    feature_vector,
+    load_tables,
+    memory_setup,
+    prior_coefficients,
+)
+from .energy import EnergyModelError, power_model
+
+DEFAULT_TOKENS = 8
+COUNTS_VERSION = 1
+# Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
+# file replaces them with conformal intervals whose coverage was cross-validated).
+PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
+
+
+class PredictError(ValueError):
+    """A prediction could not be made; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class TwinCounts:
+    """What one generation executes on an emulated platform, by phase."""
+    platform: str                     # the emulated platform that ran
+    model: str
+    build_id: str
+    image_sha256: str
+    prompt_tokens: int
+    tokens: int
+    prefill: dict[str, float]         # instructions by class, whole prefill
+    decode: dict[str, float]          # instructions by class, per generated token (mean)
+    prefill_loads_flash: float | None
+    decode_loads_flash: float | None  # per token
+    memory: dict                      # flash_bytes, ram_static_bytes, arena_bytes, stack_peak_bytes, model_image_bytes
+    matches_reference: bool
+    fpu: str                          # of the platform that ran (for cross-core soft-float)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_MEMO: dict[str, TwinCounts] = {}
+STATS = {"runs": 0, "cache_hits": 0}
+
+
+def _run_spec(platform: str, model: str, bits: int, tokens: int, prompt: str | None):
+    from twin.runner import DEFAULT_PROMPT, RunSpec
+
+    kw = {"platform": platform, "model": model, "bits": bits, "tokens": tokens,
+          "prompt": prompt or DEFAULT_PROMPT}
+    if "mem_traffic" in {f.name for f in dataclasses.fields(RunSpec)}:
+        kw["mem_traffic"] = True
+    return RunSpec(**kw)
+
+
+def _counts_cache_dir() -> Path:
+    from twin.build import cache_dir
+
+    d = cache_dir() / "counts"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def twin_counts(platform: str, *, model: str = "builtin", bits: int = 4, tokens: int = DEFAULT_TOKENS,
+                prompt: str | None = None) -> TwinCounts:
+    """Counts of one generation on the emulated ``platform``; cached in memory and on disk per
+    (platform, firmware build id, model image hash, bits, tokens, prompt)."""
+    from twin.build import build_firmware
+    from twin.runner import model_image, run
+
+    spec = _run_spec(platform, model, bits, tokens, prompt)
+    plat = get_platform(platform)
+    build_id = build_firmware(plat).build_id
+    _, image, name = model_image(spec)
+    image_sha = hashlib.sha256(image).hexdigest()
+    key_src = json.dumps([COUNTS_VERSION, platform, build_id, image_sha, bits, tokens, spec.prompt])
+    key = f"{platform}-{build_id}-{image_sha[:12]}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
+    if key in _MEMO:     # the same image may carry another name (a file vs 'builtin'): keep this one's
+        STATS["cache_hits"] += 1
+        return dataclasses.replace(_MEMO[key], model=name)
+    path = _counts_cache_dir() / f"{key}.json"
+    if path.exists():
+        try:
+            counts = TwinCounts(**json.loads(path.read_text()))
+            _MEMO[key] = counts
+            STATS["cache_hits"] += 1
+            return dataclasses.replace(counts, model=name)
+        except (json.JSONDecodeError, TypeError):
+            path.unlink(missing_ok=True)      # a stale or torn file: run again
+    report = run(spec)
+    STATS["runs"] += 1
+    counts = counts_from_report(report, image_sha)
+    tmp = path.with_suffix(f".{os.getpid()}.{time.time_ns()}.tmp")
+    tmp.write_text(json.dumps(counts.to_json()))
+    tmp.replace(path)
+    _MEMO[key] = counts
+    return counts
+
+
+def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
+    """Per-phase counts from a run report (``twin run --json``)."""
+    ins = report["instructions"]
+    n_dec = max(len(ins["by_phase"]["decode"]), 1)
+    bpc = ins.get("by_phase_class")
+    if bpc is None:   # older reports: split the class mix by the phases' instruction totals
+        total = max(ins["total"], 1)
+        pre_share = ins["by_phase"]["prefill"] / total
+        bpc = {"prefill": {c: v * pre_share for c, v in ins["by_class"].items()},
+               "decode": {c: v * (1 - pre_share) for c, v in ins["by_class"].items()}}
+    traffic = report.get("memory_traffic") or {}
+
+    def flash_loads(phase: str) -> float | None:
+        mem = traffic.get(phase)
+        if not mem:
+            return None
+        return float(sum(mem.get(r, {}).get("loads", 0) for r in ("code", "model")))
+
+    dec_loads = flash_loads("decode")
+    plat = get_platform(report["platform"])
+    return TwinCounts(
+        platform=report["platform"], model=report["model"], build_id=report["firmware"]["build_id"],
+        image_sha256=image_sha, prompt_tokens=len(report.get("prompt_tokens", [])),
+        tokens=len(ins["by_phase"]["decode"]),
+        prefill={c: float(bpc["prefill"].get(c, 0)) for c in CLASSES},
+        decode={c: float(bpc["decode"].get(c, 0)) / n_dec for c in CLASSES},
+        prefill_loads_flash=flash_loads("prefill"),
+        decode_loads_flash=None if dec_loads is None else dec_loads / n_dec,
+        memory={k: report["memory"].get(k, 0) for k in ("flash_bytes", "ram_static_bytes", "arena_bytes",
+                                                        "stack_peak_bytes", "model_image_bytes")},
+        matches_reference=bool(report.get("matches_reference", False)),
+        fpu=plat.fpu,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The cycle model for one board
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BoardModel:
+    """coef over FEATURES for this board's counts (possibly a proxy's), plus how to widen it."""
+    coef: np.ndarray
+    factor: float                  # cross-core multiplier (1 for same core)
+    extra_per_fp: float            # soft-float cycles added per fp instruction of the proxy
+    rel_low: float
+    rel_high: float
+    source: str                    # calibration id or "prior"
+    energy_coef: np.ndarray | None
+    energy_q: float | None
+    notes: tuple[str, ...]
+
+
+def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: store.Calibration | None,
+                proxy_core: str) -> BoardModel:
+    mode = plat.twin_mode
+    mem = memory_setup(plat, clock_hz)
+    notes = [f"twin mode {mode.mode} ({mode.confidence} confidence): {mode.note}".rstrip(": "),
+             f"flash wait states {mem.wait_states:g}", *mem.notes]
+    factor, extra_fp = 1.0, 0.0
+    if calibration is not None:
+        if calibration.core != plat.core:
+            raise PredictError(f"calibration {calibration.id} is for core {calibration.core}, not "
+                               f"{plat.id}'s {plat.core}: use a calibration of the same core")
+        coef = np.array([calibration.cycles.coef[f] for f in FEATURES])
+        q = calibration.cycles.q
+        energy_coef = None
+        if calibration.energy is not None:
+            energy_coef = np.array([calibration.energy.coef[f] for f in (*FEATURES, "seconds")])
+        notes.append(f"calibration {calibration.id} (boards {', '.join(calibration.boards)}; "
+                     f"CV {calibration.cycles.cv})")
+        if plat.id not in calibration.boards:
+            notes.append(f"{plat.id} was not among the calibrated boards: same core, its own wait states")
+        return BoardModel(coef, 1.0, 0.0, q, q, calibration.id, energy_coef,
+                          calibration.energy.q if calibration.energy else None, tuple(notes))
+    if mode.mode == "none" or not core_prior(plat.core).has_timings:
+        coef = prior_coefficients(proxy_core, mem)
+        factor, why = cross_core_factor(proxy_core, plat.core)
+        notes.append(f"cross-core: {proxy_core} prior × {factor:.3f} ({why})")
+        if plat.fpu == "none" and counts_fpu != "none":
+            soft = load_tables().figure("cross_core", "soft_float_cycles")
+            fp_cost = coef[FEATURES.index("n_fp")]
+            extra_fp = max(float(soft.value or 0.0) - float(fp_cost) * factor, 0.0)
+            notes.append(f"no FPU on {plat.id}: {soft.value:g} cycles per FP op ({soft.source})")
+    else:
+        coef = prior_coefficients(plat.core, mem)
+        notes.append(f"prior: published timings of {plat.core} (calibration/cores.yaml)")
+    lo, hi = PRIOR_BANDS[mode.confidence]
+    notes.append(f"interval: prior band -{lo:.0%}/+{hi:.0%} for {mode.confidence} confidence "
+                 "(not a measured coverage; calibrate to get one)")
+    return BoardModel(coef, factor, extra_fp, lo, hi, "prior", None, None, tuple(notes))
+
+
+def _cycles(bm: BoardModel, by_class: dict[str, float], loads_flash: float | None, ws: float) -> float:
+    x = feature_vector(by_class, wait_states=ws, loads_flash=loads_flash)
+    return float(x @ bm.coef) * bm.factor + bm.extra_per_fp * by_class.get("fp", 0.0)
+
+
+def _interval(value: float | None, lo: float, hi: float) -> dict:
+    if value is None:
+        return {"value": None, "low": None, "high": None}
+    return {"value": value, "low": max(value * (1 - lo), 0.0), "high": value * (1 + hi)}
+
+
+def _resolve_calibration(calibration) -> store.Calibration | None:
+    if calibration is None or isinstance(calibration, store.Calibration):
+        return calibration
+    return store.load(calibration)
+
+
+def predict(platform: str, *, model: str = "builtin", bits: int = 4, clock_mhz: float | None = None,
+            voltage_v: float | None = None, calibration=None, tokens: int = DEFAULT_TOKENS,
+            prompt: str | None = None) -> dict:
+    """Time, tokens/s, energy per token and memory fit of ``model`` on catalog board ``platform``."""
+    plat = get_platform(platform)
+    proxy = plat.counts_platform
+    if proxy is None:
+        raise PredictError(f"{plat.id} has no twin mapping (twin.proxy): add one to its platform file")
+    cal = _resolve_calibration(calibration)
+    _clock(plat, clock_mhz)            # a bad clock fails before any emulator run
+    counts = twin_counts(proxy, model=model, bits=bits, tokens=tokens, prompt=prompt)
+    return predict_from_counts(plat, counts, clock_mhz=clock_mhz, voltage_v=voltage_v, calibration=cal)
+
+
+def _clock(plat: Platform, clock_mhz: float | None) -> int:
+    clock_hz = int(round(clock_mhz * 1e6)) if clock_mhz else plat.default_clock_hz
+    if clock_hz <= 0 or clock_hz > plat.max_clock_hz:
+        raise PredictError(f"{plat.id}: clock {clock_hz / 1e6:g} MHz is outside 0..{plat.max_clock_hz / 1e6:g} "
+                           "MHz (see clocks.max_hz in its platform file)")
+    return clock_hz
+
+
+def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float | None = None,
+                        voltage_v: float | None = None, calibration=None) -> dict:
+    """The prediction for ``plat`` from counts already obtained (no emulator run)."""
+    clock_hz = _clock(plat, clock_mhz)
+    cal = _resolve_calibration(calibration)
+    proxy = counts.platform
+    proxy_plat = get_platform(proxy)
+    try:
+        bm = board_model(plat, clock_hz, counts.fpu, cal, proxy_plat.core)
+        ws = memory_setup(plat, clock_hz).wait_states
+    except CycleModelError as exc:
+        raise PredictError(str(exc)) from None
+    prefill_cycles = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws)
+    token_cycles = _cycles(bm, counts.decode, counts.decode_loads_flash, ws)
+    token_s = token_cycles / clock_hz
+    ttft_s = (prefill_cycles + token_cycles) / clock_hz
+    notes = list(bm.notes)
+    if counts.decode_loads_flash is None:
+        notes.append("memory traffic not counted: loads_flash = flash_load_fraction × loads (assumption)")
+    else:
+        notes.append("loads from flash counted by the profiler (code + model regions of the proxy)")
+
+    energy, e_lo, e_hi = None, 0.0, 0.0
+    if bm.energy_coef is not None:
+        x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash)
+        energy = float(np.append(x, token_s) @ bm.energy_coef)
+        e_lo = e_hi = float(bm.energy_q or 0.0)
+        notes.append(f"energy from calibration {bm.source}")
+    else:
+        try:
+            pm = power_model(plat)
+            energy = pm.energy(token_s, clock_hz, voltage_v)
+            e_lo, e_hi = bm.rel_low, bm.rel_high
+            notes.extend(pm.notes)
+            if voltage_v is not None:
+                notes.append(f"DVFS what-if at {voltage_v:g} V: dynamic power scaled by (V/V0)², "
+                             f"V0 = {pm.voltage_v:g} V")
+        except EnergyModelError as exc:
+            notes.append(f"energy not predicted: {exc}")
+
+    m = counts.memory
+    flash_need = int(m["flash_bytes"]) + int(m["model_image_bytes"])
+    ram_need = int(m["ram_static_bytes"]) + int(m["arena_bytes"]) + int(m["stack_peak_bytes"])
+    flash_avail, ram_avail = plat.code_bytes_available, plat.ram_bytes_available
+    tps = 1.0 / token_s
+    mode = plat.twin_mode
+    return {
+        "platform": plat.id,
+        "model": counts.model,
+        "clock_mhz": clock_hz / 1e6,
+        "calibration": bm.source,
+        "ttft_seconds": _interval(ttft_s, bm.rel_low, bm.rel_high),
+        "token_seconds": _interval(token_s, bm.rel_low, bm.rel_high),
+        # tokens/s is the reciprocal: its low bound comes from the slow end of the time interval
+        "tokens_per_second": {"value": tps, "low": 1.0 / (token_s * (1 + bm.rel_high)),
+                              "high": 1.0 / max(token_s * (1 - bm.rel_low), 1e-30)},
+        "energy_per_token_joules": _interval(energy, e_lo, e_hi),
+        "fits": flash_need <= flash_avail and ram_need <= ram_avail,
+        "memory": {"flash_bytes": flash_need, "ram_bytes": ram_need, "flash_available": flash_avail,
+                   "ram_available": ram_avail},
+        "twin": {"mode": mode.mode, "proxy": proxy, "confidence": mode.confidence,
+                 "cross_core": mode.mode == "none"},
+        "cycles": {"prefill": prefill_cycles, "per_token": token_cycles,
+                   "wait_states": ws},
+        "counts": {"platform": counts.platform, "build_id": counts.build_id,
+                   "image_sha256": counts.image_sha256, "tokens": counts.tokens,
+                   "matches_reference": counts.matches_reference},
+        "voltage_v": voltage_v,
+        "notes": notes,
+    }
+
+
+def compare(platforms: list[str], **kw) -> list[dict]:
+    """``predict`` for each board; boards sharing a proxy share one emulator run."""
+    return [predict(p, **kw) for p in platforms]
+
+
+def chart(results: list[dict], out: Path | str) -> Path:
+    """Latency, tokens/s, energy/token and memory headroom side by side (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["platform"] for r in results]
+    y = np.arange(len(names))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 0.45 * len(names) + 2.2), sharey=True)
+
+    def bars(ax, key: str, scale: float, title: str, log: bool = True):
+        vals = [r[key]["value"] for r in results]
+        v = np.array([np.nan if x is None else x * scale for x in vals])
+        lo = np.array([np.nan if r[key]["low"] is None else r[key]["low"] * scale for r in results])
+        hi = np.array([np.nan if r[key]["high"] is None else r[key]["high"] * scale for r in results])
+        colors = ["#c44" if r["twin"]["confidence"] == "low" else
+                  "#d90" if r["twin"]["confidence"] == "medium" else "#37a" for r in results]
+        ax.barh(y, np.nan_to_num(v), color=colors)
+        err = np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])
+        ax.errorbar(np.nan_to_num(v), y, xerr=err, fmt="none", ecolor="k", capsize=2, lw=0.8)
+        for i, val in enumerate(v):
+            if np.isnan(val):
+                ax.text(0.02, i, "n/a (no power figure)", va="center", fontsize=7,
+                        transform=ax.get_yaxis_transform())
+        ax.set_title(title, fontsize=9)
+        if log and np.nanmax(np.nan_to_num(v, nan=0)) > 0:
+            ax.set_xscale("log")
+
+    bars(axes[0], "token_seconds", 1e3, "latency per token [ms]")
+    bars(axes[1], "tokens_per_second", 1.0, "tokens/s")
+    bars(axes[2], "energy_per_token_joules", 1e3, "energy per token [mJ]", log=False)
+    ax = axes[3]
+    flash = [100 * r["memory"]["flash_bytes"] / r["memory"]["flash_available"] for r in results]
+    ram = [100 * r["memory"]["ram_bytes"] / r["memory"]["ram_available"] for r in results]
+    ax.barh(y - 0.2, flash, height=0.4, label="flash used %", color="#59a")
+    ax.barh(y + 0.2, ram, height=0.4, label="RAM used %", color="#a5c")
+    ax.axvline(100, color="k", lw=0.8)
+    for i, r in enumerate(results):
+        ax.text(max(flash[i], ram[i]) + 2, i, "fits" if r["fits"] else "DOES NOT FIT", va="center", fontsize=7)
+    ax.set_title("memory use (100% = full)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_yticks(y, [f"{n}\n{r['twin']['mode']}/{r['twin']['confidence']}" for n, r in
+                           zip(names, results, strict=True)], fontsize=7)
+    axes[0].invert_yaxis()
+    model = results[0]["model"] if results else ""
+    fig.suptitle(f"{model}: predicted per board (bars: blue high, orange medium, red low confidence; "
+                 f"calibration: {', '.join(sorted({r['calibration'] for r in results}))})", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,176 @@
+"""`twin bench` against QEMU through pyserial (as the emulator, and as a stand-in board reached by its
+socket URL) writes the bench dataset; `twin calibrate` refuses rows without measured cycles and hands
+measured rows to the calibration's fitting API."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from twin import isa, modelgen
+from twin.bench import COLUMNS, UNMEASURED_MESSAGE, BenchError, BenchSpec, bench, write_dataset
+from twin.build import build_firmware
+from twin.cli import main
+from twin.image import write_image
+from twin.platforms import get_platform
+from twin.qemu import QemuConfig, QemuProcess
+from twin.runner import RunSpec, model_image
+from twin.workloads import default_suite
+
+WORKLOADS = "alu,load_sram,store_sram,matvec_q4"
+TOKENS = 3
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    """A small random-weight model (the bench measures compute; any valid model will do)."""
+    path = tmp_path_factory.mktemp("model") / "model.twlm"
+    path.write_bytes(write_image(modelgen.generate_model(modelgen.ModelConfig()), bits=4))
+    return path
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _check_rows(rows: list[dict], platform: str) -> None:
+    suite = default_suite(names=tuple(WORKLOADS.split(",")))
+    # in the order the firmware ran them: the boot-time image check, the suite, then one generation
+    assert (rows[0]["workload"].split(":")[0], rows[0]["phase"]) == ("model", "validate")
+    assert [r["workload"] for r in rows[1:len(suite) + 1]] == [s.label for s in suite]
+    model_rows = [(r["workload"].split(":")[0], r["phase"]) for r in rows[len(suite) + 1:]]
+    assert model_rows == [("model", "prefill")] + [("model", f"decode:{k}") for k in range(TOKENS)]
+    for r in rows:
+        assert r["platform"] == platform == r["board"] and int(r["clock_hz"]) > 0 and r["build_id"]
+        assert r["cycles"] == "0" and r["cycle_counter"] == "none"          # QEMU: not measured
+        counts = [int(r[f"n_{c}"]) for c in isa.CLASSES]
+        assert sum(counts) == int(r["instructions"]) > 0
+    by = {r["workload"]: r for r in rows}
+    load = by["load_sram"]
+    words = int(load["size"]) // 4 * int(load["iterations"])
+    assert int(load["loads_sram"]) >= words and int(load["n_load"]) >= words
+    assert int(by["store_sram"]["stores_sram"]) >= words
+    assert int(by["alu"]["n_alu"]) > 0.9 * int(by["alu"]["instructions"])
+
+
+@pytest.mark.qemu
+def test_bench_cli_on_qemu_writes_the_dataset(tmp_path, image):
+    out = tmp_path / "bench.csv"
+    r = CliRunner().invoke(main, ["bench", "--port", "qemu", "--platform", "mps2-an386", "--model", str(image),
+                                  "--tokens", str(TOKENS), "--workloads", WORKLOADS, "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    with open(out, newline="") as f:
+        assert next(csv.reader(f)) == list(COLUMNS)
+    _check_rows(_read(out), "mps2-an386")
+
+    # calibrate refuses: every row's cycles come from QEMU
+    r = CliRunner().invoke(main, ["calibrate", str(out), "-o", str(tmp_path / "cal.json")])
+    assert r.exit_code != 0
+    n = len(_read(out))
+    assert UNMEASURED_MESSAGE.format(n=n) in r.output
+    assert not (tmp_path / "cal.json").exists()
+
+
+@pytest.mark.qemu
+def test_bench_on_a_device_url_joins_with_the_twin(image):
+    """A QEMU started on its own plays the board: reached through its socket URL like /dev/ttyACM0, it
+    gives the replies; the twin (a second QEMU with the plugin) gives the counts; joined and checked."""
+    p = get_platform("riscv32-virt")
+    fw = build_firmware(p)
+    suite = default_suite(names=tuple(WORKLOADS.split(",")))
+    with QemuProcess(p, QemuConfig(elf=fw.elf, image=image)) as board:
+        result = bench(BenchSpec(platform=p.id, port=board.url, model=str(image), tokens=TOKENS, suite=suite))
+    rows = [{k: str(v) for k, v in row.items()} for row in result.rows]
+    _check_rows(rows, p.id)
+    assert result.cycle_counter == "none"      # riscv32-virt declares no counter
+
+    other = get_platform("mps2-an386")             # a board running another platform's firmware
+    with QemuProcess(other, QemuConfig(elf=build_firmware(other).elf, image=image)) as board:
+        with pytest.raises(BenchError, match="'mps2-an386' firmware, not riscv32-virt"):
+            bench(BenchSpec(platform=p.id, port=board.url, model=str(image), suite=suite))
+
+
+def _synthetic_dataset(path: Path) -> None:
+    """Rows whose cycles a 'board' measured: a known cost per class."""
+    cost = {"alu": 1, "load": 2, "store": 1, "mul": 1, "div": 7, "branch": 2, "fp": 1, "simd": 1, "other": 1}
+    rows = []
+    for k, (name, mix) in enumerate([("alu", {"alu": 9, "branch": 1}), ("load", {"load": 8, "alu": 2}),
+                                      ("div", {"div": 8, "alu": 2}), ("mix", {"mul": 4, "fp": 3, "store": 3}),
+                                      ("branch", {"branch": 9, "alu": 1}), ("simd", {"simd": 8, "other": 2})]):
+        counts = {c: mix.get(c, 0) * 10000 * (k + 1) for c in isa.CLASSES}
+        rows.append({"board": "stm32f4-disco", "platform": "stm32f4-disco", "workload": name, "phase": "run",
+                     "clock_hz": 168000000, "build_id": "synthetic",
+                     **{f"n_{c}": n for c, n in counts.items()},
+                     "instructions": sum(counts.values()),
+                     "cycles": sum(cost[c] * n for c, n in counts.items()), "cycle_counter": "dwt"})
+    write_dataset(rows, path)
+
+
+def test_calibrate_hands_measured_rows_to_the_fitting_api(tmp_path, monkeypatch):
+    import calibration
+
+    ds = tmp_path / "synthetic.csv"
+    _synthetic_dataset(ds)
+    calls = []
+
+    def fake_fit(df, out):
+        calls.append((len(df), out))
+        Path(out).write_text("{}")
+        return {"ok": True}
+
+    monkeypatch.setattr(calibration, "fit_calibration", fake_fit, raising=False)
+    out = tmp_path / "cal.json"
+    r = CliRunner().invoke(main, ["calibrate", str(ds), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert calls == [(6, out)] and out.exists()
+
+    # one unmeasured row: refused, unless asked to skip it
+    rows = _read(ds)
+    rows[0]["cycles"], rows[0]["cycle_counter"] = "0", "none"
+    write_dataset(rows, ds)
+    r = CliRunner().invoke(main, ["calibrate", str(ds), "-o", str(out)])
+    assert r.exit_code != 0 and UNMEASURED_MESSAGE.format(n=1) in r.output
+    r = CliRunner().invoke(main, ["calibrate", str(ds), "-o", str(out), "--skip-unmeasured"])
+    assert r.exit_code == 0 and calls[-1][0] == 5 and "1 unmeasured rows skipped" in r.output
+
+
+def test_calibrate_with_the_real_fitting_api(tmp_path):
+    import calibration
+
+    if not hasattr(calibration, "fit_calibration") and "calibration.fit" not in sys.modules:
+        try:
+            import calibration.fit  # noqa: F401
+        except ImportError:
+            pytest.skip("the calibration fitting API (calibration.fit_calibration) is not there yet")
+    ds = tmp_path / "synthetic.csv"
+    _synthetic_dataset(ds)
+    out = tmp_path / "cal.json"
+    r = CliRunner().invoke(main, ["calibrate", str(ds), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.exists()
+
+
+def test_model_image_helper_is_shared_with_the_runner(image):
+    """The bench loads models exactly like `twin run` (the same cache, the same checks)."""
+    path, data, name = model_image(RunSpec(platform="mps2-an386", model=str(image)))
+    assert path.read_bytes() == data == image.read_bytes() and name == image.name
+
+
+@pytest.mark.qemu
+def test_bench_attaches_energy_per_phase_from_a_trace(tmp_path):
+    """Two phases (two workloads), a generic trace with a marker channel high during each: energy_j is
+    current × voltage × duration of each window."""
+    trace = tmp_path / "trace.csv"
+    lines = ["time,current,voltage,marker"]
+    for k in range(0, 1001):                       # 1 ms steps; phases at 100..300 ms and 500..600 ms
+        t = k / 1000
+        high = 100 <= k < 300 or 500 <= k < 600
+        lines.append(f"{t:.3f},0.02,3.0,{int(high)}")        # constant 20 mA at 3 V: exact integral
+    trace.write_text("\n".join(lines) + "\n")
+    result = bench(BenchSpec(platform="mps2-an386", port="qemu", model=None,
+                             suite=default_suite(names=("alu", "div")), trace=trace, trace_channel="marker"))
+    assert [r["workload"] for r in result.rows] == ["alu", "div"]
+    assert [float(r["energy_j"]) for r in result.rows] == pytest.approx([0.02 * 3.0 * 0.2, 0.02 * 3.0 * 0.1])

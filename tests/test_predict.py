@@ -1,0 +1,113 @@
+"""`twin predict` / `twin compare`: the JSON contract on catalog boards, the counts cache (boards sharing
+a proxy run QEMU once), calibration files cited, the chart."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from calibration import predict as P
+from calibration import store
+from calibration.fit import calibrate
+from calibration.synthetic import bench_dataset
+from twin import modelgen
+from twin.cli import main
+from twin.image import write_image
+
+TOKENS = "2"
+INTERVAL_KEYS = ("ttft_seconds", "token_seconds", "tokens_per_second", "energy_per_token_joules")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A random-weight model image of the default shape (independent of the trained built-in)."""
+    path = tmp_path_factory.mktemp("models") / "twin-test-260k.twlm"
+    path.write_bytes(write_image(modelgen.generate_model(seed=7), bits=4, group_size=32))
+    return str(path)
+
+
+def _predict_json(*args):
+    r = CliRunner().invoke(main, ["predict", *args, "--tokens", TOKENS, "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def _check_contract(r: dict, platform: str):
+    assert r["platform"] == platform
+    for key in ("model", "clock_mhz", "calibration", "fits", "memory", *INTERVAL_KEYS):
+        assert key in r, key
+    for key in INTERVAL_KEYS:
+        iv = r[key]
+        assert set(iv) == {"value", "low", "high"}
+        if iv["value"] is not None:
+            assert iv["low"] <= iv["value"] <= iv["high"], key
+    assert isinstance(r["fits"], bool)
+    assert set(r["memory"]) == {"flash_bytes", "ram_bytes", "flash_available", "ram_available"}
+    assert r["tokens_per_second"]["value"] == pytest.approx(1 / r["token_seconds"]["value"])
+    assert r["ttft_seconds"]["value"] > r["token_seconds"]["value"]
+
+
+@pytest.mark.qemu
+def test_predict_json_contract(model_file):
+    r = _predict_json("--platform", "nucleo-f746zg", "--model", model_file)
+    _check_contract(r, "nucleo-f746zg")
+    assert r["calibration"] == "prior" and r["clock_mhz"] == 216
+    assert r["twin"] == {"mode": "proxy", "proxy": "mps2-an500", "confidence": "medium", "cross_core": False}
+    assert r["energy_per_token_joules"]["value"] is None          # no power figure for the F746: n/a, said so
+    assert any("energy not predicted" in n for n in r["notes"])
+    assert r["counts"]["matches_reference"] is True
+
+    pico = _predict_json("--platform", "rpi-pico", "--model", model_file)
+    _check_contract(pico, "rpi-pico")
+    assert pico["twin"]["cross_core"] is True and pico["twin"]["confidence"] == "low"
+    assert any("cross-core" in n for n in pico["notes"])
+
+    l4 = _predict_json("--platform", "nucleo-l4r5zi", "--model", model_file, "--clock", "60")
+    l4_fast = _predict_json("--platform", "nucleo-l4r5zi", "--model", model_file)
+    assert l4["clock_mhz"] == 60 and l4["token_seconds"]["value"] > l4_fast["token_seconds"]["value"]
+    assert l4["energy_per_token_joules"]["value"] > 0
+    low_v = _predict_json("--platform", "nucleo-l4r5zi", "--model", model_file, "--voltage", "1.8")
+    assert low_v["energy_per_token_joules"]["value"] < l4_fast["energy_per_token_joules"]["value"]
+
+
+@pytest.mark.qemu
+def test_boards_sharing_a_proxy_run_the_emulator_once(model_file):
+    P._MEMO.clear()
+    before = dict(P.STATS)
+    results = P.compare(["nrf52840-dk", "nucleo-l4r5zi", "esp32-s3-devkit", "rpi-pico"], model=model_file,
+                        tokens=int(TOKENS))
+    assert P.STATS["runs"] - before["runs"] <= 1             # all four count on mps2-an386
+    assert P.STATS["cache_hits"] - before["cache_hits"] >= 3
+    assert len({r["counts"]["build_id"] for r in results}) == 1
+
+
+@pytest.mark.qemu
+def test_prediction_cites_its_calibration(model_file, tmp_path):
+    cal = calibrate(bench_dataset(n_workloads=12))
+    path = store.save(cal, tmp_path / "m4.json")
+    r = _predict_json("--platform", "nrf52840-dk", "--model", model_file, "--calibration", str(path))
+    assert r["calibration"] == cal.id
+    q = cal.cycles.q
+    assert r["token_seconds"]["high"] == pytest.approx(r["token_seconds"]["value"] * (1 + q))
+    bad = CliRunner().invoke(main, ["predict", "--platform", "nucleo-h743zi", "--model", model_file,
+                                    "--tokens", TOKENS, "--calibration", str(path)])
+    assert bad.exit_code != 0 and "is for core cortex-m4f" in bad.output
+
+
+@pytest.mark.qemu
+def test_compare_writes_a_chart(model_file, tmp_path):
+    out = tmp_path / "chart.png"
+    r = CliRunner().invoke(main, ["compare", "--platforms", "nrf52840-dk,rpi-pico,hifive1-revb,esp32-s3-devkit",
+                                  "--model", model_file, "--tokens", TOKENS, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "hifive1-revb" in r.output and "NO" in r.output            # 16 KB DTIM: does not fit
+    assert "cross-core" in r.output
+
+
+def test_unknown_platform_and_bad_clock_fail_in_one_line():
+    r = CliRunner().invoke(main, ["predict", "--platform", "nucleo-x999"])
+    assert r.exit_code != 0 and "valid platforms:" in r.output and "rpi-pico2" in r.output
+    r = CliRunner().invoke(main, ["predict", "--platform", "nrf52840-dk", "--clock", "500"])
+    assert r.exit_code != 0 and "outside 0..64 MHz" in r.output
+    assert len(r.output.strip().splitlines()) == 1

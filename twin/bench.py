@@ -1,0 +1,370 @@
+"""The bench workflow: run the calibration suite (and a model) on a device, join the board's cycle
+counts with the twin's instruction counts, and write the bench dataset the calibration fits.
+
+    rows = bench(BenchSpec(platform="stm32f4-disco", port="/dev/ttyACM0"))   # a real board
+    rows = bench(BenchSpec(platform="mps2-an386", port="qemu"))              # the emulator
+    write_dataset(rows, "bench.csv")
+
+A real board gives cycles (its DWT / mcycle counter, per phase); the twin — the SAME ELF in the
+emulator with the profiling plugin — gives the instruction counts by class of the same requests; rows
+are joined by workload × phase (and checked by the workloads' checksums). With ``port="qemu"`` the
+emulator is the device: counts and cycles come from one session, and the cycles read 0 (the dataset
+says ``cycle_counter`` none). Schema (one row per workload × phase): see :data:`COLUMNS` and
+docs/calibration.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import isa
+from .build import Firmware, build_firmware
+from .platforms import Platform, get_platform
+from .profile import SegmentProfile, analyze, parse_dump, plugin_args
+from .protocol import Info, Phase, PhaseKind
+from .runner import emulator_session
+from .transport import Device
+from .workloads import SuiteItem, default_suite
+
+QEMU_PORTS = ("qemu", "emulate", "emulator")
+ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
+FEATURE_COLUMNS = tuple(f"n_{c}" for c in isa.CLASSES)
+MEMORY_COLUMNS = ("loads_flash", "loads_sram", "stores_sram")
+COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "instructions", "cycles", "cycle_counter",
+           "energy_j", "size", "iterations", "checksum")
+UNMEASURED_MESSAGE = ("{n} rows have no measured cycles (cycle_counter none / QEMU) — calibrate needs a "
+                      "real board's counter")
+
+
+class BenchError(RuntimeError):
+    """The bench run could not be completed or joined; the message says what was wrong and what to do."""
+
+
+@dataclass
+class BenchSpec:
+    platform: str
+    port: str = "qemu"                   # pyserial URL (/dev/ttyACM0, socket://…) or "qemu"
+    model: str | None = "builtin"        # "builtin", an image path, or None: the suite only
+    bits: int = 4
+    tokens: int = 8
+    prompt_tokens: int = 4
+    suite: list[SuiteItem] | None = None  # default: twin.workloads.default_suite(scale)
+    scale: float = 1.0
+    board: str | None = None             # the dataset's board id (default: the platform id)
+    baudrate: int = 115200
+    mem_traffic: bool = True             # loads/stores per memory region from the twin (slower)
+    trace: Path | None = None
+    trace_format: str = "generic"
+    trace_channel: str | None = None
+    trace_windows: Path | None = None
+    voltage: float | None = None
+    timeout: float = 600.0
+    reply_timeout: float = 60.0
+
+
+@dataclass
+class Measurement:
+    """One bracketed phase as the device reported it."""
+    workload: str
+    phase: str
+    cycles: int
+    checksum: int | None = None
+    size: int | None = None
+    iterations: int | None = None
+    token: int | None = None
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict]
+    info: Info
+    cycle_counter: str
+    wall_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def is_emulated_port(port: str) -> bool:
+    return port.lower() in QEMU_PORTS
+
+
+def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
+    return {name: (r.origin, r.end) for name, r in
+            (("flash", platform.flash), ("model", platform.model), ("ram", platform.ram))}
+
+
+# --------------------------------------------------------------------------- talking to the device
+
+
+def _prompt(image: bytes | None, n: int, tokens: int) -> list[int]:
+    """A fixed prompt of token ids (the bench measures compute, not text): 1, then a spread."""
+    from .image import read_image
+
+    cfg = read_image(image).config
+    n = max(1, min(n, cfg.seq_len - tokens))
+    if n + tokens > cfg.seq_len:
+        raise BenchError(f"{tokens} tokens do not fit the model's context of {cfg.seq_len}: ask for fewer")
+    return [1 % cfg.vocab_size] + [(7 * i + 3) % cfg.vocab_size for i in range(1, n)]
+
+
+def run_plan(device: Device, suite: list[SuiteItem], model: tuple[str, list[int], int] | None,
+             on_step: Callable[[str], None] | None = None) -> list[Measurement]:
+    """Run the suite, then (``model`` = (name, prompt ids, tokens)) one greedy generation; one
+    Measurement per bracketed phase, in the order the firmware ran them."""
+    out: list[Measurement] = []
+    for item in suite:
+        if on_step:
+            on_step(item.label)
+        _, done = device.workload(item.workload.id, item.size, item.iterations)
+        out.append(Measurement(item.label, "run", done.cycles, done.checksum, item.size, item.iterations))
+    if model is not None:
+        name, prompt, tokens = model
+        if on_step:
+            on_step(f"model:{name}")
+        phases, _ = device.run(prompt, tokens, seed=0, temperature=0.0, topp=1.0)
+        for ph in phases:
+            phase = "prefill" if ph.kind == PhaseKind.PREFILL else f"decode:{ph.index}"
+            out.append(Measurement(f"model:{name}", phase, ph.cycles, None, None, None, ph.token))
+    return out
+
+
+def _validation(name: str, phases: list[Phase], info: Info) -> Measurement:
+    cycles = next((p.cycles for p in phases if p.kind == PhaseKind.VALIDATE), info.validate_cycles)
+    return Measurement(f"model:{name}", "validate", cycles)
+
+
+@dataclass
+class _TwinRun:
+    measurements: list[Measurement]           # validation first, then the plan
+    profiles: list[SegmentProfile]            # one per measurement
+    info: Info
+
+
+def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list[SuiteItem],
+          model: tuple[str, list[int], int] | None, spec: BenchSpec,
+          on_step: Callable[[str], None] | None) -> _TwinRun:
+    """Run the plan in the emulator with the profiling plugin: per-phase counts (and the emulator's
+    own replies: cycles 0)."""
+    regions = memory_regions(platform) if spec.mem_traffic else None
+    with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
+        dump = Path(tmp) / "profile.dump"
+        with emulator_session(platform, fw.elf, image_path, timeout=spec.timeout,
+                              reply_timeout=spec.reply_timeout,
+                              extra_args=tuple(plugin_args(fw.elf, dump, regions))) as s:
+            plan = run_plan(s.device, suite, model, on_step)
+            boot, info = s.boot_phases, s.info
+        segments = analyze(parse_dump(dump), fw.elf, platform.arch)
+    expected = 2 * (1 + len(plan)) + 1       # boot | validate | io | phase | io | ... | io
+    if len(segments) != expected:
+        raise BenchError(f"the twin's profile has {len(segments)} segments, {expected} expected for "
+                         f"{len(plan)} phases: the phase markers and the protocol disagree")
+    name = model[0] if model else ""
+    return _TwinRun([_validation(name, boot, info), *plan], [segments[1 + 2 * k] for k in range(len(plan) + 1)],
+                    info)
+
+
+def _features(p: SegmentProfile | None) -> dict:
+    if p is None:
+        return {**dict.fromkeys(FEATURE_COLUMNS, ""), **dict.fromkeys(MEMORY_COLUMNS, ""), "instructions": ""}
+    out = {f"n_{c}": p.by_class.get(c, 0) for c in isa.CLASSES}
+    out["instructions"] = p.total
+    if p.mem is not None:
+        out["loads_flash"] = p.mem["flash"]["loads"] + p.mem["model"]["loads"]
+        out["loads_sram"] = p.mem["ram"]["loads"]
+        out["stores_sram"] = p.mem["ram"]["stores"]
+    else:
+        out.update(dict.fromkeys(MEMORY_COLUMNS, ""))
+    return out
+
+
+# --------------------------------------------------------------------------- the workflow
+
+
+def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> BenchResult:
+    """Run the bench (see the module doc) and return the dataset rows."""
+    from .runner import model_image
+
+    started = time.perf_counter()
+    platform = get_platform(spec.platform)
+    fw = build_firmware(platform)
+    suite = spec.suite if spec.suite is not None else default_suite(spec.scale)
+    image_path: Path | None = None
+    model = None
+    if spec.model:
+        from .runner import RunSpec
+
+        image_path, image, name = model_image(RunSpec(platform=platform.id, model=spec.model, bits=spec.bits))
+        if len(image) > platform.model.size:
+            raise BenchError(f"the model image ({len(image)} bytes) does not fit {platform.id}'s model "
+                             f"partition ({platform.model.size} bytes): use --bits 4 or a smaller model")
+        model = (name, _prompt(image, spec.prompt_tokens, spec.tokens), spec.tokens)
+    notes: list[str] = []
+    emulated = is_emulated_port(spec.port)
+    twin: _TwinRun | None = None
+    if emulated:
+        if platform.emulator is None:
+            raise BenchError(f"platform {platform.id} has no emulator model: give the board's serial port "
+                             "with --port")
+        twin = _twin(platform, fw, image_path, suite, model, spec, on_step)
+        device_run, info = twin.measurements, twin.info
+        counter = "none"                 # QEMU's counters read 0: not a cycle count
+    else:
+        device_run, info = _on_board(spec, platform, fw, suite, model, on_step)
+        counter = platform.cycle_counter
+        if counter != "none" and not any(m.cycles for m in device_run):
+            notes.append(f"every cycle count is 0: {platform.id}'s counter ({counter}) did not run — "
+                         "the dataset says cycle_counter none")
+            counter = "none"
+        if platform.emulator is None:
+            notes.append(f"{platform.id} has no emulator model: the rows have no instruction counts")
+        else:
+            twin = _twin(platform, fw, image_path, suite, model, spec, None)
+            _check_join(device_run, twin.measurements)
+    energies = _energies(spec, len(device_run) - 1) if spec.trace else None
+    rows = []
+    for k, m in enumerate(device_run):
+        if model is None and k == 0:
+            continue                      # no model: no validation row
+        rows.append({
+            "board": spec.board or platform.id,
+            "platform": platform.id,
+            "workload": m.workload,
+            "phase": m.phase,
+            "clock_hz": info.clock_hz,
+            "build_id": info.build_id,
+            **_features(twin.profiles[k] if twin else None),
+            "cycles": m.cycles if counter != "none" else 0,
+            "cycle_counter": counter,
+            "energy_j": "" if energies is None or energies[k] is None else f"{energies[k]:.9g}",
+            "size": "" if m.size is None else m.size,
+            "iterations": "" if m.iterations is None else m.iterations,
+            "checksum": "" if m.checksum is None else f"{m.checksum:#010x}",
+        })
+    return BenchResult(rows, info, counter, round(time.perf_counter() - started, 3), notes)
+
+
+def _on_board(spec: BenchSpec, platform: Platform, fw: Firmware, suite: list[SuiteItem],
+              model: tuple[str, list[int], int] | None,
+              on_step: Callable[[str], None] | None) -> tuple[list[Measurement], Info]:
+    with Device.from_url(spec.port, baudrate=spec.baudrate, timeout=spec.reply_timeout,
+                         deadline=spec.timeout) as dev:
+        phases, info = dev.hello()
+        if info.board != platform.id:
+            raise BenchError(f"the device on {spec.port} is a {info.board!r} firmware, not {platform.id}: "
+                             "flash the firmware built for this platform (`twin build`)")
+        if info.build_id != fw.build_id:
+            raise BenchError(f"the device on {spec.port} runs firmware build {info.build_id}, this host's "
+                             f"build for {platform.id} is {fw.build_id} ({fw.elf}): flash that ELF, so the "
+                             "twin counts the same code the board runs")
+        if model is not None and info.status != 0:
+            raise BenchError(f"the device on {spec.port} has no valid model image (status {info.status}): "
+                             "flash the model image, or bench without a model (--model none)")
+        plan = run_plan(dev, suite, model, on_step)
+    return [_validation(model[0] if model else "", phases, info), *plan], info
+
+
+def _check_join(board: list[Measurement], twin: list[Measurement]) -> None:
+    if [(m.workload, m.phase) for m in board] != [(m.workload, m.phase) for m in twin]:
+        raise BenchError("the board and the twin ran different phases — the join by workload × phase fails")
+    for b, t in zip(board, twin, strict=True):
+        if b.checksum != t.checksum or b.token != t.token:
+            raise BenchError(f"{b.workload} {b.phase}: the board's result ({b.checksum}, token {b.token}) "
+                             f"differs from the twin's ({t.checksum}, token {t.token}) — the board does not run "
+                             "the same firmware and model image, or it computes differently")
+
+
+def _energies(spec: BenchSpec, n_phases: int) -> list[float | None]:
+    """Energy per measurement (validation first): None where the trace has no window for it."""
+    from .traces import phase_energies, read_trace, read_windows
+
+    assert spec.trace is not None
+    trace = read_trace(spec.trace, spec.trace_format)
+    windows = read_windows(spec.trace_windows) if spec.trace_windows else None
+    e = phase_energies(trace, n_phases, channel=spec.trace_channel, windows=windows, voltage=spec.voltage)
+    return e if len(e) == n_phases + 1 else [None, *e]
+
+
+# --------------------------------------------------------------------------- dataset files
+
+
+def write_dataset(rows: list[dict], path: Path | str) -> None:
+    """Write the rows as CSV with the columns of :data:`COLUMNS` (in that order)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_datasets(paths: list[Path | str]):
+    """Load and concatenate bench datasets (a pandas DataFrame), validated by the calibration's schema."""
+    import pandas as pd
+
+    try:
+        from calibration.dataset import DatasetError, load_dataset
+    except ImportError:                      # the calibration package is not there: plain CSV
+        frames = [pd.read_csv(p) for p in paths]
+    else:
+        try:
+            frames = [load_dataset(p) for p in paths]
+        except DatasetError as e:
+            raise BenchError(str(e)) from None
+    if not frames:
+        raise BenchError("no dataset given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def unmeasured_rows(df) -> int:
+    """Rows whose cycles were not measured: cycles 0 / empty, or cycle_counter none."""
+    import pandas as pd
+
+    cycles = pd.to_numeric(df["cycles"], errors="coerce")
+    bad = cycles.isna() | (cycles <= 0)
+    if "cycle_counter" in df.columns:
+        bad |= df["cycle_counter"].astype(str).str.lower().isin(["none", "nan", ""])
+    return int(bad.sum())
+
+
+def calibrate(paths: list[Path | str], out: Path | str, *, skip_unmeasured: bool = False) -> dict:
+    """Load datasets, refuse rows without measured cycles, and fit with the calibration package.
+
+    Calls ``calibration.fit_calibration(df, out)`` (the fitting API of calibration/): ``df`` a pandas
+    DataFrame of measured rows in the bench schema, ``out`` the path of the calibration file to write.
+    """
+    import pandas as pd
+
+    df = read_datasets(list(paths))
+    n = unmeasured_rows(df)
+    if n:
+        if not skip_unmeasured or n == len(df):
+            raise BenchError(UNMEASURED_MESSAGE.format(n=n))
+        cycles = pd.to_numeric(df["cycles"], errors="coerce")
+        keep = cycles.notna() & (cycles > 0) & ~df["cycle_counter"].astype(str).str.lower().isin(["none", "nan", ""])
+        df = df[keep].reset_index(drop=True)
+    fit = _fitting_api()
+    result = fit(df, Path(out))
+    return {"rows": len(df), "skipped": n, "out": str(out),
+            "result": result if isinstance(result, dict) else None}
+
+
+def _fitting_api():
+    try:
+        import calibration
+    except ImportError:
+        calibration = None
+    fit = getattr(calibration, "fit_calibration", None)
+    if fit is None:
+        try:
+            from calibration.fit import fit_calibration as fit
+        except ImportError:
+            fit = None
+    if fit is None:
+        raise BenchError("the calibration fitting API is not available yet: calibrate needs "
+                         "calibration.fit_calibration(df, out) (calibration/, next to this bench)")
+    return fit
+

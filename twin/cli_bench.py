@@ -1,0 +1,103 @@
+"""`twin bench` and `twin calibrate` (registered on the `twin` group by twin/cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli import TwinCliError, _run_errors, main
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    from .bench import BenchError
+    from .traces import TraceError
+
+    return (*_run_errors(), BenchError, TraceError, KeyError, ValueError)
+
+
+@click.command()
+@click.option("--port", required=True,
+              help="The device: a pyserial URL (/dev/ttyACM0, socket://host:port) or 'qemu' to start the "
+                   "platform's emulator.")
+@click.option("--emulate", is_flag=True, help="Same as --port qemu.")
+@click.option("--platform", required=True, help="Platform id (see `twin platforms`).")
+@click.option("--board", default=None, help="Board id written to the dataset (default: the platform id).")
+@click.option("--model", default="builtin", show_default=True,
+              help="'builtin', a model image path, or 'none' (the workload suite only).")
+@click.option("--bits", default=4, show_default=True, type=click.Choice(["4", "8"]))
+@click.option("--tokens", default=8, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--workloads", default=None, help="Comma-separated workload names (default: the whole suite).")
+@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+              help="Multiply every workload's iteration count (longer runs for slow power monitors).")
+@click.option("-o", "--output", "output", default="bench.csv", show_default=True, type=click.Path(),
+              help="The dataset (CSV) to write.")
+@click.option("--baudrate", default=115200, show_default=True, type=int)
+@click.option("--no-mem-traffic", is_flag=True, help="Do not count loads/stores per memory in the twin.")
+@click.option("--trace", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A power trace of this run (CSV) to compute energy per phase.")
+@click.option("--trace-format", default="generic", show_default=True,
+              type=click.Choice(["ppk2", "joulescope", "generic"]))
+@click.option("--trace-channel", default=None, help="The trace's digital marker channel (e.g. D0, in0).")
+@click.option("--trace-windows", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV of start_s,end_s phase windows (instead of a marker channel).")
+@click.option("--voltage", type=float, default=None, help="Supply voltage when the trace has none (PPK2).")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds for the whole run.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def bench(port: str, emulate: bool, platform: str, board: str | None, model: str, bits: str, tokens: int,
+          workloads: str | None, scale: float, output: str, baudrate: int, no_mem_traffic: bool,
+          trace: str | None, trace_format: str, trace_channel: str | None, trace_windows: str | None,
+          voltage: float | None, timeout: float, as_json: bool) -> None:
+    """Run the calibration suite and a model on a device; write the bench dataset."""
+    from .bench import BenchSpec, write_dataset
+    from .bench import bench as do_bench
+    from .workloads import default_suite
+
+    try:
+        suite = default_suite(scale, tuple(w.strip() for w in workloads.split(",")) if workloads else None)
+        spec = BenchSpec(platform=platform, port="qemu" if emulate else port, board=board,
+                         model=None if model.lower() == "none" else model, bits=int(bits), tokens=tokens,
+                         suite=suite, scale=scale, baudrate=baudrate, mem_traffic=not no_mem_traffic,
+                         trace=Path(trace) if trace else None, trace_format=trace_format,
+                         trace_channel=trace_channel, trace_windows=Path(trace_windows) if trace_windows else None,
+                         voltage=voltage, timeout=timeout)
+        result = do_bench(spec, on_step=None if as_json else lambda s: click.echo(f"  running {s}", err=True))
+        write_dataset(result.rows, output)
+    except _errors() as exc:
+        raise TwinCliError(str(exc).strip("'\"")) from None
+    summary = {"platform": platform, "port": spec.port, "rows": len(result.rows), "output": output,
+               "cycle_counter": result.cycle_counter, "build_id": result.info.build_id,
+               "wall_seconds": result.wall_seconds, "notes": result.notes}
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{len(result.rows)} rows -> {output} (cycles: {result.cycle_counter}; "
+               f"{result.wall_seconds:.1f} s)")
+
+
+@click.command()
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(), help="The calibration file.")
+@click.option("--skip-unmeasured", is_flag=True,
+              help="Drop rows without measured cycles instead of refusing the datasets.")
+def calibrate(datasets: tuple[str, ...], output: str, skip_unmeasured: bool) -> None:
+    """Fit the cycle/energy models to bench datasets (rows with a real board's cycle counts)."""
+    from .bench import BenchError
+    from .bench import calibrate as do_calibrate
+
+    try:
+        r = do_calibrate(list(datasets), output, skip_unmeasured=skip_unmeasured)
+    except (BenchError, ValueError, KeyError) as exc:
+        raise TwinCliError(str(exc).strip("'\"")) from None
+    skipped = f" ({r['skipped']} unmeasured rows skipped)" if r["skipped"] else ""
+    click.echo(f"calibrated on {r['rows']} rows{skipped} -> {output}")
+    fit = r.get("result") or {}
+    if fit.get("cv_mape_percent") is not None:
+        click.echo(f"  cross-validated cycle error (MAPE by workload): {fit['cv_mape_percent']:.1f}%")
+
+
+main.add_command(bench)
+main.add_command(calibrate)

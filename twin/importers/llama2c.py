@@ -1,0 +1,106 @@
+"""llama2.c legacy float32 checkpoints (the ``.bin`` that llama2.c's export.py writes with --version 0,
+and that run.c reads) and its tokenizer.bin.
+
+Layout: 7 little-endian int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+a negative vocab_size means an unshared classifier), then float32 arrays, each layer-major, matrices
+(out_features, in_features): token embedding (vocab, dim); attention RMSNorm weights (layers, dim);
+wq (layers, dim, dim); wk, wv (layers, kv_dim, dim); wo (layers, dim, dim); FFN RMSNorm weights
+(layers, dim); w1 (layers, hidden, dim); w2 (layers, dim, hidden); w3 (layers, hidden, dim); final
+RMSNorm weights (dim); two RoPE tables (seq_len, head_size / 2) that run.c skips; the classifier
+(vocab, dim) when unshared. llama2.c's RoPE rotates interleaved pairs, as the twin does; run.c uses
+theta 10000 and eps 1e-5, and so does this importer.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from twin.modelgen import FloatModel, ModelConfig
+from twin.tokenizer import TokenizerError, load_llama2c_tokenizer
+
+from .common import LAYER_FIELDS, ModelFileError, build_model, check_config
+
+HEADER = struct.Struct("<7i")
+V1_MAGIC = 0x616B3432   # "ak42": llama2.c's newer export versions
+
+
+def _layout(c: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    L, d, h, kv = c.n_layers, c.dim, c.hidden_dim, c.kv_dim
+    out = [("tok_emb", (c.vocab_size, d)), ("attn_norm", (L, d)), ("wq", (L, d, d)), ("wk", (L, kv, d)),
+           ("wv", (L, kv, d)), ("wo", (L, d, d)), ("ffn_norm", (L, d)), ("w1", (L, h, d)), ("w2", (L, d, h)),
+           ("w3", (L, h, d)), ("final_norm", (d,)), ("rope_real", (c.seq_len, c.head_size // 2)),
+           ("rope_imag", (c.seq_len, c.head_size // 2))]
+    if not c.shared_classifier:
+        out.append(("classifier", (c.vocab_size, d)))
+    return out
+
+
+def expected_size(c: ModelConfig) -> int:
+    return HEADER.size + 4 * sum(int(np.prod(s)) for _, s in _layout(c))
+
+
+def read_config(data: bytes, where: str) -> ModelConfig:
+    if len(data) < HEADER.size:
+        raise ModelFileError(f"{where}: truncated llama2.c checkpoint: {len(data)} bytes, the header alone has 28")
+    if struct.unpack_from("<I", data)[0] == V1_MAGIC:
+        version = struct.unpack_from("<i", data, 4)[0]
+        raise ModelFileError(f"{where}: llama2.c export version {version} is not supported; "
+                             "export the legacy float32 format (export.py --version 0)")
+    dim, hidden, layers, heads, kv_heads, vocab, seq_len = HEADER.unpack_from(data)
+    c = ModelConfig(dim=dim, hidden_dim=hidden, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads,
+                    vocab_size=abs(vocab), seq_len=seq_len, shared_classifier=vocab > 0, name=Path(where).stem[:16])
+    check_config(c, where)
+    return c
+
+
+def load_llama2c(path: str | Path, tokenizer: str | Path | None = None) -> FloatModel:
+    """A llama2.c legacy checkpoint; the tokenizer is ``tokenizer`` or tokenizer.bin beside the file."""
+    where = str(path)
+    data = Path(path).read_bytes()
+    c = read_config(data, where)
+    layout = _layout(c)
+    expected = expected_size(c)
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise ModelFileError(f"{where}: {what}: {len(data)} bytes, a llama2.c checkpoint with this header "
+                             f"(dim {c.dim}, {c.n_layers} layers, vocab {c.vocab_size}, seq_len {c.seq_len}) "
+                             f"has {expected}")
+    flat = np.frombuffer(data, dtype="<f4", offset=HEADER.size)
+    arrays, off = {}, 0
+    for name, shape in layout:
+        n = int(np.prod(shape))
+        arrays[name] = flat[off:off + n].reshape(shape)
+        off += n
+
+    def get(name: str, layer: int | None) -> np.ndarray:
+        return arrays[name] if layer is None else arrays[name][layer]
+
+    tok = None
+    tok_path = Path(tokenizer) if tokenizer is not None else Path(path).with_name("tokenizer.bin")
+    if tokenizer is not None or tok_path.is_file():
+        try:
+            tok = load_llama2c_tokenizer(tok_path, c.vocab_size)
+        except (TokenizerError, OSError) as exc:
+            raise ModelFileError(f"{tok_path}: {exc}") from None
+    return build_model(c, get, where, tok)
+
+
+def write_llama2c(model: FloatModel) -> bytes:
+    """The legacy checkpoint llama2.c's export.py (version 0) writes, for tests and interchange."""
+    c = model.config
+    if c.rope_theta != 10000.0:
+        raise ValueError("llama2.c's legacy format has RoPE theta 10000 only")
+    vocab = c.vocab_size if model.classifier is None else -c.vocab_size
+    parts = [HEADER.pack(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, vocab, c.seq_len)]
+    parts.append(model.tok_emb.astype("<f4").tobytes())
+    for f in LAYER_FIELDS:
+        parts.extend(getattr(layer, f).astype("<f4").tobytes() for layer in model.layers)
+    parts.append(model.final_norm.astype("<f4").tobytes())
+    ang = np.arange(c.seq_len)[:, None] * model.rope_freq.astype(np.float64)[None, :]
+    parts += [np.cos(ang).astype("<f4").tobytes(), np.sin(ang).astype("<f4").tobytes()]
+    if model.classifier is not None:
+        parts.append(model.classifier.astype("<f4").tobytes())
+    return b"".join(parts)
