@@ -124,7 +124,7 @@ def _llama_module(vocab, dim, n_layers, n_heads, n_kv, hidden, seq_len, rope="in
     return Net().eval()
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 @pytest.mark.parametrize("rope, tied, n_kv, dynamo", [("interleaved", True, 2, False), ("half", False, 4, False),
                                                       ("half", True, 1, False), ("interleaved", False, 2, True),
                                                       ("half", True, 2, True)])

@@ -145,7 +145,7 @@ def _run_options(f):
     for opt in reversed([
         click.option("--model", default="builtin", show_default=True,
                      help="'builtin' or the path of a model image."),
-        click.option("--prompt", default=None, help="Prompt text (byte-level tokenizer)."),
+        click.option("--prompt", default=None, help="Prompt text (the model's tokenizer; byte-level without one)."),
         click.option("--tokens", default=16, show_default=True, type=click.IntRange(1, 4096)),
         click.option("--bits", default=4, show_default=True, type=click.Choice(["2", "3", "4", "8"])),
         click.option("--group-size", default=32, show_default=True, type=click.Choice(["32", "64", "128"])),
@@ -294,13 +294,13 @@ def quantize(model: str, bits_list: str, group_size: str, asymmetric: bool, over
         click.echo(f"chart: {chart_path}")
 
 
-from . import cli_bench  # noqa: E402,F401  -- registers `twin bench` and `twin calibrate`
-from .cli_predict import compare_cmd, predict_cmd  # noqa: E402  -- `twin predict`, `twin compare`
+# Commands that live in their own modules (they import helpers from this one, hence at the end).
+from .cli_bench import bench, calibrate  # noqa: E402
+from .cli_model import fit_cmd, image_cmd  # noqa: E402
+from .cli_predict import compare_cmd, predict_cmd  # noqa: E402
 
-main.add_command(predict_cmd)
-main.add_command(compare_cmd)
-main.add_command(__import__("twin.cli_model", fromlist=["x"]).image_cmd)  # `twin image` (twin/cli_model.py)
-main.add_command(__import__("twin.cli_model", fromlist=["x"]).fit_cmd)  # `twin fit` (twin/cli_model.py)
+for _command in (image_cmd, fit_cmd, bench, calibrate, predict_cmd, compare_cmd):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     sys.exit(main())

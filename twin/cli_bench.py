@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import TwinCliError, _run_errors, main
+from .cli import TwinCliError, _run_errors
 
 
 def _errors() -> tuple[type[Exception], ...]:
@@ -97,7 +97,3 @@ def calibrate(datasets: tuple[str, ...], output: str, skip_unmeasured: bool) -> 
     fit = r.get("result") or {}
     if fit.get("cv_mape_percent") is not None:
         click.echo(f"  cross-validated cycle error (MAPE by workload): {fit['cv_mape_percent']:.1f}%")
-
-
-main.add_command(bench)
-main.add_command(calibrate)

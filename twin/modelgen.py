@@ -1,7 +1,9 @@
-"""Deterministic generator of tiny Llama-style float models, and a byte-level tokenizer.
+"""Float models: the config and weights every importer produces, the deterministic random-weight
+generator (architecture sweeps), the built-in trained model, and the byte-level tokenizer fallback.
 
 The default shape is stories260K's (dim 64, 5 layers, 8 heads, 4 KV heads, hidden 172,
-vocab 512) with a 64-token context so the KV cache fits a 128 KB microcontroller.
+vocab 512) with a 64-token context so the KV cache fits a 128 KB microcontroller. The built-in
+model (builtin_model) has that shape, trained on Jane Austen's novels (models/README.md).
 """
 
 from __future__ import annotations

@@ -92,10 +92,12 @@ def _r_strings(blob: bytes) -> list[str]:
 def load_novels(deb_path: Path | None = None) -> dict[str, list[str]]:
     """Novel title -> its paragraphs (the package's wrapped lines joined)."""
     if deb_path is None:
-        tmp = Path(tempfile.mkdtemp(prefix="twin-corpus-"))
-        subprocess.run(["apt-get", "download", DEB], cwd=tmp, check=True, capture_output=True)
-        deb_path = next(tmp.glob(f"{DEB}_*.deb"))
-    deb = deb_path.read_bytes()
+        with tempfile.TemporaryDirectory(prefix="twin-corpus-") as tmp:
+            subprocess.run(["apt-get", "download", DEB], cwd=tmp, check=True, capture_output=True)
+            deb_path = next(Path(tmp).glob(f"{DEB}_*.deb"))
+            deb = deb_path.read_bytes()
+    else:
+        deb = deb_path.read_bytes()
     digest = hashlib.sha256(deb).hexdigest()
     if digest != DEB_SHA256:
         print(f"warning: {deb_path.name} has SHA-256 {digest}, the models were trained on {DEB_SHA256}",
