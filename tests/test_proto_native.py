@@ -30,7 +30,8 @@ from twin.protocol import (
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "firmware" / "app"
-SOURCES = [APP / "proto.c", APP / "crc32.c", ROOT / "tests" / "native" / "proto_host.c"]
+RUNTIME = ROOT / "firmware" / "runtime"
+SOURCES = [APP / "proto.c", RUNTIME / "crc32.c", ROOT / "tests" / "native" / "proto_host.c"]
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wconversion", "-Werror", "-fsanitize=address,undefined",
           "-fno-sanitize-recover=all"]
 
@@ -79,7 +80,7 @@ class EchoDevice:
 @pytest.fixture(scope="module")
 def echo_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exe = tmp_path_factory.mktemp("native") / "proto_host"
-    cmd = ["gcc", *CFLAGS, "-I", str(APP), *map(str, SOURCES), "-o", str(exe)]
+    cmd = ["gcc", *CFLAGS, "-I", str(APP), "-I", str(RUNTIME), *map(str, SOURCES), "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     if build.returncode != 0 and "sanitize" in build.stderr:  # no sanitizer runtime: build without
         cmd = [c for c in cmd if "sanitize" not in c]
@@ -97,7 +98,7 @@ def echo(echo_exe: Path) -> Iterator[EchoDevice]:
 
 def test_proto_c_is_freestanding() -> None:
     """proto.c / crc32.c include only the freestanding headers (and the project's own)."""
-    for src in (APP / "proto.c", APP / "crc32.c", APP / "proto.h", APP / "crc32.h"):
+    for src in (APP / "proto.c", RUNTIME / "crc32.c", APP / "proto.h", RUNTIME / "crc32.h"):
         for line in src.read_text().splitlines():
             if line.startswith("#include <"):
                 assert line in ("#include <stdint.h>", "#include <stddef.h>"), f"{src.name}: {line}"
@@ -182,8 +183,8 @@ def test_garbage_then_recovery(echo: EchoDevice, garbage: bytes) -> None:
 def test_cross_compiles_freestanding(tmp_path: Path, cc: str, flags: list[str]) -> None:
     if shutil.which(cc) is None:
         pytest.skip(f"{cc} not installed")
-    for src in ("proto.c", "crc32.c"):
+    for src in (APP / "proto.c", RUNTIME / "crc32.c"):
         cmd = [cc, *flags, "-std=c11", "-Os", "-ffreestanding", "-Wall", "-Wextra", "-Wconversion", "-Werror",
-               "-c", str(APP / src), "-o", str(tmp_path / (src + ".o"))]
+               f"-I{RUNTIME}", "-c", str(src), "-o", str(tmp_path / (src.name + ".o"))]
         build = subprocess.run(cmd, capture_output=True, text=True)
         assert build.returncode == 0, build.stderr

@@ -11,7 +11,7 @@
  * 0x00 before the frame too, so the frame is separated from anything printed before it.
  *
  * Single instance, not re-entrant: one receiver and one sender (static state), for one UART.
- * CRC-32 lives in crc32.c (shared with the rest of the firmware).
+ * CRC-32 lives in runtime/crc32.c (shared with the rest of the firmware).
  */
 #ifndef TWIN_PROTO_H
 #define TWIN_PROTO_H

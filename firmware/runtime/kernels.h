@@ -81,6 +81,5 @@ uint32_t sample_logits(const float *logits, uint32_t n, float temperature, float
                        uint32_t *rng, float *probs, tw_probindex *scratch);
 
 /* --- checksums --- */
-uint32_t tw_crc32(uint32_t crc, const uint8_t *p, uint32_t n); /* zlib.crc32 (pass crc 0 first) */
 
 #endif

@@ -1,6 +1,7 @@
 /* Model runtime: validate the image in place, carve the arena, run the forward pass. */
 #include "model.h"
 
+#include "crc32.h"
 #include "image.h"
 
 /* ----------------------------------------------------------- image access */
@@ -239,7 +240,7 @@ int model_open(twin_model *m, const uint8_t *image, uint32_t partition_size, uin
     uint32_t total = rd32(image + TW_OFF_TOTAL_SIZE);
     if (total > partition_size) return TW_E_TOO_LARGE;
     if (total < TW_HEADER_SIZE) return TW_E_CORRUPT;
-    uint32_t crc = tw_crc32(0, image + TW_PREAMBLE_SIZE, total - TW_PREAMBLE_SIZE);
+    uint32_t crc = crc32_update(0, image + TW_PREAMBLE_SIZE, total - TW_PREAMBLE_SIZE);
     if (crc != rd32(image + TW_OFF_CRC)) return TW_E_CRC;
     read_config(&m->cfg, image);
     if (!check_table(&m->cfg, image, total)) return TW_E_CORRUPT;

@@ -1,7 +1,7 @@
 /* CRC-32 (IEEE 802.3 / zlib: reflected polynomial 0xEDB88320, init and final xor 0xFFFFFFFF).
  *
- * Shared by the protocol (firmware/app/proto.c) and usable by anyone else in the firmware
- * (e.g. the model-image check): crc32_update(0, data, len) equals Python's zlib.crc32(data),
+ * The one CRC-32 of the firmware: the model-image check (model.c), the protocol (app/proto.c) and
+ * the workload checksums: crc32_update(0, data, len) equals Python's zlib.crc32(data),
  * and CRCs chain like zlib: crc32_update(crc32_update(0, a, na), b, nb) == CRC of a||b.
  * Freestanding: needs only <stdint.h> and <stddef.h>. Uses a 16-entry (64-byte) table. */
 #ifndef TWIN_CRC32_H
