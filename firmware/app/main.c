@@ -11,6 +11,7 @@
 __attribute__((noipa, used)) void twin_mark(void)
 {
     __asm__ volatile("" ::: "memory");
+    board_marker_toggle();   /* the same boundary on a GPIO, for a power analyzer */
 }
 
 static twin_model model;

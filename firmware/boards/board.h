@@ -20,6 +20,10 @@ extern uint8_t __stack_limit[], __stack_top[];
 extern uint8_t __flash_start[], __flash_end[];
 extern uint8_t __data_start[], __data_end[], __bss_start[], __bss_end[];
 
+/* The phase-marker pin a power analyzer records: high during every phase, low in between. Called by
+ * twin_mark() at each phase boundary; a no-op on boards without one (emulated ones). */
+void board_marker_toggle(void);
+
 uint32_t board_stack_peak(void);    /* deepest stack use so far, from the painted stack */
 void board_fault(uint32_t pc) __attribute__((noreturn));   /* called by the fault handlers */
 

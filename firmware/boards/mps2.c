@@ -17,6 +17,8 @@ void board_init(void)
 
 uint32_t board_clock_hz(void) { return BOARD_CLOCK_HZ; }
 
+void board_marker_toggle(void) {}
+
 int board_getc(void)
 {
     if (!(mmio_read(UART_STATE) & 2))

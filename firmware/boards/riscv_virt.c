@@ -11,6 +11,8 @@ void board_init(void) {}
 
 uint32_t board_clock_hz(void) { return BOARD_CLOCK_HZ; }
 
+void board_marker_toggle(void) {}
+
 int board_getc(void)
 {
     if (!(reg8(UART_LSR) & 1))

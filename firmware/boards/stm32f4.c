@@ -1,6 +1,7 @@
 /* STM32F40x/41x boards (STM32F4-Discovery): 168 MHz from the 8 MHz HSE through the PLL, USART2 console
  * on PA2/PA3 at 115200 baud. Every wait on the RCC is bounded: QEMU does not model the RCC (it reads
- * 0), so there the firmware stays on the 16 MHz HSI and says so through board_clock_hz(). */
+ * 0), so there the firmware stays on the 16 MHz HSI and says so through board_clock_hz().
+ * Phase marker: PD12 (the green LED LD4 on the Discovery board), high during every phase. */
 #include "board.h"
 
 #define RCC          0x40023800u
@@ -11,6 +12,8 @@
 #define RCC_APB1ENR  (RCC + 0x40)
 #define FLASH_ACR    0x40023C00u
 #define GPIOA        0x40020000u
+#define GPIOD        0x40020C00u
+#define MARKER_PIN   12u
 #define USART_SR     (UART_BASE + 0x00)   /* bit5 RXNE, bit7 TXE */
 #define USART_DR     (UART_BASE + 0x04)
 #define USART_BRR    (UART_BASE + 0x08)
@@ -52,7 +55,8 @@ static void clock_init(void)
 void board_init(void)
 {
     clock_init();
-    mmio_write(RCC_AHB1ENR, mmio_read(RCC_AHB1ENR) | 1u);                 /* GPIOA */
+    mmio_write(RCC_AHB1ENR, mmio_read(RCC_AHB1ENR) | 1u | (1u << 3));     /* GPIOA, GPIOD */
+    mmio_write(GPIOD + 0x00, (mmio_read(GPIOD + 0x00) & ~(3u << (2 * MARKER_PIN))) | (1u << (2 * MARKER_PIN)));
     mmio_write(RCC_APB1ENR, mmio_read(RCC_APB1ENR) | (1u << 17));         /* USART2 */
     /* PA2 (TX) and PA3 (RX): alternate function 7. */
     mmio_write(GPIOA + 0x00, (mmio_read(GPIOA + 0x00) & ~(0xFu << 4)) | (0xAu << 4));
@@ -62,6 +66,13 @@ void board_init(void)
 }
 
 uint32_t board_clock_hz(void) { return sysclk_hz; }
+
+void board_marker_toggle(void)
+{
+    static int high;
+    high = !high;
+    mmio_write(GPIOD + 0x18, high ? (1u << MARKER_PIN) : (1u << (MARKER_PIN + 16)));   /* BSRR set / reset */
+}
 
 int board_getc(void)
 {
