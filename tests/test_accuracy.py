@@ -91,6 +91,8 @@ def test_more_bits_stay_closer_to_the_float_model():
         agree = [r.top1_agreement for r in res]
         assert kl[0] < kl[1] < kl[2], (symmetric, kl)
         assert agree[0] > agree[1] > agree[2], (symmetric, agree)
+        gap = [abs(r.perplexity - r.float_perplexity) for r in res]      # perplexity closer to float
+        assert gap[0] < gap[1] < gap[2], (symmetric, gap)
         # weights shrink with the width
         assert res[0].weight_bytes > res[1].weight_bytes > res[2].weight_bytes
 
