@@ -166,14 +166,19 @@ class Platform:
 
     @property
     def code_bytes_available(self) -> int:
-        """Bytes for firmware + model: the chip's flash, else the linker map's code + model windows."""
-        if self.memories:
-            return self.memories.code_bytes_available
-        return self.flash.size + self.model.size
+        """Bytes for firmware + model: the firmware's code + model windows where it has a build (what
+        the linker lets it use), else the chip's flash."""
+        if self.has_firmware or not self.memories:
+            return self.flash.size + self.model.size
+        return self.memories.code_bytes_available
 
     @property
     def ram_bytes_available(self) -> int:
-        return self.memories.ram_bytes_available if self.memories else self.ram.size
+        """RAM for the firmware: its linker window where it has a build (the F407 build leaves the 64 KiB
+        CCM unused), else the chip's SRAM + external RAM."""
+        if self.has_firmware or not self.memories:
+            return self.ram.size
+        return self.memories.ram_bytes_available
 
     @property
     def twin_mode(self) -> TwinMapping:
