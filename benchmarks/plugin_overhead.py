@@ -6,7 +6,8 @@ Usage:
     .venv/bin/python benchmarks/plugin_overhead.py --elf fw.elf -- qemu-system-arm -M ... -kernel fw.elf
 
 Configurations: "bare" (no plugin), "counters" (inline TB counters + marks, the default mode),
-"mem" (counters + per-access memory callbacks over the given regions).  Prints the median wall
+"mem" (counters + per-access memory callbacks over the given regions), "edges" (counters + a
+per-TB callback counting TB-to-TB edges: exact taken-branch counts).  Prints the median wall
 time of --repeat runs, guest MIPS (instructions counted by the plugin / wall time) and the ratio
 to bare.
 """
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         "bare": qemu,
         "counters": qemu + plugin_args(elf, dump, plugin=plugin),
         "mem": qemu + plugin_args(elf, dump, regions or None, plugin=plugin),
+        "edges": qemu + plugin_args(elf, dump, plugin=plugin, edges=True),
     }
     if not regions:
         del configs["mem"]

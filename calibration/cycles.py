@@ -3,7 +3,9 @@
 Features (``FEATURES``, one value per workload × phase)::
 
     n_<class>        instructions of each class of twin.isa.CLASSES
-    branches_taken   taken branches (edge counts when known, else taken_fraction × n_branch)
+    branches_taken   taken branches counted by the twin (twin/profile.py: derived from block counts
+                     or exact edge counts; unresolved conditional ones × taken_fraction, see
+                     measured_taken); when a row has none, taken_fraction × n_branch
     fetch_wait       n_instructions × effective flash wait states (instruction fetch from flash)
     flash_load_wait  loads_flash × effective flash wait states (model weights read from flash)
 
@@ -208,6 +210,13 @@ def prior_coefficients(core: str, memory: MemorySetup | None = None) -> np.ndarr
 
 def coefficients_dict(coef: np.ndarray) -> dict[str, float]:
     return {f: float(c) for f, c in zip(FEATURES, coef, strict=True)}
+
+
+def measured_taken(taken: float, unresolved: float = 0.0, taken_fraction: float | None = None) -> float:
+    """Taken branches from the profiler's counts: the counted ones plus ``taken_fraction`` of the
+    conditional branches whose split could not be derived (the only place the assumption remains)."""
+    tf = taken_fraction if taken_fraction is not None else load_tables().figure("memory", "taken_fraction").value
+    return float(taken) + float(tf or 0.0) * float(unresolved)
 
 
 def feature_vector(by_class: Mapping[str, float], *, wait_states: float,

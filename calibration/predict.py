@@ -34,13 +34,14 @@ from .cycles import (
     cross_core_factor,
     feature_vector,
     load_tables,
+    measured_taken,
     memory_setup,
     prior_coefficients,
 )
 from .energy import EnergyModelError, power_model
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 1
+COUNTS_VERSION = 2
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
@@ -66,6 +67,8 @@ class TwinCounts:
     memory: dict                      # flash_bytes, ram_static_bytes, arena_bytes, stack_peak_bytes, model_image_bytes
     matches_reference: bool
     fpu: str                          # of the platform that ran (for cross-core soft-float)
+    prefill_branches_taken: float | None = None   # taken branches counted by the profiler (None: unknown)
+    decode_branches_taken: float | None = None    # per token
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,7 +150,14 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
             return None
         return float(sum(mem.get(r, {}).get("loads", 0) for r in ("code", "model")))
 
+    branches = ins.get("by_phase_branches") or {}
+
+    def taken(phase: str) -> float | None:
+        b = branches.get(phase)
+        return None if b is None else measured_taken(b["taken"], b["unresolved"])
+
     dec_loads = flash_loads("decode")
+    dec_taken = taken("decode")
     plat = get_platform(report["platform"])
     return TwinCounts(
         platform=report["platform"], model=report["model"], build_id=report["firmware"]["build_id"],
@@ -157,6 +167,8 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
         decode={c: float(bpc["decode"].get(c, 0)) / n_dec for c in CLASSES},
         prefill_loads_flash=flash_loads("prefill"),
         decode_loads_flash=None if dec_loads is None else dec_loads / n_dec,
+        prefill_branches_taken=taken("prefill"),
+        decode_branches_taken=None if dec_taken is None else dec_taken / n_dec,
         memory={k: report["memory"].get(k, 0) for k in ("flash_bytes", "ram_static_bytes", "arena_bytes",
                                                         "stack_peak_bytes", "model_image_bytes")},
         matches_reference=bool(report.get("matches_reference", False)),
@@ -221,8 +233,9 @@ def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: sto
     return BoardModel(coef, factor, extra_fp, lo, hi, "prior", None, None, tuple(notes))
 
 
-def _cycles(bm: BoardModel, by_class: dict[str, float], loads_flash: float | None, ws: float) -> float:
-    x = feature_vector(by_class, wait_states=ws, loads_flash=loads_flash)
+def _cycles(bm: BoardModel, by_class: dict[str, float], loads_flash: float | None, ws: float,
+            branches_taken: float | None) -> float:
+    x = feature_vector(by_class, wait_states=ws, loads_flash=loads_flash, branches_taken=branches_taken)
     return float(x @ bm.coef) * bm.factor + bm.extra_per_fp * by_class.get("fp", 0.0)
 
 
@@ -272,8 +285,8 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         ws = memory_setup(plat, clock_hz).wait_states
     except CycleModelError as exc:
         raise PredictError(str(exc)) from None
-    prefill_cycles = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws)
-    token_cycles = _cycles(bm, counts.decode, counts.decode_loads_flash, ws)
+    prefill_cycles = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws, counts.prefill_branches_taken)
+    token_cycles = _cycles(bm, counts.decode, counts.decode_loads_flash, ws, counts.decode_branches_taken)
     token_s = token_cycles / clock_hz
     ttft_s = (prefill_cycles + token_cycles) / clock_hz
     notes = list(bm.notes)
@@ -281,10 +294,16 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         notes.append("memory traffic not counted: loads_flash = flash_load_fraction × loads (assumption)")
     else:
         notes.append("loads from flash counted by the profiler (code + model regions of the proxy)")
+    if counts.decode_branches_taken is None:
+        notes.append("taken branches not counted: taken_fraction × branches (assumption)")
+    else:
+        notes.append("taken branches counted by the profiler (derived from block counts; the unresolved "
+                     "rest × taken_fraction)")
 
     energy, e_lo, e_hi = None, 0.0, 0.0
     if bm.energy_coef is not None:
-        x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash)
+        x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash,
+                           branches_taken=counts.decode_branches_taken)
         energy = float(np.append(x, token_s) @ bm.energy_coef)
         e_lo = e_hi = float(bm.energy_q or 0.0)
         notes.append(f"energy from calibration {bm.source}")

@@ -33,6 +33,9 @@ def _check_report(r: dict, tokens: int) -> None:
     assert counts == sorted(counts, reverse=True)
     assert all(d > 0 for d in ins["by_phase"]["decode"])
     assert ins["by_class"]["mul"] > 0 and ins["by_class"]["load"] > 0
+    br = ins["branches"]
+    assert br["taken"] > 0 and br["not_taken"] > 0
+    assert br["unresolved"] < 0.05 * (br["taken"] + br["not_taken"] + br["unresolved"])
     m = r["memory"]
     assert 0 < m["flash_bytes"] and 0 < m["ram_static_bytes"] and 0 < m["stack_peak_bytes"] < 16384
 

@@ -20,6 +20,7 @@ from twin.profile import (
     ProfileError,
     SegmentProfile,
     analyze,
+    branch_splits,
     build_plugin,
     mark_address,
     parse_dump,
@@ -64,10 +65,10 @@ def mem_regions(t: Target, elf: Path) -> dict[str, tuple[int, int]]:
 
 
 def run_profiled(t: Target, elf: Path, plugin: Path, out_dir: Path, n: int, *, mem: bool = False,
-                 exit_by_reset: bool = False) -> tuple[Path, list[SegmentProfile]]:
+                 exit_by_reset: bool = False, edges: bool = False) -> tuple[Path, list[SegmentProfile]]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    dump = out_dir / f"dump-{n}-{mem}-{exit_by_reset}.txt"
-    args = plugin_args(elf, dump, mem_regions(t, elf) if mem else None, plugin=plugin)
+    dump = out_dir / f"dump-{n}-{mem}-{exit_by_reset}-{edges}.txt"
+    args = plugin_args(elf, dump, mem_regions(t, elf) if mem else None, plugin=plugin, edges=edges)
     cmd = programs.qemu_command(t, elf, n, exit_by_reset=exit_by_reset, extra=args)
     proc = programs.run(cmd)
     assert proc.returncode == 0, proc.stderr
@@ -318,3 +319,86 @@ def test_sum_profiles():
     assert s.by_class["alu"] == 3 and s.by_class["load"] == 2
     assert s.by_function == {"f": 4, "g": 1}
     assert s.mem == {"r": {"loads": 6, "stores": 2}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Taken branches: derived from block counts, checked against the plugin's exact edge counts
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.qemu
+@pytest.mark.parametrize("n", [1, 2, 37])
+def test_loop_back_edge_taken_n_minus_1(target, plugin, tmp_path, n):
+    t, elf = target
+    dump, derived = run_profiled(t, elf, plugin, tmp_path, n)
+    dump_e, exact = run_profiled(t, elf, plugin, tmp_path, n, edges=True)
+    assert parse_dump(dump).edges is None and parse_dump(dump_e).edges is not None
+    back_edge = programs.symbol(elf, "work_loop") & ~1
+    back_edge = max(a for a, i in isa.disassemble(elf, t.arch).items()
+                    if i.cls == "branch" and back_edge <= a < back_edge + 0x40 and "<work_loop+" in i.operands
+                    and int(i.operands.split("<")[0].split(",")[-1], 16) > back_edge)
+    splits = branch_splits(parse_dump(dump_e), elf, t.arch, exact=True)[1]
+    assert splits[back_edge] == (n, n - 1, n - 1)           # (executions, exact taken, derived taken)
+    for d, e in zip(derived, exact, strict=True):
+        assert (d.branches_taken, d.branches_not_taken, d.branches_unresolved) == \
+            (e.branches_taken, e.branches_not_taken, 0)
+        assert dataclasses.replace(d, branches_taken=0, branches_not_taken=0) == \
+            dataclasses.replace(e, branches_taken=0, branches_not_taken=0)
+    # work_loop's loop: n - 1 back-edges; cbz not taken; bl/call, returns and twin_mark's exit taken.
+    assert derived[1].branches_unresolved == 0
+    assert derived[1].branches_taken - (n - 1) == derived_fixed_taken(t.arch)
+
+
+def derived_fixed_taken(arch: str) -> int:
+    # Segment 1 besides the back-edges: arm bl work_loop, pop {pc}, bl twin_mark, bx lr (twin_mark);
+    # riscv call work_loop, ret, call twin_mark, ret (twin_mark).
+    return 4
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("platform_id", ["mps2-an386", "riscv32-virt"])
+def test_derived_branches_match_edges_on_the_model(platform_id, tmp_path):
+    from twin import modelgen
+    from twin.build import build_firmware
+    from twin.platforms import get_platform
+    from twin.runner import RunSpec, emulator_session, model_image
+
+    p = get_platform(platform_id)
+    fw = build_firmware(p)
+    image, _, _ = model_image(RunSpec(platform=platform_id))
+    dump = tmp_path / "edges.dump"
+    with emulator_session(p, fw.elf, image, extra_args=tuple(plugin_args(fw.elf, dump, edges=True))) as s:
+        phases, _ = s.device.run(modelgen.encode("Once upon a time"), 3)
+    d = parse_dump(dump)
+    splits = branch_splits(d, fw.elf, p.arch, exact=True)
+    n_boot = len(s.boot_phases)
+    model_segments = [2 * (n_boot + i) + 1 for i in range(len(phases))]
+    resolved = total = 0
+    for k in model_segments:
+        for addr, (n, exact, derived) in splits[k].items():
+            total += n
+            if derived is not None:
+                resolved += n
+                assert derived == exact, (k, hex(addr), n, exact, derived)
+    fraction = resolved / total
+    print(f"{platform_id}: {fraction:.4f} of {total} conditional-branch executions resolved")
+    assert fraction >= 0.95
+    # The profile's totals: exact with edges, derived without; they agree where resolved.
+    exact_p = sum_profiles(analyze(d, fw.elf, p.arch)[k] for k in model_segments)
+    derived_p = sum_profiles(analyze(dataclasses.replace(d, edges=None), fw.elf, p.arch)[k]
+                             for k in model_segments)
+    assert exact_p.branches_unresolved == 0
+    assert derived_p.branches_unresolved == total - resolved
+    assert exact_p.branches_taken + exact_p.branches_not_taken == \
+        derived_p.branches_taken + derived_p.branches_not_taken + derived_p.branches_unresolved
+
+
+def test_dump_edges_parse_and_truncation(tmp_path):
+    base = "TWINPROF 1\ntarget arm\nmark -\ntb 0 10 1 10\ntb 1 12 1 12\nseg 0 2 0 3 1 2\n"
+    ok = tmp_path / "ok.txt"
+    ok.write_text(base + "edge 0 2 0 1 2 1 0 2\nend 2 1\n")
+    d = parse_dump(ok)
+    assert d.edges is not None
+    assert [x.tolist() for x in d.edges[0]] == [[0, 1], [1, 0], [2, 2]]
+    bad = tmp_path / "bad.txt"
+    bad.write_text(base + "edge 0 1 0 5 1\nend 2 1\n")
+    with pytest.raises(ProfileError):
+        parse_dump(bad)

@@ -35,8 +35,8 @@ QEMU_PORTS = ("qemu", "emulate", "emulator")
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 FEATURE_COLUMNS = tuple(f"n_{c}" for c in isa.CLASSES)
 MEMORY_COLUMNS = ("loads_flash", "loads_sram", "stores_sram")
-COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "instructions", "cycles", "cycle_counter",
-           "energy_j", "size", "iterations", "checksum")
+COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "branches_taken", "instructions", "cycles",
+           "cycle_counter", "energy_j", "size", "iterations", "checksum")
 UNMEASURED_MESSAGE = ("{n} rows have no measured cycles (cycle_counter none / QEMU) — calibrate needs a "
                       "real board's counter")
 
@@ -169,9 +169,15 @@ def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list
 
 def _features(p: SegmentProfile | None) -> dict:
     if p is None:
-        return {**dict.fromkeys(FEATURE_COLUMNS, ""), **dict.fromkeys(MEMORY_COLUMNS, ""), "instructions": ""}
+        return {**dict.fromkeys(FEATURE_COLUMNS, ""), **dict.fromkeys(MEMORY_COLUMNS, ""), "instructions": "",
+                "branches_taken": ""}
     out = {f"n_{c}": p.by_class.get(c, 0) for c in isa.CLASSES}
     out["instructions"] = p.total
+    # Taken branches derived from the TB counts (profile.py); unresolved conditional branches are
+    # charged at the prior taken fraction, so the column stays a full count.
+    from calibration.cycles import measured_taken
+
+    out["branches_taken"] = round(measured_taken(p.branches_taken, p.branches_unresolved), 1)
     if p.mem is not None:
         out["loads_flash"] = p.mem["flash"]["loads"] + p.mem["model"]["loads"]
         out["loads_sram"] = p.mem["ram"]["loads"]

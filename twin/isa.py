@@ -153,6 +153,7 @@ class Insn:
     cls: str  # one of CLASSES
     known: bool  # False when the mnemonic was not in the tables (then cls == "other")
     multi: bool = False  # multi-register transfer (ldm/stm/push/pop and FP variants)
+    operands: str = ""  # as printed by objdump, comments after '@' or '#' kept (branch targets)
 
     @property
     def is_branch(self) -> bool:
@@ -243,7 +244,7 @@ def classify_full(mnemonic: str, arch: str) -> tuple[str, bool, bool]:
 OBJDUMP = {"arm": "arm-none-eabi-objdump", "riscv": "riscv64-unknown-elf-objdump"}
 
 # "   54:	680b      	ldr	r3, [r1, #0]"  /  "80000044:	02528333          	mul	t1,t0,t0"
-_LINE_RE = re.compile(r"^\s*([0-9a-f]+):\t([0-9a-f]{2,8}(?: [0-9a-f]{2,8})*)\s*\t(\S+)")
+_LINE_RE = re.compile(r"^\s*([0-9a-f]+):\t([0-9a-f]{2,8}(?: [0-9a-f]{2,8})*)\s*\t(\S+)(?:[ \t]+(.*))?")
 
 
 def objdump_command(elf: Path, arch: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -268,7 +269,7 @@ def parse_objdump(text: str, arch: str) -> dict[int, Insn]:
         size = sum(len(h) for h in raw.split()) // 2
         mnemonic = m.group(3)
         cls, known, multi = classify_full(mnemonic, arch)
-        out[addr] = Insn(mnemonic, size, cls, known, multi)
+        out[addr] = Insn(mnemonic, size, cls, known, multi, (m.group(4) or "").strip())
     return out
 
 

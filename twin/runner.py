@@ -189,6 +189,10 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
                 "decode": [s.total for s in decode],
             },
             "by_phase_class": {"prefill": prefill_sum.by_class, "decode": decode_sum.by_class},
+            # Control transfers (twin/profile.py "Taken branches"): unresolved conditional branches
+            # are in neither taken nor not_taken.
+            "branches": _branches(inference),
+            "by_phase_branches": {"prefill": _branches(prefill_sum), "decode": _branches(decode_sum)},
         },
         "functions": [{"name": k, "instructions": v} for k, v in ranked if v > 0],
         "memory_traffic": None if regions is None else {"prefill": prefill_sum.mem, "decode": decode_sum.mem},
@@ -209,6 +213,11 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
         "clock_hz": info.clock_hz,
         "wall_seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _branches(p) -> dict:
+    return {"taken": p.branches_taken, "not_taken": p.branches_not_taken,
+            "unresolved": p.branches_unresolved}
 
 
 def _emulator_failure(exc: Exception, qemu: QemuProcess) -> str:

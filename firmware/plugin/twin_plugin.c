@@ -14,11 +14,15 @@
  *   mark=0xADDR               address of the first instruction of twin_mark (optional)
  *   mem=on|off                count data loads/stores per region (default off; ~4x slower)
  *   region=NAME:0xSTART:0xEND an address range [START, END) for mem mode (repeatable, up to 8)
+ *   edges=on|off              count TB-to-TB transitions (default off; one C callback per TB
+ *                             execution, so several times slower than the inline counters)
  *
  * Segments: segment 0 runs from the start to the first mark, segment k from mark k to mark k+1,
  * the last one from the last mark to exit.  A TB counter is incremented when the TB is entered,
  * so the TB that contains the mark instruction is counted in the segment that the mark closes.
- * Memory accesses are counted when they happen.
+ * Memory accesses are counted when they happen.  An edge (previous TB -> current TB) is counted
+ * when the current TB is entered, i.e. in the segment that counts the current TB; the first TB of
+ * the run has no previous TB and no edge.
  *
  * Dump format (text, one record per line, fields separated by one space; "hex" is lower-case
  * hexadecimal without 0x, counts are decimal):
@@ -31,11 +35,16 @@
  *                                      block translated twice gets two records
  *   seg K P ID1 C1 ... IDP CP          segment K (0..S-1): P pairs (TB id, executions), nonzero only
  *   mem K L0 S0 L1 S1 ... LR SR        segment K loads/stores per region bucket (mem=on only)
+ *   edge K P S1 D1 C1 ... SP DP CP     segment K (edges=on only): P triples (source TB id,
+ *                                      destination TB id, transitions), nonzero only, in no
+ *                                      particular order; the host derives taken / not-taken
+ *                                      counts of each block's final branch from them
  *   end T S                            trailer: T tb records, S segments (detects truncation)
  * The file is written to PATH.tmp and renamed to PATH, so a reader never sees a partial dump.
  *
  * Threads: MCUs have one vCPU.  Translation, snapshots and the dump take one mutex; the inline
  * counters are plain (non-atomic) adds, exact with one vCPU; memory counters use relaxed atomics.
+ * The edge table is touched only by the vCPU thread (and by the exit dump after it stopped).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -91,6 +100,25 @@ static size_t n_pairs, pairs_cap;
 static size_t *seg_start;
 static size_t n_segs, segs_cap;
 
+/* Edge counts: open-addressing hash table keyed by (src << 32 | dst) + 1 (0 = empty slot),
+ * linear probing, grown at half load.  Counts are reset (keys kept) at each snapshot. */
+struct edge_slot {
+    uint64_t key;
+    uint64_t count;
+};
+struct edge {
+    uint32_t src, dst;
+    uint64_t count;
+};
+static bool edges_on;
+static struct edge_slot *edge_tab;
+static size_t edge_cap, edge_used; /* edge_cap is a power of two */
+static uint32_t prev_tb;
+static bool have_prev;
+static struct edge *edge_list; /* per segment: edge_list[edge_seg_start[k] .. edge_seg_start[k+1]) */
+static size_t n_edges, edges_cap;
+static size_t *edge_seg_start;
+
 /* Memory counters: [bucket][0 = loads, 1 = stores]; bucket n_regions is "elsewhere". */
 static uint64_t mem_now[MAX_REGIONS + 1][2];
 static uint64_t mem_last[MAX_REGIONS + 1][2];
@@ -129,18 +157,104 @@ static struct tb_record *new_record(void)
     return record_at(n_tbs++);
 }
 
+static size_t edge_slot_of(uint64_t key)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & (edge_cap - 1);
+}
+
+static void edge_grow(void)
+{
+    struct edge_slot *old = edge_tab;
+    size_t old_cap = edge_cap;
+    edge_cap = edge_cap ? 2 * edge_cap : 4096;
+    edge_tab = calloc(edge_cap, sizeof *edge_tab);
+    if (!edge_tab) {
+        fprintf(stderr, "twin_plugin: out of memory\n");
+        abort();
+    }
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i].key) {
+            size_t j = edge_slot_of(old[i].key);
+            while (edge_tab[j].key) {
+                j = (j + 1) & (edge_cap - 1);
+            }
+            edge_tab[j] = old[i];
+        }
+    }
+    free(old);
+}
+
+static void edge_add(uint32_t src, uint32_t dst)
+{
+    uint64_t key = (((uint64_t)src << 32) | dst) + 1;
+    size_t j = edge_slot_of(key);
+    while (edge_tab[j].key) {
+        if (edge_tab[j].key == key) {
+            edge_tab[j].count++;
+            return;
+        }
+        j = (j + 1) & (edge_cap - 1);
+    }
+    if (2 * (edge_used + 1) > edge_cap) {
+        edge_grow();
+        edge_add(src, dst);
+        return;
+    }
+    edge_tab[j].key = key;
+    edge_tab[j].count = 1;
+    edge_used++;
+}
+
+/* Move the nonzero edge counts into the current segment's list.  Caller holds the lock. */
+static void snapshot_edges(void)
+{
+    for (size_t i = 0; i < edge_cap; i++) {
+        struct edge_slot *e = &edge_tab[i];
+        if (!e->count) {
+            continue;
+        }
+        if (n_edges == edges_cap) {
+            edges_cap = edges_cap ? 2 * edges_cap : 4096;
+            edge_list = xrealloc(edge_list, edges_cap * sizeof *edge_list);
+        }
+        uint64_t k = e->key - 1;
+        edge_list[n_edges].src = (uint32_t)(k >> 32);
+        edge_list[n_edges].dst = (uint32_t)k;
+        edge_list[n_edges].count = e->count;
+        n_edges++;
+        e->count = 0;
+    }
+}
+
+static void on_tb_exec(unsigned int vcpu_index, void *userdata)
+{
+    (void)vcpu_index;
+    uint32_t id = (uint32_t)(uintptr_t)userdata;
+    if (have_prev) {
+        edge_add(prev_tb, id);
+    }
+    prev_tb = id;
+    have_prev = true;
+}
+
 /* Close the current segment: store nonzero counter deltas.  Caller holds the lock. */
 static void snapshot(void)
 {
     if (n_segs + 1 >= segs_cap) {
         segs_cap = segs_cap ? 2 * segs_cap : 64;
         seg_start = xrealloc(seg_start, segs_cap * sizeof *seg_start);
+        if (edges_on) {
+            edge_seg_start = xrealloc(edge_seg_start, segs_cap * sizeof *edge_seg_start);
+        }
         if (mem_on) {
             mem_segs = xrealloc(mem_segs, segs_cap * (MAX_REGIONS + 1) * 2 * sizeof *mem_segs);
         }
     }
     if (n_segs == 0) {
         seg_start[0] = 0;
+        if (edges_on) {
+            edge_seg_start[0] = 0;
+        }
     }
     for (uint32_t id = 0; id < n_tbs; id++) {
         struct tb_record *r = record_at(id);
@@ -167,8 +281,14 @@ static void snapshot(void)
             }
         }
     }
+    if (edges_on) {
+        snapshot_edges();
+    }
     n_segs++;
     seg_start[n_segs] = n_pairs;
+    if (edges_on) {
+        edge_seg_start[n_segs] = n_edges;
+    }
 }
 
 static void on_mark(unsigned int vcpu_index, void *userdata)
@@ -220,9 +340,14 @@ static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     r->vaddr = qemu_plugin_tb_vaddr(tb);
     r->n_insns = (uint32_t)n;
     r->insns = insns;
+    uint32_t tb_id = n_tbs - 1;
     pthread_mutex_unlock(&lock);
 
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &r->count, 1);
+    if (edges_on) {
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, on_tb_exec, QEMU_PLUGIN_CB_NO_REGS,
+                                             (void *)(uintptr_t)tb_id);
+    }
 }
 
 static void write_dump(FILE *f)
@@ -259,6 +384,16 @@ static void write_dump(FILE *f)
             fprintf(f, "mem %zu", k);
             for (unsigned b = 0; b <= n_regions; b++) {
                 fprintf(f, " %" PRIu64 " %" PRIu64, row[2 * b], row[2 * b + 1]);
+            }
+            fputc('\n', f);
+        }
+    }
+    if (edges_on) {
+        for (size_t k = 0; k < n_segs; k++) {
+            fprintf(f, "edge %zu %zu", k, edge_seg_start[k + 1] - edge_seg_start[k]);
+            for (size_t e = edge_seg_start[k]; e < edge_seg_start[k + 1]; e++) {
+                fprintf(f, " %" PRIu32 " %" PRIu32 " %" PRIu64, edge_list[e].src, edge_list[e].dst,
+                        edge_list[e].count);
             }
             fputc('\n', f);
         }
@@ -371,6 +506,15 @@ static bool parse_arg(const char *arg)
             fprintf(stderr, "twin_plugin: mem= wants on or off, not '%s'\n", val);
             return false;
         }
+    } else if (klen == 5 && strncmp(arg, "edges", 5) == 0) {
+        if (strcmp(val, "on") == 0) {
+            edges_on = true;
+        } else if (strcmp(val, "off") == 0) {
+            edges_on = false;
+        } else {
+            fprintf(stderr, "twin_plugin: edges= wants on or off, not '%s'\n", val);
+            return false;
+        }
     } else if (klen == 6 && strncmp(arg, "region", 6) == 0) {
         return parse_region(val);
     } else {
@@ -394,6 +538,9 @@ TWIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info
     }
     if (info && info->target_name) {
         snprintf(target_name, sizeof target_name, "%s", info->target_name);
+    }
+    if (edges_on) {
+        edge_grow();
     }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_tb_translate);
     qemu_plugin_register_atexit_cb(id, on_exit_dump, NULL);
