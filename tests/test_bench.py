@@ -199,7 +199,11 @@ def test_bench_calibrate_predict_chain(tmp_path, image):
     cal = tmp_path / "f407.json"
     r = CliRunner().invoke(main, ["calibrate", str(measured), "-o", str(cal)])
     assert r.exit_code == 0, r.output
-    calibration_id = json.loads(cal.read_text())["id"]
+    calibration = json.loads(cal.read_text())
+    calibration_id = calibration["id"]
+    provenance = calibration["provenance"]          # where the figures came from, cited by predictions
+    assert "arm-none-eabi-gcc" in provenance["compiler"] and "-mcpu=cortex-m4" in provenance["cflags"]
+    assert provenance["bench_date"][:2] == "20" and provenance["build_ids"] == [rows[0]["build_id"]]
     bench_mhz = int(rows[0]["clock_hz"]) / 1e6    # QEMU does not model the RCC: the HSI's 16 MHz
     r = CliRunner().invoke(main, ["predict", "--platform", "stm32f4-disco", "--model", str(image), "--tokens", "2",
                                   "--calibration", str(cal), "--clock", str(bench_mhz), "--json"])

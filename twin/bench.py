@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import isa
@@ -36,7 +37,7 @@ ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 FEATURE_COLUMNS = tuple(f"n_{c}" for c in isa.CLASSES)
 MEMORY_COLUMNS = ("loads_flash", "loads_sram", "stores_sram")
 COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "branches_taken", "instructions", "cycles",
-           "cycle_counter", "energy_j", "size", "iterations", "checksum")
+           "cycle_counter", "energy_j", "size", "iterations", "checksum", "compiler", "cflags", "bench_date")
 UNMEASURED_MESSAGE = ("{n} rows have no measured cycles (cycle_counter none / QEMU) — calibrate needs a "
                       "real board's counter")
 
@@ -231,6 +232,7 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
             twin = _twin(platform, fw, image_path, suite, model, spec, None)
             _check_join(device_run, twin.measurements)
     energies = _energies(spec, len(device_run) - 1) if spec.trace else None
+    bench_date = datetime.now(timezone.utc).date().isoformat()
     rows = []
     for k, m in enumerate(device_run):
         if model is None and k == 0:
@@ -249,6 +251,9 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
             "size": "" if m.size is None else m.size,
             "iterations": "" if m.iterations is None else m.iterations,
             "checksum": "" if m.checksum is None else f"{m.checksum:#010x}",
+            "compiler": fw.compiler,
+            "cflags": fw.cflags,
+            "bench_date": bench_date,
         })
     return BenchResult(rows, info, counter, round(time.perf_counter() - started, 3), notes)
 

@@ -31,6 +31,8 @@ class Firmware:
     platform: Platform
     elf: Path
     build_id: str
+    compiler: str = ""       # the compiler's version line
+    cflags: str = ""         # the flags that shape the generated code (cycle counts depend on them)
 
 
 def cache_dir() -> Path:
@@ -91,9 +93,8 @@ def compile_flags(platform: Platform, build_id: str) -> list[str]:
             f"-I{FIRMWARE / 'boards'}", f"-I{FIRMWARE / 'runtime'}", f"-I{FIRMWARE / 'app'}"]
 
 
-def _content_key(platform: Platform, sources: list[Path], compiler: str) -> str:
+def _content_key(platform: Platform, sources: list[Path], version: str) -> str:
     h = hashlib.sha256()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     h.update(version.encode())
     h.update(repr((platform.cflags, sorted(platform.defines.items()), platform.id, platform.core,
                    platform.clock_hz, platform.cycle_counter, COMMON_CFLAGS, LDFLAGS)).encode())
@@ -111,11 +112,14 @@ def build_firmware(platform: Platform, force: bool = False) -> Firmware:
                          f"section); predict it through its proxy: twin predict --platform {platform.id}")
     compiler = require_tool(platform.toolchain + "gcc", platform.toolchain_package)
     sources = firmware_sources(platform)
-    key = _content_key(platform, sources, compiler)
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = _content_key(platform, sources, version)
     build_id = key[:12]
     out = cache_dir() / "firmware" / f"{platform.id}-{build_id}.elf"
+    firmware = Firmware(platform, out, build_id, compiler=version.splitlines()[0] if version else "",
+                        cflags=" ".join((*platform.cflags, *COMMON_CFLAGS)))
     if out.exists() and not force:
-        return Firmware(platform, out, build_id)
+        return firmware
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="twin-build-") as tmp:
         (Path(tmp) / "memory.ld").write_text(memory_script(platform))
@@ -128,4 +132,4 @@ def build_firmware(platform: Platform, force: bool = False) -> Firmware:
         staging = out.with_suffix(f".{os.getpid()}.tmp")
         shutil.copyfile(elf, staging)
         os.replace(staging, out)   # atomic: parallel builds of the same key never see half a file
-    return Firmware(platform, out, build_id)
+    return firmware
