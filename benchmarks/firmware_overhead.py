@@ -67,13 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     guest = sum(s.total for s in segments[3::2])      # prefill + decode phases of the RUN
     print(f"{platform.id}: {BENCH_MODEL.name}, {args.bits}-bit, {len(prompt)} prompt + {args.tokens} tokens, "
           f"{guest:,} guest instructions in the RUN; median of {args.repeat}")
-    print(f"{'configuration':<18}{'RUN wall s':>11}{'guest MIPS':>12}{'ratio':>8}{'session s':>11}{'ratio':>8}")
+    print(f"{'configuration':<18}{'RUN wall s':>11}{'min-max':>14}{'guest MIPS':>12}{'ratio':>8}{'session s':>11}"
+          f"{'ratio':>8}")
     base_run = statistics.median(r for r, _ in results["bare QEMU"])
     base_all = statistics.median(a for _, a in results["bare QEMU"])
     for name, rows in results.items():
         run_wall = statistics.median(r for r, _ in rows)
         all_wall = statistics.median(a for _, a in rows)
-        print(f"{name:<18}{run_wall:>11.3f}{guest / run_wall / 1e6:>12.0f}{run_wall / base_run:>8.2f}"
+        spread = f"{min(r for r, _ in rows):.3f}-{max(r for r, _ in rows):.3f}"
+        print(f"{name:<18}{run_wall:>11.3f}{spread:>14}{guest / run_wall / 1e6:>12.0f}{run_wall / base_run:>8.2f}"
               f"{all_wall:>11.3f}{all_wall / base_all:>8.2f}")
 
 
