@@ -16,7 +16,6 @@ docs/calibration.md.
 from __future__ import annotations
 
 import csv
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,10 +24,11 @@ from pathlib import Path
 
 from . import isa
 from .build import Firmware, build_firmware
+from .image import read_image
 from .platforms import Platform, get_platform
-from .profile import SegmentProfile, analyze, parse_dump, plugin_args
+from .profile import SegmentProfile
 from .protocol import Info, Phase, PhaseKind
-from .runner import emulator_session
+from .runner import RunSpec, model_image, profiled_session
 from .transport import Device
 from .workloads import SuiteItem, default_suite
 
@@ -93,18 +93,11 @@ def is_emulated_port(port: str) -> bool:
     return port.lower() in QEMU_PORTS
 
 
-def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
-    return {name: (r.origin, r.end) for name, r in
-            (("flash", platform.flash), ("model", platform.model), ("ram", platform.ram))}
-
-
 # --------------------------------------------------------------------------- talking to the device
 
 
 def _prompt(image: bytes | None, n: int, tokens: int) -> list[int]:
     """A fixed prompt of token ids (the bench measures compute, not text): 1, then a spread."""
-    from .image import read_image
-
     cfg = read_image(image).config
     n = max(1, min(n, cfg.seq_len - tokens))
     if n + tokens > cfg.seq_len:
@@ -150,15 +143,10 @@ def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list
           on_step: Callable[[str], None] | None) -> _TwinRun:
     """Run the plan in the emulator with the profiling plugin: per-phase counts (and the emulator's
     own replies: cycles 0)."""
-    regions = memory_regions(platform) if spec.mem_traffic else None
-    with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
-        dump = Path(tmp) / "profile.dump"
-        with emulator_session(platform, fw.elf, image_path, timeout=spec.timeout,
-                              reply_timeout=spec.reply_timeout,
-                              extra_args=tuple(plugin_args(fw.elf, dump, regions))) as s:
-            plan = run_plan(s.device, suite, model, on_step)
-            boot, info = s.boot_phases, s.info
-        segments = analyze(parse_dump(dump), fw.elf, platform.arch)
+    with profiled_session(platform, fw.elf, image_path, mem_traffic=spec.mem_traffic, timeout=spec.timeout,
+                          reply_timeout=spec.reply_timeout) as s:
+        plan = run_plan(s.device, suite, model, on_step)
+    boot, info, segments = s.boot_phases, s.info, s.segments
     expected = 2 * (1 + len(plan)) + 1       # boot | validate | io | phase | io | ... | io
     if len(segments) != expected:
         raise BenchError(f"the twin's profile has {len(segments)} segments, {expected} expected for "
@@ -180,7 +168,7 @@ def _features(p: SegmentProfile | None) -> dict:
 
     out["branches_taken"] = round(measured_taken(p.branches_taken, p.branches_unresolved), 1)
     if p.mem is not None:
-        out["loads_flash"] = p.mem["flash"]["loads"] + p.mem["model"]["loads"]
+        out["loads_flash"] = p.mem["code"]["loads"] + p.mem["model"]["loads"]
         out["loads_sram"] = p.mem["ram"]["loads"]
         out["stores_sram"] = p.mem["ram"]["stores"]
     else:
@@ -193,8 +181,6 @@ def _features(p: SegmentProfile | None) -> dict:
 
 def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> BenchResult:
     """Run the bench (see the module doc) and return the dataset rows."""
-    from .runner import model_image
-
     started = time.perf_counter()
     platform = get_platform(spec.platform)
     fw = build_firmware(platform)
@@ -202,8 +188,6 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
     image_path: Path | None = None
     model = None
     if spec.model:
-        from .runner import RunSpec
-
         image_path, image, name = model_image(RunSpec(platform=platform.id, model=spec.model, bits=spec.bits))
         if len(image) > platform.model.size:
             raise BenchError(f"the model image ({len(image)} bytes) does not fit {platform.id}'s model "

@@ -16,7 +16,7 @@ from . import modelgen
 from .build import build_firmware, cache_dir
 from .image import QuantRecipe, read_image, write_image
 from .platforms import Platform, get_platform
-from .profile import analyze, parse_dump, plugin_args, sum_profiles
+from .profile import SegmentProfile, analyze, parse_dump, plugin_args, sum_profiles
 from .protocol import DeviceError, Info, Phase, PhaseKind
 from .qemu import EmulatorError, QemuConfig, QemuProcess
 from .reference import QuantReference
@@ -102,6 +102,7 @@ class Session:
     device: Device
     boot_phases: list[Phase]
     info: Info
+    segments: list[SegmentProfile] | None = None    # profiled_session: the counts, once QEMU has exited
 
 
 @contextmanager
@@ -126,6 +127,20 @@ def emulator_session(platform: Platform, elf: Path, image: Path | None, *, extra
             raise EmulatorError(f"QEMU exited with status {status} after the run: {qemu.stderr()}")
 
 
+@contextmanager
+def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_traffic: bool = False,
+                     timeout: float = 120.0, reply_timeout: float = 30.0) -> Iterator[Session]:
+    """An emulator session under the profiling plugin. When the block ends and QEMU has exited,
+    ``session.segments`` holds the counts cut at the firmware's markers: boot | phase | io | phase | …"""
+    regions = memory_regions(platform) if mem_traffic else None
+    with tempfile.TemporaryDirectory(prefix="twin-profile-") as tmp:
+        dump = Path(tmp) / "profile.dump"
+        with emulator_session(platform, elf, image, timeout=timeout, reply_timeout=reply_timeout,
+                              extra_args=tuple(plugin_args(elf, dump, regions))) as session:
+            yield session
+        session.segments = analyze(parse_dump(dump), elf, platform.arch)
+
+
 def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     """Profile one generation on one emulated platform; returns the report (see ``twin run --json``)."""
     started = time.perf_counter()
@@ -145,19 +160,14 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     expected = reference.generate(prompt_ids, spec.tokens, seed=spec.seed,
                                   temperature=spec.temperature, topp=spec.topp)
 
-    regions = memory_regions(platform) if spec.mem_traffic else None
-    with tempfile.TemporaryDirectory(prefix="twin-run-") as tmp:
-        dump_path = Path(tmp) / "profile.dump"
-        with emulator_session(platform, firmware.elf, image_path, timeout=spec.timeout,
-                              reply_timeout=spec.reply_timeout,
-                              extra_args=tuple(plugin_args(firmware.elf, dump_path, regions))) as s:
-            if s.info.status != 0:
-                raise DeviceError(s.info.status, request="model image check")
-            phases, result = s.device.run(prompt_ids, spec.tokens, seed=spec.seed,
-                                          temperature=spec.temperature, topp=spec.topp, on_phase=on_phase)
-            mem = s.device.mem()
-        segments = analyze(parse_dump(dump_path), firmware.elf, platform.arch)
-    info = s.info
+    with profiled_session(platform, firmware.elf, image_path, mem_traffic=spec.mem_traffic,
+                          timeout=spec.timeout, reply_timeout=spec.reply_timeout) as s:
+        if s.info.status != 0:
+            raise DeviceError(s.info.status, request="model image check")
+        phases, result = s.device.run(prompt_ids, spec.tokens, seed=spec.seed,
+                                      temperature=spec.temperature, topp=spec.topp, on_phase=on_phase)
+        mem = s.device.mem()
+    segments, info = s.segments, s.info
 
     all_phases = [*s.boot_phases, *phases]
     expected_segments = 2 * len(all_phases) + 1
@@ -195,7 +205,7 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
             "by_phase_branches": {"prefill": _branches(prefill_sum), "decode": _branches(decode_sum)},
         },
         "functions": [{"name": k, "instructions": v} for k, v in ranked if v > 0],
-        "memory_traffic": None if regions is None else {"prefill": prefill_sum.mem, "decode": decode_sum.mem},
+        "memory_traffic": {"prefill": prefill_sum.mem, "decode": decode_sum.mem} if spec.mem_traffic else None,
         "cycles": {
             "counter": platform.cycle_counter,
             "prefill": sum(p.cycles for p in phases if p.kind == PhaseKind.PREFILL),
