@@ -146,7 +146,11 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     started = time.perf_counter()
     platform = get_platform(spec.platform)
     if platform.emulator is None:
-        raise RunError(f"platform {platform.id} has no emulator model; run it on the board with `twin bench`")
+        t = platform.twin_mode
+        kind = "same-core twin" if t.mode == "proxy" else "cross-core stand-in"
+        hint = f"`twin run --platform {t.proxy}` runs its {kind}; " if t.proxy else ""
+        raise RunError(f"platform {platform.id} has no emulator model: {hint}`twin predict --platform "
+                       f"{platform.id}` predicts it; `twin bench --port PORT` measures the board")
     firmware = build_firmware(platform)
     image_path, image, model_name = model_image(spec)
     _check_fits(platform, image)
