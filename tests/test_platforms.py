@@ -64,3 +64,17 @@ def test_memory_script_follows_the_data():
     script = memory_script(p)
     assert "ORIGIN = 0x8000000" in script and "ORIGIN = 0x8040000" in script
     assert f"LENGTH = {p.ram.size:#x}" in script
+
+
+def test_stale_builds_are_pruned(tmp_path):
+    import os
+
+    from twin.build import _prune
+    for i in range(5):
+        p = tmp_path / f"mps2-an386-{i:012x}.elf"
+        p.write_bytes(b"x")
+        os.utime(p, (1000 + i, 1000 + i))
+    (tmp_path / "mps2-an505-000000000000.elf").write_bytes(b"other platform")
+    _prune(tmp_path, "mps2-an386-*.elf", keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mps2-an386-000000000003.elf", "mps2-an386-000000000004.elf", "mps2-an505-000000000000.elf"]

@@ -19,6 +19,7 @@ COMMON_CFLAGS = (
     "-O2", "-g", "-std=c11", "-ffreestanding", "-fno-common", "-ffunction-sections", "-fdata-sections",
     "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
 )
+KEEP_BUILDS = 3   # firmware builds kept per platform in the cache
 LDFLAGS = ("-nostdlib", "-nostartfiles", "-Wl,--gc-sections", "-Wl,--no-warn-rwx-segments")
 
 
@@ -132,4 +133,17 @@ def build_firmware(platform: Platform, force: bool = False) -> Firmware:
         staging = out.with_suffix(f".{os.getpid()}.tmp")
         shutil.copyfile(elf, staging)
         os.replace(staging, out)   # atomic: parallel builds of the same key never see half a file
+    _prune(out.parent, f"{platform.id}-*.elf", keep=KEEP_BUILDS)
     return firmware
+
+
+def _prune(directory: Path, pattern: str, keep: int) -> None:
+    """Delete all but the ``keep`` newest files matching ``pattern`` (stale builds of older sources)."""
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:     # pruned by a parallel build meanwhile
+            return 0.0
+
+    for path in sorted(directory.glob(pattern), key=mtime, reverse=True)[keep:]:
+        path.unlink(missing_ok=True)
