@@ -50,6 +50,16 @@ def test_firmware_tokens_equal_reference(platform, bits):
     assert any(f["name"].startswith("matvec_q") for f in r["functions"][:3])
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("platform", ["mps2-an386", "riscv32-virt"])
+def test_int8_kv_cache_tokens_equal_reference(platform, bits):
+    r = run(RunSpec(platform=platform, bits=bits, tokens=10, kv_cache="int8"))
+    assert r["kv_cache"] == "int8"
+    assert r["matches_reference"], (r["tokens"], r["reference_tokens"])
+    _check_report(r, 10)
+    assert any(f["name"] == "attention_head_q8" for f in r["functions"])
+
+
 @pytest.mark.parametrize("platform", ["mps2-an505", "riscv32-virt"])
 def test_sampled_generation_matches_reference(platform):
     r = run(RunSpec(platform=platform, bits=8, tokens=12, temperature=0.9, topp=0.85, seed=1234,

@@ -40,6 +40,7 @@ def test_fit_json_contract():
     assert [x["platform"] for x in rows] == ["stm32f4-disco", "mps2-an386"]
     for x in rows:
         assert {"platform", "fits", "flash_bytes", "ram_bytes", "max_context", "kv_int8"} <= set(x)
+        assert x["kv_cache"] == x["image_kv_cache"] == "f32"
         assert x["fits"] is True and x["max_context"] >= 64
         assert x["kv_int8"]["max_context"] > x["max_context"]
     text = CliRunner().invoke(main, ["fit", "--platform", "stm32f4-disco", "--context", "512"])
@@ -47,16 +48,21 @@ def test_fit_json_contract():
 
 
 @pytest.mark.qemu
+@pytest.mark.parametrize("kv", ["f32", "int8"])
 @pytest.mark.parametrize("platform_id", ["stm32f4-disco", "riscv32-virt"])
-def test_fit_agrees_with_the_firmware(platform_id, tmp_path):
+def test_fit_agrees_with_the_firmware(platform_id, kv, tmp_path):
     p = get_platform(platform_id)
     fw = build_firmware(p)
     base = modelgen.builtin_model()
-    probe = fit_platform(p, write_image(base, bits=4))
+    probe = fit_platform(p, write_image(base, bits=4, kv_cache=kv))
     n = probe["max_context"]
     assert 64 <= n < 16384
+    if kv == "int8":   # the f32 image's int8 what-if is exactly the fit of the int8 image
+        what_if = fit_platform(p, write_image(base, bits=4))
+        assert what_if["kv_int8"]["max_context"] == n > what_if["max_context"]
+        assert fit_platform(p, write_image(base, bits=4), kv_cache="int8")["arena_bytes"] == probe["arena_bytes"]
     for ctx, fits in ((n, True), (n + 1, False)):
-        image = write_image(_with_context(base, ctx), bits=4)
+        image = write_image(_with_context(base, ctx), bits=4, kv_cache=kv)
         verdict = fit_platform(p, image)
         assert verdict["fits"] is fits and verdict["max_context"] == n
         path = tmp_path / f"ctx{ctx}.twlm"
@@ -124,3 +130,42 @@ def test_image_command_imports_and_keeps_the_tokenizer(tmp_path):
     bad.write_bytes(src.read_bytes()[:1000])
     r = CliRunner().invoke(main, ["image", "--from", str(bad), "-o", str(out)])
     assert r.exit_code != 0 and "truncated" in r.output
+
+
+@pytest.mark.qemu
+def test_int8_kv_cache_runs_a_context_that_f32_cannot(tmp_path):
+    """The point of the int8 KV cache: on stm32f4-disco a context too long for the f32 cache opens and
+    generates the reference's tokens with the int8 cache."""
+    from twin.reference import QuantReference
+
+    p = get_platform("stm32f4-disco")
+    fw = build_firmware(p)
+    base = modelgen.builtin_model()
+    ctx = fit_platform(p, write_image(base, bits=4))["max_context"] + 1
+    f32 = fit_platform(p, write_image(_with_context(base, ctx), bits=4))
+    image = write_image(_with_context(base, ctx), bits=4, kv_cache="int8")
+    verdict = fit_platform(p, image)
+    assert f32["fits"] is False and verdict["fits"] is True and verdict["kv_cache"] == "int8"
+    path = tmp_path / "kv8.twlm"
+    path.write_bytes(image)
+    tokens = modelgen.encode_for(base, "It was")
+    expected = QuantReference(image).generate(tokens, 8)
+    with emulator_session(p, fw.elf, path) as s:
+        assert s.info.status == 0
+        assert s.device.mem().arena_used == verdict["arena_bytes"]
+        phases, _ = s.device.run(tokens, 8)
+    assert [ph.token for ph in phases if ph.kind == PhaseKind.DECODE] == expected
+
+
+def test_image_and_fit_commands_take_the_kv_cache_type(tmp_path):
+    out = tmp_path / "kv8.twlm"
+    r = CliRunner().invoke(main, ["image", "--kv-cache", "int8", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["kv_cache"] == "int8" and read_image(out.read_bytes()).kv_cache == "int8"
+    r = CliRunner().invoke(main, ["fit", "--model", str(out), "--platform", "stm32f4-disco", "--json"])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.output)
+    assert row["kv_cache"] == "int8" and row["kv_f32"]["max_context"] < row["max_context"]
+    r2 = CliRunner().invoke(main, ["fit", "--kv-cache", "int8", "--platform", "stm32f4-disco", "--json"])
+    assert r2.exit_code == 0, r2.output
+    assert json.loads(r2.output)[0]["arena_bytes"] == row["arena_bytes"]

@@ -152,6 +152,9 @@ def _run_options(f):
         click.option("--asymmetric", is_flag=True, help="Asymmetric quantization (per-group zero points)."),
         click.option("--override", "overrides", multiple=True, metavar="NAME=BITS",
                      help="Per-tensor bit width (mixed precision), e.g. tok_emb=8 or w2.0=8; repeatable."),
+        click.option("--kv-cache", default="f32", show_default=True, type=click.Choice(["f32", "int8"]),
+                     help="The firmware's KV-cache element type (the built-in model's image; a given image "
+                          "carries its own)."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0.0)),
         click.option("--top-p", "topp", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0)),
@@ -180,7 +183,7 @@ def _spec(platform: str, **kw) -> RunSpec:
 
     return RunSpec(platform=platform, model=kw["model"], bits=int(kw["bits"]),
                    group_size=int(kw["group_size"]), symmetric=not kw["asymmetric"],
-                   overrides=_overrides(kw["overrides"]), prompt=kw["prompt"] or DEFAULT_PROMPT,
+                   overrides=_overrides(kw["overrides"]), kv_cache=kw["kv_cache"], prompt=kw["prompt"] or DEFAULT_PROMPT,
                    tokens=kw["tokens"], seed=kw["seed"], temperature=kw["temperature"], topp=kw["topp"],
                    timeout=kw["timeout"], mem_traffic=kw["mem_traffic"])
 

@@ -43,11 +43,11 @@ def _float_model(source: str | None, shape: dict, seed: int, context: int | None
     return model
 
 
-def _image(model, bits: int, group_size: int) -> bytes:
+def _image(model, bits: int, group_size: int, kv_cache: str = "f32") -> bytes:
     from .image import write_image
 
     try:
-        return write_image(model, bits=bits, group_size=group_size)
+        return write_image(model, bits=bits, group_size=group_size, kv_cache=kv_cache)
     except ValueError as exc:
         raise TwinCliError(f"cannot quantize: {exc}") from None
 
@@ -72,16 +72,18 @@ def _shape_options(f):
 @click.option("--context", type=click.IntRange(1, 16384), default=None, help="Context length (KV cache size).")
 @click.option("--bits", default=4, show_default=True, type=int, help="Weight bits.")
 @click.option("--group-size", default=32, show_default=True, type=int)
+@click.option("--kv-cache", type=click.Choice(["f32", "int8"]), default="f32", show_default=True,
+              help="The firmware's KV-cache element type for this image (int8: a quarter of the RAM).")
 @click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def image_cmd(source, context, bits, group_size, seed, output, as_json, **shape) -> None:
+def image_cmd(source, context, bits, group_size, kv_cache, seed, output, as_json, **shape) -> None:
     """Write a quantized model image (.twlm): imported, the built-in model, or random weights of any
     shape (--dim/--layers/--heads/--kv-heads/--hidden/--vocab) for performance what-ifs."""
     from .tokenizer import sidecar_path
 
     model = _float_model(source, shape, seed, context)
-    data = _image(model, bits, group_size)
+    data = _image(model, bits, group_size, kv_cache)
     output.write_bytes(data)
     tok_path = sidecar_path(output)
     if model.tokenizer is not None:
@@ -95,13 +97,13 @@ def image_cmd(source, context, bits, group_size, seed, output, as_json, **shape)
     info = {"output": str(output), "bytes": len(data), "name": c.name, "parameters": params,
             "dim": c.dim, "hidden_dim": c.hidden_dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
             "n_kv_heads": c.n_kv_heads, "vocab_size": c.vocab_size, "seq_len": c.seq_len, "bits": bits,
-            "group_size": group_size, "tokenizer": str(tok_path) if model.tokenizer is not None else None}
+            "group_size": group_size, "kv_cache": kv_cache, "tokenizer": str(tok_path) if model.tokenizer is not None else None}
     if as_json:
         click.echo(json.dumps(info))
     else:
         click.echo(f"{output}: {len(data):,} bytes · {c.name} · {params:,} parameters · dim {c.dim} · "
                    f"{c.n_layers} layers · {c.n_heads}/{c.n_kv_heads} heads · hidden {c.hidden_dim} · "
-                   f"vocab {c.vocab_size} · context {c.seq_len} · {bits}-bit g{group_size}")
+                   f"vocab {c.vocab_size} · context {c.seq_len} · {bits}-bit g{group_size} · KV {kv_cache}")
 
 
 @click.command("fit")
@@ -111,8 +113,9 @@ def image_cmd(source, context, bits, group_size, seed, output, as_json, **shape)
 @click.option("--bits", default=4, show_default=True, type=int, help="Weight bits (not for a .twlm).")
 @click.option("--group-size", default=32, show_default=True, type=int)
 @click.option("--context", type=click.IntRange(1, 16384), default=None, help="Context length to check.")
-@click.option("--kv-cache", type=click.Choice(["f32", "int8"]), default="f32", show_default=True,
-              help="KV-cache element type (the firmware has f32; int8 is a what-if).")
+@click.option("--kv-cache", type=click.Choice(["f32", "int8"]), default=None,
+              help="KV-cache element type [default: a .twlm's own, else f32]; a model that is not a .twlm "
+                   "is written with this cache type.")
 @click.option("--platform", "platform_ids", multiple=True, help="Platform id (repeatable; default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
 def fit_cmd(model_spec, bits, group_size, context, kv_cache, platform_ids, as_json, **shape) -> None:
@@ -131,7 +134,8 @@ def fit_cmd(model_spec, bits, group_size, context, kv_cache, platform_ids, as_js
             raise TwinCliError(f"{path}: {exc}") from None
     else:
         model = _float_model(None if model_spec == "builtin" else model_spec, shape, 0, None)
-        data = _image(model, bits, group_size)
+        data = _image(model, bits, group_size, kv_cache or "f32")
+    kv_cache = kv_cache or read_image(data).kv_cache
     try:
         platforms = [get_platform(p) for p in platform_ids] if platform_ids else list(all_platforms().values())
         rows = fit(data, platforms, context=context, kv_cache=kv_cache)
@@ -141,7 +145,7 @@ def fit_cmd(model_spec, bits, group_size, context, kv_cache, platform_ids, as_js
         click.echo(json.dumps(rows, indent=1))
         return
     other = "int8" if kv_cache == "f32" else "f32"
-    click.echo(f"model image {len(data):,} bytes · KV cache {kv_cache} (firmware: f32)")
+    click.echo(f"model image {len(data):,} bytes · KV cache {kv_cache} (the image's: {read_image(data).kv_cache})")
     click.echo(f"{'platform':<17}{'fits':<6}{'flash B':>10}{'headroom':>11}{'RAM B':>10}{'headroom':>11}"
                f"{'context':>9}{'max ctx':>9}{'max ctx ' + other:>15}")
     for r in rows:

@@ -9,9 +9,11 @@ arena that ``model_open`` carves, computed here exactly as ``layout()`` in firmw
 (each buffer rounded up to 8 bytes; struct sizes read from the ELF's DWARF): the firmware refuses an
 arena larger than ``__arena_end - __arena_start`` with E_NO_RAM.
 
-The KV cache is float32 in the firmware. ``kv_cache="int8"`` computes the what-if of an int8 cache
-(one int8 per element plus one float32 scale per (layer, position, KV head), for keys and for
-values); the firmware does not implement it yet.
+The firmware's KV cache is float32, or int8 when the image says so (flags bit 1, ``write_image(...,
+kv_cache="int8")``): then each of the key and value caches is one buffer of one float32 scale per
+(layer, position, KV head) followed by one int8 per element. ``kv_cache`` picks the cache the fit is
+computed for (by default the image's own); the other type is reported as a what-if, and the int8
+figures are exactly the arena of the same image written with an int8 KV cache.
 
 Platforms without a firmware build (no ``board:``) are estimated from the ELF of their proxy platform
 (same core) and the chip's memories; their results say ``"estimated": true``.
@@ -179,10 +181,12 @@ def model_matrices(q: QuantModel) -> list[tuple[int, int]]:
     return [(t.cols, t.group_size) for (kind, _), t in q.tensors.items() if kind in MATRICES and t.bits != 32]
 
 
-def fit_platform(platform: Platform, image: bytes, *, context: int | None = None, kv_cache: str = "f32",
+def fit_platform(platform: Platform, image: bytes, *, context: int | None = None, kv_cache: str | None = None,
                  elf: Path | None = None) -> dict:
-    """The fit of one model image (its config's context, or ``context``) on one platform."""
+    """The fit of one model image (its config's context, or ``context``) on one platform, with the image's
+    KV cache type or ``kv_cache`` (the arena model_open would carve for that type)."""
     q = read_image(image)
+    kv_cache = kv_cache or q.kv_cache
     c = q.config if context is None else dataclasses.replace(q.config, seq_len=context)
     basis, estimated = _platform_basis(platform)
     facts = firmware_facts(elf or _elf_for(basis), basis)
@@ -250,11 +254,13 @@ def fit_platform(platform: Platform, image: bytes, *, context: int | None = None
         "basis": basis.id,
         f"kv_{other['kv_cache']}": {k: other[k] for k in ("fits", "ram_bytes", "kv_cache_bytes",
                                                          "ram_headroom_bytes", "max_context")},
-        "firmware_kv_cache": "f32",
+        "image_kv_cache": q.kv_cache,
+        "firmware_kv_cache": ["f32", "int8"],
     }
 
 
-def fit(image: bytes, platforms: list[Platform], *, context: int | None = None, kv_cache: str = "f32") -> list[dict]:
+def fit(image: bytes, platforms: list[Platform], *, context: int | None = None,
+        kv_cache: str | None = None) -> list[dict]:
     out = []
     for p in platforms:
         try:

@@ -23,6 +23,8 @@ HEADER_SIZE = PREAMBLE.size + HEADER.size  # 96: the tensor table starts here
 ENTRY = struct.Struct("<BBBxHHIIIIII")  # kind bits scheme - layer group rows cols doff dsize soff ssize
 ARCH_LLAMA = 1
 FLAG_SHARED_CLASSIFIER = 1
+FLAG_KV_INT8 = 2  # the firmware keeps an int8 KV cache (docs/image-format.md)
+KV_CACHE_TYPES = ("f32", "int8")
 SUPPORTED_BITS = (2, 3, 4, 8)
 SCHEME_SYMMETRIC, SCHEME_ASYMMETRIC = 0, 1
 SUPPORTED_GROUPS = (32, 64, 128)
@@ -318,6 +320,7 @@ class QuantModel:
     tensors: dict[tuple[Kind, int], Tensor]
     crc: int
     size: int
+    kv_cache: str = "f32"  # "int8" when flags bit 1 is set
 
     def tensor(self, kind: Kind, layer: int = 0) -> Tensor:
         if kind == Kind.CLASSIFIER and self.config.shared_classifier:
@@ -358,9 +361,12 @@ def _align4(b: bytearray) -> None:
 
 def write_image(model: FloatModel, bits: int = 8, group_size: int = 32, *, symmetric: bool = True,
                 overrides: dict[str, int | QuantScheme] | None = None,
-                recipe: QuantRecipe | None = None) -> bytes:
+                recipe: QuantRecipe | None = None, kv_cache: str = "f32") -> bytes:
     """Quantize every matrix with `recipe`, by default QuantRecipe.make(bits, group_size,
-    symmetric, overrides) (e.g. overrides={"tok_emb": 8}); vectors stay float32."""
+    symmetric, overrides) (e.g. overrides={"tok_emb": 8}); vectors stay float32.
+    kv_cache "int8" sets flags bit 1: the firmware then keeps its KV cache in int8."""
+    if kv_cache not in KV_CACHE_TYPES:
+        raise ValueError(f"unknown KV cache type {kv_cache!r} (f32 or int8)")
     if recipe is None:
         recipe = QuantRecipe.make(bits, group_size, symmetric, overrides)
     elif overrides:
@@ -393,7 +399,7 @@ def write_image(model: FloatModel, bits: int = 8, group_size: int = 32, *, symme
     blob[HEADER_SIZE:table_end] = b"".join(entries)
     name = c.name.encode("utf-8")[:16]
     eps_bits = int(np.float32(c.norm_eps).view(np.uint32))
-    flags = FLAG_SHARED_CLASSIFIER if c.shared_classifier else 0
+    flags = (FLAG_SHARED_CLASSIFIER if c.shared_classifier else 0) | (FLAG_KV_INT8 if kv_cache == "int8" else 0)
     blob[PREAMBLE.size:HEADER_SIZE] = HEADER.pack(
         ARCH_LLAMA, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
         c.seq_len, flags, eps_bits, name, len(tensors), ENTRY.size)
@@ -420,7 +426,7 @@ def _config_problem(f: dict) -> str | None:
         return "dim is not a multiple of 2 * n_heads"
     if f["n_kv_heads"] == 0 or f["n_heads"] % f["n_kv_heads"]:
         return "n_heads is not a multiple of n_kv_heads"
-    if f["flags"] & ~FLAG_SHARED_CLASSIFIER:
+    if f["flags"] & ~(FLAG_SHARED_CLASSIFIER | FLAG_KV_INT8):
         return f"unknown flags 0x{f['flags']:x}"
     if not (0.0 < f["norm_eps"] < 1.0):
         return f"norm_eps {f['norm_eps']} out of range"
@@ -538,4 +544,5 @@ def read_image(image: bytes, partition_size: int | None = None) -> QuantModel:
                 codes = unpack_codes(data, bits, rows, padded(cols, group)).astype(np.int16)
                 values = codes - np.repeat(zeros, group, axis=1).astype(np.int16)
         tensors[(k, layer)] = Tensor(k, layer, bits, group, rows, cols, values, scales, scheme, zeros)
-    return QuantModel(config=config, tensors=tensors, crc=crc, size=total)
+    return QuantModel(config=config, tensors=tensors, crc=crc, size=total,
+                      kv_cache="int8" if f["flags"] & FLAG_KV_INT8 else "f32")

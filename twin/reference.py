@@ -187,6 +187,16 @@ def attention_heads(q: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: 
     return seq_sum(att[:, :, None] * values, axis=1)
 
 
+def attention_heads_q8(q: np.ndarray, key_q: np.ndarray, key_scale: np.ndarray, value_q: np.ndarray,
+                       value_scale: np.ndarray, scale: np.float32) -> np.ndarray:
+    """attention_head_q8 for every head: q (n_heads, head_size); key_q/value_q int levels
+    (n_heads, n_pos, head_size); key_scale/value_scale (n_heads, n_pos) -> (n_heads, head_size)."""
+    scores = (seq_sum(key_q.astype(F) * q[:, None, :], axis=2) * key_scale) * scale
+    e = tw_expf(scores - scores.max(axis=1, keepdims=True))
+    att = e * (ONE / seq_sum(e, axis=1))[:, None]
+    return seq_sum((att * value_scale)[:, :, None] * value_q.astype(F), axis=1)
+
+
 # --------------------------------------------------------------- sampling
 
 
@@ -294,8 +304,28 @@ class QuantReference(_Generator):
 
     def reset(self) -> None:
         c = self.config
-        self.key_cache = np.zeros((c.n_layers, c.seq_len, c.kv_dim), dtype=F)
-        self.value_cache = np.zeros((c.n_layers, c.seq_len, c.kv_dim), dtype=F)
+        if self.model.kv_cache == "int8":   # levels and one scale per (layer, position, KV head)
+            self.key_cache = np.zeros((c.n_layers, c.seq_len, c.n_kv_heads, c.head_size), dtype=np.int32)
+            self.value_cache = np.zeros((c.n_layers, c.seq_len, c.n_kv_heads, c.head_size), dtype=np.int32)
+            self.key_scale = np.zeros((c.n_layers, c.seq_len, c.n_kv_heads), dtype=F)
+            self.value_scale = np.zeros((c.n_layers, c.seq_len, c.n_kv_heads), dtype=F)
+        else:
+            self.key_cache = np.zeros((c.n_layers, c.seq_len, c.kv_dim), dtype=F)
+            self.value_cache = np.zeros((c.n_layers, c.seq_len, c.kv_dim), dtype=F)
+
+    def _attention_int8(self, li: int, pos: int, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                        kv_of_head: np.ndarray) -> np.ndarray:
+        """Quantize k, v per KV head (quantize_act, group = head_size), store, attend (attention_head_q8)."""
+        c, hs = self.config, self.config.head_size
+        self.key_cache[li, pos], self.key_scale[li, pos] = quantize_act(k, hs)
+        self.value_cache[li, pos], self.value_scale[li, pos] = quantize_act(v, hs)
+        n = pos + 1
+
+        def per_head(a: np.ndarray) -> np.ndarray:  # (n_pos, n_kv_heads, ...) -> (n_heads, n_pos, ...)
+            return np.moveaxis(a[li, :n][:, kv_of_head], 1, 0)
+
+        return attention_heads_q8(q.reshape(c.n_heads, hs), per_head(self.key_cache), per_head(self.key_scale),
+                                  per_head(self.value_cache), per_head(self.value_scale), self.att_scale)
 
     def forward(self, token: int, pos: int) -> np.ndarray:
         c = self.config
@@ -312,13 +342,16 @@ class QuantReference(_Generator):
             k = w["wk"].matvec(xb)
             v = w["wv"].matvec(xb)
             q = rope_rotate(q, hs, cos_t, sin_t)
-            self.key_cache[li, pos] = rope_rotate(k, hs, cos_t, sin_t)
-            self.value_cache[li, pos] = v
-            # (n_heads, n_pos, head_size): head h reads KV head h // kv_mul
-            keys = self.key_cache[li, : pos + 1].reshape(pos + 1, c.n_kv_heads, hs)[:, kv_of_head]
-            values = self.value_cache[li, : pos + 1].reshape(pos + 1, c.n_kv_heads, hs)[:, kv_of_head]
-            heads = attention_heads(q.reshape(c.n_heads, hs), keys.transpose(1, 0, 2), values.transpose(1, 0, 2),
-                                    self.att_scale)
+            if self.model.kv_cache == "int8":
+                heads = self._attention_int8(li, pos, q, rope_rotate(k, hs, cos_t, sin_t), v, kv_of_head)
+            else:
+                self.key_cache[li, pos] = rope_rotate(k, hs, cos_t, sin_t)
+                self.value_cache[li, pos] = v
+                # (n_heads, n_pos, head_size): head h reads KV head h // kv_mul
+                keys = self.key_cache[li, : pos + 1].reshape(pos + 1, c.n_kv_heads, hs)[:, kv_of_head]
+                values = self.value_cache[li, : pos + 1].reshape(pos + 1, c.n_kv_heads, hs)[:, kv_of_head]
+                heads = attention_heads(q.reshape(c.n_heads, hs), keys.transpose(1, 0, 2),
+                                        values.transpose(1, 0, 2), self.att_scale)
             x = x + w["wo"].matvec(heads.reshape(-1))
             # feed-forward
             xb = rmsnorm(x, w["ffn_norm"], self.eps)

@@ -37,6 +37,7 @@ class RunSpec:
     group_size: int = 32
     symmetric: bool = True           # False: asymmetric, per-group zero points
     overrides: tuple[tuple[str, int], ...] = ()  # per-tensor bits, e.g. (("tok_emb", 8),) (QuantRecipe)
+    kv_cache: str = "f32"            # the built-in model's KV cache in the firmware: "f32" or "int8"
     prompt: str = DEFAULT_PROMPT
     tokens: int = 16
     seed: int = 0
@@ -52,16 +53,19 @@ def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
     if spec.model == "builtin":
         try:
             recipe = QuantRecipe.make(spec.bits, spec.group_size, spec.symmetric, dict(spec.overrides))
-            data = write_image(modelgen.builtin_model(), recipe=recipe)
+            data = write_image(modelgen.builtin_model(), recipe=recipe, kv_cache=spec.kv_cache)
         except ValueError as exc:
             raise RunError(str(exc)) from None
-        name = f"builtin-{recipe.label}"
+        name = f"builtin-{recipe.label}" + ("-kv8" if spec.kv_cache == "int8" else "")
     else:
         path = Path(spec.model)
         if not path.is_file():
             raise RunError(f"model file {path} not found: give a model image made by twin, or 'builtin'")
         data = path.read_bytes()
-        read_image(data)             # raises ImageError with what is wrong before anything starts
+        kv = read_image(data).kv_cache   # raises ImageError with what is wrong before anything starts
+        if spec.kv_cache != "f32" and kv != spec.kv_cache:
+            raise RunError(f"{path} has a {kv} KV cache, not {spec.kv_cache}: the cache type is part of the "
+                           f"image (`twin image --kv-cache {spec.kv_cache}`)")
         name = path.name
     digest = hashlib.sha256(data).hexdigest()[:16]
     out = cache_dir() / "images" / f"{digest}.twlm"
@@ -189,6 +193,7 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
         "platform": platform.id,
         "model": model_name,
         "bits": spec.bits,
+        "kv_cache": reference.model.kv_cache,
         "prompt_tokens": prompt_ids,
         "tokens": tokens,
         "text": tokenizer.decode(tokens) if tokenizer else modelgen.decode(tokens),

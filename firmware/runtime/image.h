@@ -10,6 +10,7 @@
 #define TW_ENTRY_SIZE 32u  /* smallest tensor-table entry this reader understands */
 #define TW_ARCH_LLAMA 1u
 #define TW_FLAG_SHARED_CLASSIFIER 1u
+#define TW_FLAG_KV_INT8 2u /* int8 KV cache (docs/image-format.md, "Run-state arena") */
 #define TW_MAX_TENSORS 4096u
 
 /* Preamble */

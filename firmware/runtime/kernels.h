@@ -61,6 +61,13 @@ void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, c
 void attention_head(float *out, float *att, const float *q, const float *key_cache,
                     const float *value_cache, uint32_t kv_stride, uint32_t n_pos,
                     uint32_t head_size, float scale);
+/* The same over an int8 cache: position t's keys are k_q[t * kv_stride + i] with scale
+ * k_scale[t * scale_stride] (values alike). Scores: s = 0; s = s + q[i] * (float)k_q[i];
+ * att[t] = (s * k_scale) * scale. Output: w = att[t] * v_scale; out[i] = out[i] + w * (float)v_q[i]. */
+void attention_head_q8(float *out, float *att, const float *q, const int8_t *key_q,
+                       const float *key_scale, const int8_t *value_q, const float *value_scale,
+                       uint32_t kv_stride, uint32_t scale_stride, uint32_t n_pos, uint32_t head_size,
+                       float scale);
 
 /* --- quantized matrix-vector product ---
  * out[r] = sum over groups g, sequentially from 0.0f, of ((float)isum(r, g) * scale[r][g]) * xs[g]

@@ -197,6 +197,25 @@ void attention_head(float *out, float *att, const float *q, const float *key_cac
     }
 }
 
+void attention_head_q8(float *out, float *att, const float *q, const int8_t *key_q,
+                       const float *key_scale, const int8_t *value_q, const float *value_scale,
+                       uint32_t kv_stride, uint32_t scale_stride, uint32_t n_pos, uint32_t head_size,
+                       float scale) {
+    for (uint32_t t = 0; t < n_pos; t++) {
+        const int8_t *k = key_q + t * kv_stride;
+        float score = 0.0f;
+        for (uint32_t i = 0; i < head_size; i++) score = score + q[i] * (float)k[i];
+        att[t] = (score * key_scale[t * scale_stride]) * scale;
+    }
+    softmax(att, n_pos);
+    for (uint32_t i = 0; i < head_size; i++) out[i] = 0.0f;
+    for (uint32_t t = 0; t < n_pos; t++) {
+        const int8_t *v = value_q + t * kv_stride;
+        float a = att[t] * value_scale[t * scale_stride];
+        for (uint32_t i = 0; i < head_size; i++) out[i] = out[i] + a * (float)v[i];
+    }
+}
+
 /* ---------------------------------------------- quantized matrix-vector */
 
 /* x (n values) -> int8 per group: scale = maxabs / 127, q = round(x / scale) in [-127, 127]

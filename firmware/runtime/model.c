@@ -76,7 +76,7 @@ static int config_ok(const twin_config *c) {
     if (c->seq_len == 0 || c->seq_len > 16384) return 0;
     if (c->n_heads == 0 || c->dim % c->n_heads || (c->dim / c->n_heads) % 2) return 0;
     if (c->n_kv_heads == 0 || c->n_heads % c->n_kv_heads) return 0;
-    if (c->flags & ~TW_FLAG_SHARED_CLASSIFIER) return 0;
+    if (c->flags & ~(TW_FLAG_SHARED_CLASSIFIER | TW_FLAG_KV_INT8)) return 0;
     return c->norm_eps > 0.0f && c->norm_eps < 1.0f;
 }
 
@@ -206,7 +206,11 @@ static void act_sizes(const uint8_t *img, uint32_t *max_padded, uint32_t *max_gr
 static uint64_t layout(twin_model *m, uint64_t base, uint32_t max_padded, uint32_t max_groups) {
     const twin_config *c = &m->cfg;
     uint64_t cur = base, kv_dim = c->dim / c->n_heads * c->n_kv_heads;
-    uint64_t cache = (uint64_t)c->n_layers * c->seq_len * kv_dim * sizeof(float);
+    uint64_t slots = (uint64_t)c->n_layers * c->seq_len; /* (layer, position) pairs */
+    int kv_int8 = (c->flags & TW_FLAG_KV_INT8) != 0;
+    /* f32: float[slots][kv_dim]. int8: float scales[slots][n_kv_heads], then int8[slots][kv_dim]. */
+    uint64_t scale_bytes = slots * c->n_kv_heads * sizeof(float);
+    uint64_t cache = kv_int8 ? scale_bytes + slots * kv_dim : slots * kv_dim * sizeof(float);
     tw_runstate *s = &m->s;
     m->layers = take(&cur, (uint64_t)c->n_layers * sizeof(tw_layer));
     s->x = take(&cur, c->dim * sizeof(float));
@@ -218,6 +222,13 @@ static uint64_t layout(twin_model *m, uint64_t base, uint32_t max_padded, uint32
     s->att = take(&cur, (uint64_t)c->n_heads * c->seq_len * sizeof(float));
     s->key_cache = take(&cur, cache);
     s->value_cache = take(&cur, cache);
+    if (kv_int8) {
+        s->key_scale = s->key_cache;
+        s->key_q = (int8_t *)(void *)((uint8_t *)(void *)s->key_cache + scale_bytes);
+        s->value_scale = s->value_cache;
+        s->value_q = (int8_t *)(void *)((uint8_t *)(void *)s->value_cache + scale_bytes);
+        s->key_cache = s->value_cache = NULL;
+    }
     s->rope_cos = take(&cur, c->dim / c->n_heads / 2 * sizeof(float));
     s->rope_sin = take(&cur, c->dim / c->n_heads / 2 * sizeof(float));
     s->xq = take(&cur, max_padded);
@@ -283,28 +294,45 @@ const float *model_forward(twin_model *m, int token, int pos) {
         return NULL;
     uint32_t dim = c->dim, head_size = dim / c->n_heads;
     uint32_t kv_dim = head_size * c->n_kv_heads, kv_mul = c->n_heads / c->n_kv_heads;
+    int kv_int8 = (c->flags & TW_FLAG_KV_INT8) != 0;
 
     embed_row(s->x, &m->tok_emb, (uint32_t)token);
     rope_table(s->rope_cos, s->rope_sin, (const float *)m->rope_freq.data, head_size / 2, (uint32_t)pos);
 
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const tw_layer *w = &m->layers[l];
-        float *key_cache = s->key_cache + l * c->seq_len * kv_dim;
-        float *value_cache = s->value_cache + l * c->seq_len * kv_dim;
-        float *k = key_cache + (uint32_t)pos * kv_dim, *v = value_cache + (uint32_t)pos * kv_dim;
+        uint32_t slot0 = l * c->seq_len, slot = slot0 + (uint32_t)pos; /* (layer, position) */
 
         /* attention: norm, q/k/v projections, RoPE, cache, per-head attention, output */
         rmsnorm(s->xb, s->x, (const float *)w->attn_norm.data, dim, c->norm_eps);
         matmul(m, s->q, s->xb, &w->wq);
-        matmul(m, k, s->xb, &w->wk);
-        matmul(m, v, s->xb, &w->wv);
+        if (!kv_int8) { /* float32 KV cache: k and v are computed in place */
+            float *k = s->key_cache + slot * kv_dim, *v = s->value_cache + slot * kv_dim;
+            matmul(m, k, s->xb, &w->wk);
+            matmul(m, v, s->xb, &w->wv);
+            rope_rotate(k, kv_dim, head_size, s->rope_cos, s->rope_sin);
+        } else { /* int8 KV cache: k (after RoPE) and v in float32 in xb2, quantized per KV head
+                  * with the activations' rule (quantize_act, one group per head) */
+            matmul(m, s->xb2, s->xb, &w->wk);
+            rope_rotate(s->xb2, kv_dim, head_size, s->rope_cos, s->rope_sin);
+            quantize_act(s->key_q + slot * kv_dim, s->key_scale + slot * c->n_kv_heads, s->xb2, kv_dim,
+                         (uint32_t)head_size);
+            matmul(m, s->xb2, s->xb, &w->wv);
+            quantize_act(s->value_q + slot * kv_dim, s->value_scale + slot * c->n_kv_heads, s->xb2, kv_dim,
+                         (uint32_t)head_size);
+        }
         rope_rotate(s->q, dim, head_size, s->rope_cos, s->rope_sin);
-        rope_rotate(k, kv_dim, head_size, s->rope_cos, s->rope_sin);
         for (uint32_t h = 0; h < c->n_heads; h++) {
-            uint32_t kv_off = (h / kv_mul) * head_size;
-            attention_head(s->xb + h * head_size, s->att + h * c->seq_len, s->q + h * head_size,
-                           key_cache + kv_off, value_cache + kv_off, kv_dim, (uint32_t)pos + 1,
-                           head_size, m->att_scale);
+            uint32_t kvh = h / kv_mul, kv_off = kvh * head_size;
+            if (!kv_int8)
+                attention_head(s->xb + h * head_size, s->att + h * c->seq_len, s->q + h * head_size,
+                               s->key_cache + slot0 * kv_dim + kv_off, s->value_cache + slot0 * kv_dim + kv_off,
+                               kv_dim, (uint32_t)pos + 1, head_size, m->att_scale);
+            else
+                attention_head_q8(s->xb + h * head_size, s->att + h * c->seq_len, s->q + h * head_size,
+                                  s->key_q + slot0 * kv_dim + kv_off, s->key_scale + slot0 * c->n_kv_heads + kvh,
+                                  s->value_q + slot0 * kv_dim + kv_off, s->value_scale + slot0 * c->n_kv_heads + kvh,
+                                  kv_dim, c->n_kv_heads, (uint32_t)pos + 1, head_size, m->att_scale);
         }
         matmul(m, s->xb2, s->xb, &w->wo);
         vec_add(s->x, s->xb2, dim);

@@ -65,7 +65,11 @@ typedef struct {
 typedef struct {
     float *x, *xb, *xb2, *q, *hb, *hb2; /* activations */
     float *att;                         /* n_heads * seq_len attention scores */
-    float *key_cache, *value_cache;     /* n_layers * seq_len * kv_dim each */
+    float *key_cache, *value_cache;     /* n_layers * seq_len * kv_dim each (f32 KV cache) */
+    /* int8 KV cache (flags bit 1) instead: per (layer, position, KV head) head_size int8 levels
+     * and one float32 scale; each cache is one buffer, scales first (see layout()). */
+    int8_t *key_q, *value_q;            /* n_layers * seq_len * kv_dim each */
+    float *key_scale, *value_scale;     /* n_layers * seq_len * n_kv_heads each */
     float *rope_cos, *rope_sin;         /* head_size / 2 each */
     int8_t *xq;                         /* quantized activations (padded length) */
     float *xs;                          /* their per-group scales */
