@@ -1,12 +1,13 @@
 """Profiler overhead on the real firmware: the same ELF, model image and RUN request under bare QEMU
-and under the twin's profiling plugin, side by side, measured in one run.
+and under the twin's profiling plugin — counters only (what `twin run` uses), with memory traffic
+(`--mem-traffic`), with exact edge counts — side by side, measured in one run.
 
     .venv/bin/python benchmarks/firmware_overhead.py [--platform mps2-an386] [--tokens 48] [--repeat 5]
 
 Prints the median wall time of the RUN request (guest execution + protocol) and of the whole emulator
 session (start to exit), guest MIPS (instructions counted by the plugin / RUN wall time) and the ratio
 to bare QEMU. The model is a ~2.7 M-parameter random Llama (dim 192, 6 layers) so that one run executes
-a few hundred million instructions.
+about 1.5 G instructions on Arm.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from twin.build import build_firmware  # noqa: E402
 from twin.image import write_image  # noqa: E402
 from twin.platforms import get_platform  # noqa: E402
 from twin.profile import analyze, parse_dump, plugin_args  # noqa: E402
-from twin.runner import emulator_session  # noqa: E402
+from twin.runner import emulator_session, memory_regions  # noqa: E402
 
 BENCH_MODEL = modelgen.ModelConfig(dim=192, hidden_dim=512, n_layers=6, n_heads=6, n_kv_heads=3,
                                    vocab_size=512, seq_len=128, name="bench-2.7m")
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     configs = {
         "bare QEMU": (),
         "profiling plugin": tuple(plugin_args(fw.elf, dump)),
+        "+ memory traffic": tuple(plugin_args(fw.elf, work / "mem.dump", memory_regions(platform))),
+        "+ exact edges": tuple(plugin_args(fw.elf, work / "edges.dump", edges=True)),
     }
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
     for _ in range(args.repeat):                      # interleaved, so drift hits both alike
