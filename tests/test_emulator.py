@@ -180,6 +180,16 @@ def test_crashed_emulator_is_reported():
             s.device.mem()
 
 
+def test_emulator_that_fails_to_start_says_why():
+    import dataclasses
+    p = get_platform("mps2-an386")
+    broken = dataclasses.replace(p, emulator=dataclasses.replace(p.emulator, machine="no-such-board"))
+    fw = build_firmware(p)
+    with pytest.raises(EmulatorError, match=r"exited with status 1\).*unsupported machine"):
+        with emulator_session(broken, fw.elf, None, reply_timeout=5.0):
+            pass
+
+
 def test_corrupt_frame_is_rejected_and_the_link_recovers():
     p = get_platform("mps2-an505")
     fw = build_firmware(p)

@@ -39,22 +39,16 @@ def qemu_binary(platform: Platform) -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def qemu_command(platform: Platform, cfg: QemuConfig, port: int) -> list[str]:
+def qemu_command(platform: Platform, cfg: QemuConfig, listen_fd: int) -> list[str]:
+    """The command line; the console UART is the chardev on ``listen_fd``, a TCP socket that is
+    already listening (QEMU inherits it, so no other process can take its port in between)."""
     emu = platform.emulator
     assert emu is not None
     cmd = [qemu_binary(platform), "-M", emu.machine, "-display", "none", "-monitor", "none",
-           "-no-reboot", *emu.extra_args, "-kernel", str(cfg.elf)]
+           "-no-reboot", *emu.extra_args, "-kernel", str(cfg.elf),
+           "-chardev", f"socket,id=console,fd={listen_fd},server=on,wait=on,nodelay=on"]
     for role in emu.serial:
-        if role == "uart":
-            cmd += ["-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"]
-        else:
-            cmd += ["-serial", role]
+        cmd += ["-serial", "chardev:console" if role == "uart" else role]
     if cfg.image is not None:
         cmd += ["-device", f"loader,file={cfg.image},addr={platform.model.origin:#x},force-raw=on"]
     return cmd + list(cfg.extra_args)
@@ -76,39 +70,23 @@ class QemuProcess:
         return f"socket://127.0.0.1:{self.port}"
 
     def start(self) -> QemuProcess:
-        for _attempt in range(5):   # another process may grab the free port before QEMU binds it
-            self.port = _free_port()
-            self._stderr.seek(0)
-            self._stderr.truncate()
-            cmd = qemu_command(self.platform, self.cfg, self.port)
+        # Bind and listen here, then hand the socket to QEMU: the port is ours from the first
+        # moment, and a client may connect before QEMU accepts (the backlog holds it).
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            self.port = listener.getsockname()[1]
+            cmd = qemu_command(self.platform, self.cfg, listener.fileno())
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=self._stderr)
-            self.deadline = time.monotonic() + self.cfg.timeout
-            if self._wait_listening():
-                return self
-            if "Address already in use" not in self.stderr():
-                raise EmulatorError(f"{Path(cmd[0]).name} failed to start for {self.platform.id} "
-                                    f"(exit status {self.proc.returncode}): {self.stderr() or 'no message'}")
-        raise EmulatorError("could not find a free TCP port for the emulated UART after 5 tries")
-
-    def _wait_listening(self) -> bool:
-        """Wait until QEMU listens on the UART port (True) or has exited (False)."""
-        limit = time.monotonic() + 15
-        while time.monotonic() < limit:
-            if self.proc.poll() is not None:
-                return False
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                try:
-                    s.bind(("127.0.0.1", self.port))
-                except OSError:
-                    return True          # the port is taken: QEMU is listening on it
-            time.sleep(0.01)
-        self.kill()
-        raise EmulatorError(f"QEMU did not open its UART socket within 15 s: {self.stderr()}")
+                                         stderr=self._stderr, pass_fds=(listener.fileno(),))
+        self.deadline = time.monotonic() + self.cfg.timeout
+        return self
 
     def stderr(self) -> str:
+        """What QEMU wrote to stderr, without its routine notice that it waits for the host."""
         self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace").strip()
+        lines = self._stderr.read().decode(errors="replace").splitlines()
+        return "\n".join(x for x in lines if "QEMU waiting for connection" not in x).strip()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

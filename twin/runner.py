@@ -125,8 +125,9 @@ def emulator_session(platform: Platform, elf: Path, image: Path | None, *, extra
                 dev.exit()
                 status = qemu.wait_exit()   # before closing the socket: QEMU exits at once then
         except (DeviceTimeout, DeviceGone) as exc:
+            exited = qemu.proc.poll()
             qemu.kill()
-            raise EmulatorError(_emulator_failure(exc, qemu)) from None
+            raise EmulatorError(_emulator_failure(exc, qemu, exited)) from None
         if status != 0:
             raise EmulatorError(f"QEMU exited with status {status} after the run: {qemu.stderr()}")
 
@@ -239,9 +240,10 @@ def _branches(p) -> dict:
             "unresolved": p.branches_unresolved}
 
 
-def _emulator_failure(exc: Exception, qemu: QemuProcess) -> str:
+def _emulator_failure(exc: Exception, qemu: QemuProcess, exited: int | None) -> str:
     err = qemu.stderr()
     detail = f" QEMU said: {err}" if err else ""
     if isinstance(exc, DeviceTimeout):
         return f"{exc}. The firmware is hung; QEMU was killed.{detail}"
-    return f"{exc}. The emulator stopped unexpectedly (crashed?).{detail}"
+    status = f" (QEMU exited with status {exited})" if exited is not None else ""
+    return f"{exc}. The emulator stopped unexpectedly{status}.{detail}"
