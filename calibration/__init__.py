@@ -4,7 +4,7 @@
 - ``energy``: time -> energy (board power figures, DVFS scaling)
 - ``dataset``: the bench dataset schema (docs/calibration.md)
 - ``estimators``: scikit-learn estimators (non-negative linear, boosted residual, conformal intervals)
-- ``fit`` / ``store``: calibration files with provenance
+- ``fit`` / ``store``: calibration files with provenance; ``residual``: their optional boosted residual as plain trees
 - ``predict``: ``twin predict`` / ``twin compare``
 """
 

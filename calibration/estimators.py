@@ -9,7 +9,8 @@ stores hyper-parameters, learned attributes end in ``_``.  They compose in ``Pip
 - ``CycleFeatures``: a bench DataFrame (docs/calibration.md) -> the cycle model's FEATURES.
 - ``NonNegativeLinear``: cycles = X · coef with coef >= 0 (per-class costs cannot be negative),
   least squares on *relative* error, optionally pulled toward a prior (published timings).
-- ``ResidualBoosted``: a base model times (1 + a gradient-boosted correction on the class mix).
+- ``ResidualBoosted``: a base model times (1 + a gradient-boosted correction on the class mix); a
+  calibration file stores its trees as plain arrays (calibration/residual.py).
 - ``ConformalInterval``: split-conformal prediction intervals on relative residuals.
 - ``cross_validate_grouped``: hold out whole workloads or whole boards; MAPE and interval coverage.
 """
@@ -31,6 +32,7 @@ from twin.platforms import PlatformError, get_platform
 
 from .cycles import CLASS_FEATURES, FEATURES, memory_setup, prior_coefficients
 from .dataset import feature_matrix
+from .residual import mix_inputs as _mix
 
 UNMEASURED_MESSAGE = ("{n} of {total} rows have no measured target (0 or NaN: e.g. QEMU runs, whose "
                       "cycle counters read 0); drop them (calibration.dataset.measured) or measure them "
@@ -162,13 +164,6 @@ class NonNegativeLinear(RegressorMixin, BaseEstimator):
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
         return X @ self.coef_
-
-
-def _mix(X: np.ndarray) -> np.ndarray:
-    """Scale-free description of a row: each feature as a fraction of the instruction count."""
-    total = X[:, : len(CLASS_FEATURES)].sum(axis=1, keepdims=True)
-    total[total == 0] = 1.0
-    return np.column_stack([X / total, np.log10(total)])
 
 
 class ResidualBoosted(RegressorMixin, BaseEstimator):

@@ -39,6 +39,7 @@ from .cycles import (
     prior_coefficients,
 )
 from .energy import EnergyModelError, power_model
+from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
 COUNTS_VERSION = 2
@@ -191,6 +192,8 @@ class BoardModel:
     energy_coef: np.ndarray | None
     energy_q: float | None
     notes: tuple[str, ...]
+    residual: StoredResidual | None = None   # a calibration's boosted correction: cycles × (1 + r(mix))
+    kind: str = "prior"                      # "prior", "linear" or "linear+residual"
 
 
 def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: store.Calibration | None,
@@ -210,11 +213,18 @@ def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: sto
         if calibration.energy is not None:
             energy_coef = np.array([calibration.energy.coef[f] for f in (*FEATURES, "seconds")])
         notes.append(f"calibration {calibration.id} (boards {', '.join(calibration.boards)}; "
-                     f"CV {calibration.cycles.cv})")
+                     f"{_cv_summary(calibration.cycles.cv)})")
+        residual = calibration.cycles.stored_residual
+        if residual is not None:
+            notes.append(f"cycle model: non-negative linear × (1 + boosted residual on the class mix, "
+                         f"{len(residual)} trees) from the calibration file")
+        else:
+            notes.append("cycle model: non-negative linear (the calibration has no residual)")
         if plat.id not in calibration.boards:
             notes.append(f"{plat.id} was not among the calibrated boards: same core, its own wait states")
         return BoardModel(coef, 1.0, 0.0, q, q, calibration.id, energy_coef,
-                          calibration.energy.q if calibration.energy else None, tuple(notes))
+                          calibration.energy.q if calibration.energy else None, tuple(notes),
+                          residual, calibration.model_kind)
     if mode.mode == "none" or not core_prior(plat.core).has_timings:
         coef = prior_coefficients(proxy_core, mem)
         factor, why = cross_core_factor(proxy_core, plat.core)
@@ -233,10 +243,23 @@ def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: sto
     return BoardModel(coef, factor, extra_fp, lo, hi, "prior", None, None, tuple(notes))
 
 
+def _cv_summary(cv: dict) -> str:
+    parts = []
+    for split in ("by_workload", "by_board"):
+        r = cv.get(split) or {}
+        if r.get("mape_percent") is not None:
+            cov = f", coverage {r['coverage']:.2f}" if r.get("coverage") is not None else ""
+            parts.append(f"CV {split.replace('_', ' ')} MAPE {r['mape_percent']:.2f}%{cov}")
+    return "; ".join(parts) or "no cross-validation"
+
+
 def _cycles(bm: BoardModel, by_class: dict[str, float], loads_flash: float | None, ws: float,
-            branches_taken: float | None) -> float:
+            branches_taken: float | None) -> tuple[float, float]:
+    """(cycles, residual factor 1 + r): the factor is 1 without a residual."""
     x = feature_vector(by_class, wait_states=ws, loads_flash=loads_flash, branches_taken=branches_taken)
-    return float(x @ bm.coef) * bm.factor + bm.extra_per_fp * by_class.get("fp", 0.0)
+    linear = float(x @ bm.coef)
+    factor = 1.0 + float(bm.residual.correction(x[None, :])[0]) if bm.residual is not None else 1.0
+    return linear * factor * bm.factor + bm.extra_per_fp * by_class.get("fp", 0.0), factor
 
 
 def _interval(value: float | None, lo: float, hi: float) -> dict:
@@ -285,8 +308,10 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         ws = memory_setup(plat, clock_hz).wait_states
     except CycleModelError as exc:
         raise PredictError(str(exc)) from None
-    prefill_cycles = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws, counts.prefill_branches_taken)
-    token_cycles = _cycles(bm, counts.decode, counts.decode_loads_flash, ws, counts.decode_branches_taken)
+    prefill_cycles, prefill_factor = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws,
+                                             counts.prefill_branches_taken)
+    token_cycles, token_factor = _cycles(bm, counts.decode, counts.decode_loads_flash, ws,
+                                         counts.decode_branches_taken)
     token_s = token_cycles / clock_hz
     ttft_s = (prefill_cycles + token_cycles) / clock_hz
     notes = list(bm.notes)
@@ -330,6 +355,10 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         "model": counts.model,
         "clock_mhz": clock_hz / 1e6,
         "calibration": bm.source,
+        # which cycle model the calibration cited above used (the residual's factor 1 + r per phase)
+        "calibration_info": {"id": bm.source, "model": bm.kind, "residual": bm.residual is not None,
+                             "residual_factor": ({"prefill": prefill_factor, "per_token": token_factor}
+                                                 if bm.residual is not None else None)},
         "ttft_seconds": _interval(ttft_s, bm.rel_low, bm.rel_high),
         "token_seconds": _interval(token_s, bm.rel_low, bm.rel_high),
         # tokens/s is the reciprocal: its low bound comes from the slow end of the time interval

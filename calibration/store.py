@@ -4,6 +4,10 @@ A file holds, for one core, the fitted non-negative coefficients of the cycle mo
 energy model when energy was measured), the conformal interval half-width ``q`` (relative), and
 where it all came from: firmware build ids, compiler and flags, boards, clocks, bench date, the
 SHA-256 of the dataset and the cross-validated error.  ``load`` validates and names what is wrong.
+
+Version 2 adds an optional ``cycles.residual`` block: the boosted correction of ``ResidualBoosted``
+as plain trees (calibration/residual.py), so that a calibration fitted with it predicts with it.
+Version 1 files (no residual) load as before.
 """
 
 from __future__ import annotations
@@ -12,12 +16,18 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from .cycles import FEATURES
+from .residual import ResidualBlockError, StoredResidual, check_block, check_storable_type, export_residual
 
 FORMAT = "tinyllm-twin-calibration"
-VERSION = 1
+VERSION = 2
+READS_VERSIONS = (1, 2)          # 1: linear only; 2: + optional cycles.residual
+RESIDUAL_SINCE = 2
 ENERGY_FEATURES: tuple[str, ...] = (*FEATURES, "seconds")
 
 
@@ -31,6 +41,34 @@ class FittedModel:
     alpha: float = 0.1
     q: float = 0.0                   # relative half-width of the (1 - alpha) interval
     cv: dict = field(default_factory=dict, hash=False)   # {"by_workload": {...}, "by_board": {...}}
+    residual: dict | None = field(default=None, hash=False)   # residual block (calibration/residual.py)
+
+    def to_dict(self) -> dict:
+        """The JSON object; no ``residual`` key when there is none (as version 1 wrote it)."""
+        d = asdict(self)
+        if d["residual"] is None:
+            del d["residual"]
+        return d
+
+    @cached_property
+    def stored_residual(self) -> StoredResidual | None:
+        return StoredResidual(self.residual) if self.residual is not None else None
+
+    def coef_vector(self, features: tuple[str, ...] = FEATURES) -> np.ndarray:
+        return np.array([self.coef[f] for f in features], dtype=float)
+
+    def predict(self, X) -> np.ndarray:
+        """Cycles for rows of the FEATURES matrix: X · coef, × (1 + residual) when there is one."""
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        pred = X @ self.coef_vector()
+        if self.stored_residual is not None:
+            pred = pred * (1.0 + self.stored_residual.correction(X))
+        return pred
+
+    def predict_interval(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prediction, low, high) exactly as the fitted ``ConformalInterval``: ŷ·(1 ± q), low >= 0."""
+        pred = self.predict(X)
+        return pred, np.maximum(pred * (1 - self.q), 0.0), pred * (1 + self.q)
 
 
 @dataclass(frozen=True)
@@ -46,13 +84,21 @@ class Calibration:
     def to_dict(self) -> dict:
         d = {"format": FORMAT, "version": self.version, "id": self.id or self.compute_id(),
              "core": self.core, "boards": list(self.boards), "features": list(FEATURES),
-             "cycles": asdict(self.cycles), "energy": asdict(self.energy) if self.energy else None,
+             "cycles": self.cycles.to_dict(), "energy": self.energy.to_dict() if self.energy else None,
              "provenance": self.provenance}
         return d
 
+    @property
+    def has_residual(self) -> bool:
+        return self.cycles.residual is not None
+
+    @property
+    def model_kind(self) -> str:
+        return "linear+residual" if self.has_residual else "linear"
+
     def compute_id(self) -> str:
-        d = {"core": self.core, "boards": list(self.boards), "cycles": asdict(self.cycles),
-             "energy": asdict(self.energy) if self.energy else None, "provenance": self.provenance}
+        d = {"core": self.core, "boards": list(self.boards), "cycles": self.cycles.to_dict(),
+             "energy": self.energy.to_dict() if self.energy else None, "provenance": self.provenance}
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
         return f"cal-{self.core}-{digest[:12]}"
 
@@ -61,12 +107,43 @@ PROVENANCE_FIELDS = ("build_ids", "compiler", "cflags", "boards", "clocks_hz", "
                      "dataset_sha256", "n_rows", "created")
 
 
+def residual_block(estimator) -> dict:
+    """The file's form of a fitted residual estimator; any type but the default
+    GradientBoostingRegressor raises CalibrationFileError naming the type."""
+    try:
+        return export_residual(estimator)
+    except ResidualBlockError as exc:
+        raise CalibrationFileError(str(exc)) from None
+
+
+def check_residual_type(estimator) -> None:
+    """Refuse, before any fitting, a residual estimator a calibration file cannot hold."""
+    try:
+        check_storable_type(estimator)
+    except ResidualBlockError as exc:
+        raise CalibrationFileError(str(exc)) from None
+
+
 def save(cal: Calibration, path: Path | str) -> Path:
     p = Path(path)
     d = cal.to_dict()
     validate(d, where=str(p))
-    p.write_text(json.dumps(d, indent=2, sort_keys=False) + "\n")
+    p.write_text(_dumps(d) + "\n")
     return p
+
+
+def _dumps(obj, level: int = 0) -> str:
+    """JSON indented by 2 like ``json.dumps(indent=2)``, except that a list of numbers (a residual
+    tree's arrays, clocks) stays on one line: the file stays readable with a hundred trees in it."""
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list) and obj:
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj):
+            return json.dumps(obj)
+        return "[\n" + ",\n".join(f"{inner}{_dumps(v, level + 1)}" for v in obj) + f"\n{pad}]"
+    return json.dumps(obj)
 
 
 def load(path: Path | str) -> Calibration:
@@ -95,7 +172,7 @@ def from_dict(d: object, where: str = "calibration") -> Calibration:
 
 def _model(d: dict) -> FittedModel:
     return FittedModel(coef={k: float(v) for k, v in d["coef"].items()}, alpha=float(d["alpha"]),
-                       q=float(d["q"]), cv=d.get("cv", {}))
+                       q=float(d["q"]), cv=d.get("cv", {}), residual=d.get("residual"))
 
 
 def _fail(where: str, what: str) -> CalibrationFileError:
@@ -128,16 +205,29 @@ def validate(d: object, where: str = "calibration") -> None:
         raise _fail(where, "expected a JSON object")
     if d.get("format") != FORMAT:
         raise _fail(where, f"field 'format' must be {FORMAT!r} (not a twin calibration file?)")
-    if d.get("version") != VERSION:
-        raise _fail(where, f"field 'version' is {d.get('version')!r}; this twin reads version {VERSION}")
+    version = d.get("version")
+    if isinstance(version, bool) or version not in READS_VERSIONS:
+        raise _fail(where, f"field 'version' is {version!r}; this twin reads versions "
+                           f"{', '.join(map(str, READS_VERSIONS))}")
     for key, kind in (("id", str), ("core", str), ("boards", list), ("provenance", dict)):
         if not isinstance(d.get(key), kind):
             raise _fail(where, f"field '{key}' must be {kind.__name__}")
     if d.get("features") is not None and tuple(d["features"]) != FEATURES:
         raise _fail(where, f"field 'features' {d['features']} differs from this twin's {list(FEATURES)}")
     _check_model(d.get("cycles"), f"{where}: cycles", FEATURES)
+    residual = d["cycles"].get("residual")
+    if residual is not None:
+        if version < RESIDUAL_SINCE:
+            raise _fail(where, f"field 'cycles.residual' needs file version {RESIDUAL_SINCE}, the file says "
+                               f"version {version}")
+        try:
+            check_block(residual, "cycles.residual")
+        except ResidualBlockError as exc:
+            raise _fail(where, str(exc)) from None
     if d.get("energy") is not None:
         _check_model(d["energy"], f"{where}: energy", ENERGY_FEATURES)
+        if d["energy"].get("residual") is not None:
+            raise _fail(where, "field 'energy.residual': the energy model has no residual (linear only)")
     prov = d["provenance"]
     missing = [k for k in PROVENANCE_FIELDS if k not in prov]
     if missing:

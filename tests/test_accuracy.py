@@ -35,6 +35,16 @@ def test_windows_cover_every_token_once():
     assert [len(w) for w in wins] == [64, 64, 5]
     assert all(w[0] == BOS for w in wins)
     assert [t for w in wins for t in w[1:]] == toks
+    wins = acc.windows(toks, 64, bos=1)                    # an imported Llama's BOS
+    assert all(w[0] == 1 for w in wins)
+
+
+def test_windows_without_bos_predict_every_token_but_the_first():
+    toks = list(range(3, 3 + 130))
+    wins = acc.windows(toks, 64, bos=None)
+    assert all(len(w) <= 64 for w in wins)
+    assert [t for w in wins for t in w[1:]] == toks[1:]    # each predicted once, from real context
+    assert acc.windows([5], 64, bos=None) == []
 
 
 def test_float_batch_equals_float_reference():

@@ -47,10 +47,23 @@ def tokenize(model: FloatModel, text: str) -> list[int]:
     return list(tok.encode(text, bos=False)) if tok is not None else modelgen.encode(text, bos=False)
 
 
-def windows(tokens: Sequence[int], seq_len: int) -> list[list[int]]:
-    """BOS + consecutive chunks of seq_len - 1 tokens: position p of a window predicts token p + 1."""
+def windows(tokens: Sequence[int], seq_len: int, bos: int | None = BOS) -> list[list[int]]:
+    """BOS + consecutive chunks of seq_len - 1 tokens: position p of a window predicts token p + 1.
+    Without a BOS (e.g. GPT-2-style tokenizers) a window starts with the token before its chunk
+    (the text's first token is then context only)."""
     step = seq_len - 1
-    return [[BOS, *tokens[i:i + step]] for i in range(0, len(tokens), step)]
+    if bos is None:
+        return [list(tokens[i:i + seq_len]) for i in range(0, len(tokens) - 1, step)]
+    return [[bos, *tokens[i:i + step]] for i in range(0, len(tokens), step)]
+
+
+def bos_id(model: FloatModel) -> int | None:
+    """The BOS id the model's text starts with: its tokenizer's (None if it adds none), the twin's own
+    without a tokenizer."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return BOS
+    return tok.bos_id if getattr(tok, "add_bos", True) else None
 
 
 # ------------------------------------------------------------------ forward passes
@@ -138,7 +151,9 @@ def evaluate(model: FloatModel, text: str | Sequence[int], recipes: Sequence[Qua
         raise AccuracyError("the evaluation text has no tokens")
     if any(not 0 <= t < model.config.vocab_size for t in tokens):
         raise AccuracyError(f"token ids out of the model's vocabulary (size {model.config.vocab_size})")
-    wins = windows(tokens, model.config.seq_len)
+    wins = windows(tokens, model.config.seq_len, bos_id(model))
+    if not wins:
+        raise AccuracyError("the evaluation text needs at least two tokens for a model without BOS")
     targets = [np.array(w[1:]) for w in wins]
 
     def scores(logits_per_window: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

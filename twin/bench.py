@@ -325,11 +325,12 @@ def unmeasured_rows(df) -> int:
     return int(bad.sum())
 
 
-def calibrate(paths: list[Path | str], out: Path | str, *, skip_unmeasured: bool = False) -> dict:
+def calibrate(paths: list[Path | str], out: Path | str, *, skip_unmeasured: bool = False, **fit_kw) -> dict:
     """Load datasets, refuse rows without measured cycles, and fit with the calibration package.
 
-    Calls ``calibration.fit_calibration(df, out)`` (the fitting API of calibration/): ``df`` a pandas
-    DataFrame of measured rows in the bench schema, ``out`` the path of the calibration file to write.
+    Calls ``calibration.fit_calibration(df, out, **fit_kw)`` (the fitting API of calibration/): ``df`` a
+    pandas DataFrame of measured rows in the bench schema, ``out`` the path of the calibration file to
+    write, ``fit_kw`` e.g. ``residual="on"`` (only passed when given).
     """
     import pandas as pd
 
@@ -342,7 +343,7 @@ def calibrate(paths: list[Path | str], out: Path | str, *, skip_unmeasured: bool
         keep = cycles.notna() & (cycles > 0) & ~df["cycle_counter"].astype(str).str.lower().isin(["none", "nan", ""])
         df = df[keep].reset_index(drop=True)
     fit = _fitting_api()
-    result = fit(df, Path(out))
+    result = fit(df, Path(out), **fit_kw)
     return {"rows": len(df), "skipped": n, "out": str(out),
             "result": result if isinstance(result, dict) else None}
 

@@ -98,10 +98,11 @@ def _run_errors() -> tuple[type[Exception], ...]:
     from .protocol import DeviceError, ProtocolError
     from .qemu import EmulatorError
     from .runner import RunError
+    from .tokenizer import TokenizerError
     from .transport import DeviceGone, DeviceTimeout
 
     return (PlatformError, BuildError, ImageError, ProfileError, DeviceError, ProtocolError, EmulatorError,
-            RunError, DeviceGone, DeviceTimeout)
+            RunError, DeviceGone, DeviceTimeout, TokenizerError)
 
 
 def _print_report(r: dict) -> None:

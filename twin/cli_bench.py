@@ -83,17 +83,49 @@ def bench(port: str, emulate: bool, platform: str, board: str | None, model: str
 @click.option("-o", "--output", "output", required=True, type=click.Path(), help="The calibration file.")
 @click.option("--skip-unmeasured", is_flag=True,
               help="Drop rows without measured cycles instead of refusing the datasets.")
-def calibrate(datasets: tuple[str, ...], output: str, skip_unmeasured: bool) -> None:
+@click.option("--residual", is_flag=True,
+              help="Fit the cycle model with a boosted residual on the class mix (linear × (1 + r)) and "
+                   "store it in the file; the report cross-validates linear-only and with-residual side "
+                   "by side.")
+@click.option("--residual-auto", is_flag=True,
+              help="Like --residual, but keep the residual only when it lowers the cross-validated "
+                   "error (by workload); the file says which was chosen.")
+def calibrate(datasets: tuple[str, ...], output: str, skip_unmeasured: bool, residual: bool,
+              residual_auto: bool) -> None:
     """Fit the cycle/energy models to bench datasets (rows with a real board's cycle counts)."""
     from .bench import BenchError
     from .bench import calibrate as do_calibrate
 
+    fit_kw = {"residual": "auto"} if residual_auto else {"residual": "on"} if residual else {}
     try:
-        r = do_calibrate(list(datasets), output, skip_unmeasured=skip_unmeasured)
+        r = do_calibrate(list(datasets), output, skip_unmeasured=skip_unmeasured, **fit_kw)
     except (BenchError, ValueError, KeyError) as exc:
         raise TwinCliError(str(exc).strip("'\"")) from None
     skipped = f" ({r['skipped']} unmeasured rows skipped)" if r["skipped"] else ""
     click.echo(f"calibrated on {r['rows']} rows{skipped} -> {output}")
     fit = r.get("result") or {}
-    if fit.get("cv_mape_percent") is not None:
+    candidates = fit.get("cv_candidates")
+    if candidates:
+        _echo_cv_side_by_side(candidates, fit.get("model"), fit.get("choice"))
+    elif fit.get("cv_mape_percent") is not None:
         click.echo(f"  cross-validated cycle error (MAPE by workload): {fit['cv_mape_percent']:.1f}%")
+
+
+def _echo_cv_side_by_side(candidates: dict, chosen: str | None, choice: str | None) -> None:
+    """Linear-only and with-residual cross-validation, one row each, one column per hold-out."""
+    splits = [s for s in ("by_workload", "by_board") if any(s in c for c in candidates.values())]
+
+    def cell(r: dict | None) -> str:
+        if not r or r.get("mape_percent") is None:
+            return "n/a"
+        cov = f" (coverage {r['coverage']:.2f})" if r.get("coverage") is not None else ""
+        return f"{r['mape_percent']:.2f}%{cov}"
+
+    names = {"linear": "linear only", "linear+residual": "with residual"}
+    click.echo("  cross-validated cycle error (MAPE), holding out:")
+    click.echo(("    " + f"{'':<16}" + "".join(f"{s.replace('_', ' '):<26}" for s in splits)).rstrip())
+    for kind, c in candidates.items():
+        row = "    " + f"{names.get(kind, kind):<16}" + "".join(f"{cell(c.get(s)):<26}" for s in splits)
+        click.echo(row + "<- stored" if kind == chosen else row.rstrip())
+    if choice:
+        click.echo(f"  cycle model in the file: {chosen} ({choice})")

@@ -66,8 +66,10 @@ def predict_cmd(platform: str, model: str, bits: str, tokens: int, prompt: str |
         return
     t = r["twin"]
     mark = "  ** cross-core prediction: LOW confidence **" if t["cross_core"] else ""
+    info = r.get("calibration_info") or {}
+    kind = f" ({info['model']})" if info.get("model") not in (None, "prior") else ""
     click.echo(f"{r['platform']} · {r['model']} · {r['clock_mhz']:g} MHz · counts from {t['proxy']} "
-               f"({t['mode']}, {t['confidence']} confidence) · calibration {r['calibration']}{mark}")
+               f"({t['mode']}, {t['confidence']} confidence) · calibration {r['calibration']}{kind}{mark}")
     click.echo(f"  time to first token  {_fmt_interval(r['ttft_seconds'], 1e3, 'ms')}")
     click.echo(f"  time per token       {_fmt_interval(r['token_seconds'], 1e3, 'ms')}")
     click.echo(f"  tokens per second    {_fmt_interval(r['tokens_per_second'], 1, 'tok/s')}")

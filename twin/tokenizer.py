@@ -12,6 +12,10 @@ One class covers both kinds the twin meets:
   until none is left — llama2.c's ``encode()``.
 
 Both decode by concatenating the pieces' bytes (special tokens vanish).
+
+Hugging Face ``tokenizer.json`` files are run by the ``tokenizers`` library behind the same interface
+(twin/tokenizer_hf.py). ``load_tokenizer(path)`` reads any of the three kinds of file, and
+``tokenizer_from_json()`` any tokenizer stored by ``to_json()`` (dispatching on its ``format`` tag).
 """
 
 from __future__ import annotations
@@ -197,11 +201,72 @@ def load_llama2c_tokenizer(data: bytes | str | Path, vocab_size: int | None = No
                      special=special, name="llama2c")
 
 
+def tokenizer_from_json(text: str):
+    """A tokenizer stored as JSON (in a twin .npz or an image's sidecar), by its ``format`` tag: the
+    twin's own (``twin-tokenizer-1``) or a Hugging Face tokenizer.json (``hf-tokenizers-1``,
+    twin.tokenizer_hf)."""
+    try:
+        fmt = json.loads(text).get("format")
+    except (ValueError, AttributeError) as exc:
+        raise TokenizerError(f"malformed tokenizer: {exc}") from None
+    if fmt == "hf-tokenizers-1":
+        from .tokenizer_hf import HFTokenizer
+
+        return HFTokenizer.from_json(text)
+    return Tokenizer.from_json(text)
+
+
+def load_tokenizer(path: str | Path, vocab_size: int | None = None):
+    """Any tokenizer file the twin reads, by content: a Hugging Face ``tokenizer.json`` (BOS/EOS also from
+    tokenizer_config.json beside it), the twin's own tokenizer JSON, or llama2.c's ``tokenizer.bin``.
+    With ``vocab_size`` (the model's), a tokenizer with more ids than the model is an error (fewer is
+    fine: padded embeddings); a tokenizer.bin must hold exactly that many. Every failure is a
+    TokenizerError whose message names the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TokenizerError(f"{path}: cannot read the tokenizer ({exc.strerror or exc})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".bin" or (suffix != ".json" and data.lstrip()[:1] != b"{"):
+        try:
+            return load_llama2c_tokenizer(data, vocab_size)
+        except TokenizerError as exc:
+            raise TokenizerError(f"{path}: {exc}") from None
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TokenizerError(f"{path}: not valid JSON, probably truncated or corrupt ({exc}); re-download "
+                             "it or re-save it with the tool that wrote it") from None
+    if isinstance(d, dict) and d.get("format") == "twin-tokenizer-1":
+        try:
+            tok = Tokenizer.from_json(data.decode("utf-8"))
+        except TokenizerError as exc:
+            raise TokenizerError(f"{path}: {exc}") from None
+    elif isinstance(d, dict) and "model" in d:
+        from .tokenizer_hf import HFTokenizer
+
+        tok = HFTokenizer.from_file(path)
+    else:
+        raise TokenizerError(f"{path}: neither a Hugging Face tokenizer.json (it has no 'model' entry) nor the "
+                             "twin's tokenizer JSON; use the tokenizer.json saved with the model")
+    if vocab_size is not None and tok.vocab_size > vocab_size:
+        raise TokenizerError(f"{path}: the tokenizer has {tok.vocab_size} token ids, more than the model's "
+                             f"vocabulary of {vocab_size}; use the tokenizer that belongs to this model")
+    return tok
+
+
 def sidecar_path(image: Path) -> Path:
     """Where `twin image` puts the tokenizer of a model image: ``<image>.tokenizer.json``."""
     return image.with_name(image.name + ".tokenizer.json")
 
 
-def sidecar_tokenizer(image: Path) -> Tokenizer | None:
+def sidecar_tokenizer(image: Path):
     p = sidecar_path(image)
-    return Tokenizer.from_json(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        return tokenizer_from_json(p.read_text(encoding="utf-8"))
+    except (TokenizerError, OSError, UnicodeDecodeError) as exc:
+        raise TokenizerError(f"{p}: {exc}; write it again with `twin image`, or delete it for byte-level "
+                             "text") from None

@@ -2,11 +2,18 @@
 
 ``load_model(path)`` picks the importer by content (magic bytes, directory contents), not by name alone:
 
-- a directory with config.json (+ model.safetensors or pytorch_model.bin): Hugging Face Llama (hf.py)
-- an ONNX protobuf (.onnx): a Llama-style decoder graph exported from PyTorch (onnx_import.py)
-- an .npz with the twin's metadata: the twin's own compact format (npz.py, the built-in models)
+- a directory with config.json (+ model.safetensors or pytorch_model.bin): Hugging Face Llama (hf.py),
+  with the tokenizer.json beside config.json
+- an ONNX protobuf (.onnx): a Llama-style decoder graph exported from PyTorch (onnx_import.py), with a
+  tokenizer.json beside the file
+- an .npz with the twin's metadata: the twin's own compact format (npz.py, the built-in models), with
+  the tokenizer stored inside it
 - otherwise a llama2.c legacy float32 checkpoint (.bin; llama2c.py), with tokenizer.bin beside it
-  (or passed as ``tokenizer=``) attached to the model
+
+``tokenizer=`` names a tokenizer file instead (tokenizer.bin, a Hugging Face tokenizer.json or the twin's
+tokenizer JSON; twin.tokenizer.load_tokenizer). Hugging Face tokenizer.json files are run by the
+``tokenizers`` library (twin.tokenizer_hf). A tokenizer may have fewer ids than the model's vocabulary
+(padded embeddings), not more.
 
 Every failure is a ModelFileError that names the file and the problem.
 """
@@ -61,21 +68,27 @@ def _llama2c_sized(p: Path) -> bool:
 
 
 def load_model(path: str | Path, tokenizer: str | Path | None = None) -> FloatModel:
-    """Import a model file (see the module doc) into a FloatModel."""
+    """Import a model file (see the module doc) into a FloatModel; ``tokenizer`` overrides the tokenizer
+    found beside (or inside) it."""
     fmt = detect_format(path)
     if fmt == "hf":
         from .hf import load_hf
 
         p = Path(path)
-        return load_hf(p.parent if p.is_file() else p)
+        return load_hf(p.parent if p.is_file() else p, tokenizer=tokenizer)
     if fmt == "onnx":
         from .onnx_import import load_onnx
 
-        return load_onnx(path)
+        return load_onnx(path, tokenizer=tokenizer)
     if fmt == "npz":
         from .npz import load_npz
 
-        return load_npz(path)
+        model = load_npz(path)
+        if tokenizer is not None:
+            from .common import find_tokenizer
+
+            model.tokenizer = find_tokenizer(tokenizer, None, model.config.vocab_size)
+        return model
     from .llama2c import load_llama2c
 
     return load_llama2c(path, tokenizer=tokenizer)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from twin.modelgen import FloatModel, LayerWeights, ModelConfig
@@ -64,3 +66,18 @@ def build_model(c: ModelConfig, get, where: str, tokenizer=None) -> FloatModel:
                       final_norm=as_f32(get("final_norm", None), (c.dim,), "final norm", where),
                       rope_freq=rope_frequencies(c.head_size, c.rope_theta), classifier=classifier,
                       tokenizer=tokenizer)
+
+
+def find_tokenizer(explicit: str | Path | None, beside: Path | None, vocab_size: int):
+    """The model's tokenizer: the ``explicit`` file if given, else ``beside`` if that file exists, else
+    None (byte-level). Any tokenizer file kind (twin.tokenizer.load_tokenizer); one with more ids than
+    the model's vocabulary, or a malformed one, is a ModelFileError naming the file."""
+    from twin.tokenizer import TokenizerError, load_tokenizer
+
+    path = Path(explicit) if explicit is not None else beside
+    if path is None or (explicit is None and not path.is_file()):
+        return None
+    try:
+        return load_tokenizer(path, vocab_size)
+    except TokenizerError as exc:
+        raise ModelFileError(str(exc)) from None

@@ -7,6 +7,9 @@ HF stores q_proj/k_proj with each head's rows permuted for its "rotate half" RoP
 (i, i + head_size/2)); the twin, like llama2.c and Meta's checkpoints, rotates interleaved pairs
 (2i, 2i + 1). Un-permuting the rows of q and k per head makes the two formulations give identical
 logits (q·k products are unchanged by applying the same row permutation to q and k).
+
+The tokenizer is tokenizer.json beside config.json (with tokenizer_config.json's BOS/EOS settings), run
+by Hugging Face's ``tokenizers`` library (twin.tokenizer_hf); without one the model is byte-level.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from twin.modelgen import FloatModel, ModelConfig
 
-from .common import ModelFileError, build_model
+from .common import ModelFileError, build_model, find_tokenizer
 
 SUPPORTED_ARCH = ("LlamaForCausalLM",)
 _NAMES = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj", "wo": "self_attn.o_proj",
@@ -178,9 +181,11 @@ def load_state(directory: Path) -> dict[str, np.ndarray]:
     raise ModelFileError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def load_hf(directory: str | Path) -> FloatModel:
+def load_hf(directory: str | Path, tokenizer: str | Path | None = None) -> FloatModel:
+    """A Hugging Face Llama directory; the tokenizer is ``tokenizer`` or tokenizer.json beside config.json."""
     directory = Path(directory)
     c = read_hf_config(directory)
+    tok = find_tokenizer(tokenizer, directory / "tokenizer.json", c.vocab_size)
     state = load_state(directory)
     where = str(directory)
     if c.shared_classifier and "lm_head.weight" in state and "model.embed_tokens.weight" in state:
@@ -202,4 +207,4 @@ def load_hf(directory: str | Path) -> FloatModel:
     extra = sorted(k for k in state if k not in known and not k.endswith("rotary_emb.inv_freq"))
     if extra:
         raise ModelFileError(f"{where}: unsupported tensors for a Llama decoder: {', '.join(extra[:5])}")
-    return build_model(c, get, where)
+    return build_model(c, get, where, tok)

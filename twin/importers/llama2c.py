@@ -1,5 +1,6 @@
 """llama2.c legacy float32 checkpoints (the ``.bin`` that llama2.c's export.py writes with --version 0,
-and that run.c reads) and its tokenizer.bin.
+and that run.c reads) and its tokenizer.bin (or, passed explicitly, any tokenizer file that
+twin.tokenizer.load_tokenizer reads: a Hugging Face tokenizer.json too).
 
 Layout: 7 little-endian int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
 a negative vocab_size means an unshared classifier), then float32 arrays, each layer-major, matrices
@@ -19,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from twin.modelgen import FloatModel, ModelConfig
-from twin.tokenizer import TokenizerError, load_llama2c_tokenizer
 
-from .common import LAYER_FIELDS, ModelFileError, build_model, check_config
+from .common import LAYER_FIELDS, ModelFileError, build_model, check_config, find_tokenizer
 
 HEADER = struct.Struct("<7i")
 V1_MAGIC = 0x616B3432   # "ak42": llama2.c's newer export versions
@@ -57,7 +57,8 @@ def read_config(data: bytes, where: str) -> ModelConfig:
 
 
 def load_llama2c(path: str | Path, tokenizer: str | Path | None = None) -> FloatModel:
-    """A llama2.c legacy checkpoint; the tokenizer is ``tokenizer`` or tokenizer.bin beside the file."""
+    """A llama2.c legacy checkpoint; the tokenizer is ``tokenizer`` (a tokenizer.bin, a Hugging Face
+    tokenizer.json or the twin's tokenizer JSON) or tokenizer.bin beside the file."""
     where = str(path)
     data = Path(path).read_bytes()
     c = read_config(data, where)
@@ -78,13 +79,7 @@ def load_llama2c(path: str | Path, tokenizer: str | Path | None = None) -> Float
     def get(name: str, layer: int | None) -> np.ndarray:
         return arrays[name] if layer is None else arrays[name][layer]
 
-    tok = None
-    tok_path = Path(tokenizer) if tokenizer is not None else Path(path).with_name("tokenizer.bin")
-    if tokenizer is not None or tok_path.is_file():
-        try:
-            tok = load_llama2c_tokenizer(tok_path, c.vocab_size)
-        except (TokenizerError, OSError) as exc:
-            raise ModelFileError(f"{tok_path}: {exc}") from None
+    tok = find_tokenizer(tokenizer, Path(path).with_name("tokenizer.bin"), c.vocab_size)
     return build_model(c, get, where, tok)
 
 

@@ -1,5 +1,7 @@
 """The twin's own compact model file: an .npz of float16 (or float32) weights, the config as JSON and,
-optionally, the tokenizer as JSON (twin.tokenizer). Used for the built-in models in models/."""
+optionally, the tokenizer as JSON tagged with its kind (``format``: the twin's own ``twin-tokenizer-1``
+or a Hugging Face tokenizer.json, ``hf-tokenizers-1``; twin.tokenizer.tokenizer_from_json). Used for the
+built-in models in models/."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.modelgen import FloatModel, ModelConfig
-from twin.tokenizer import Tokenizer, TokenizerError
+from twin.tokenizer import Tokenizer, TokenizerError, tokenizer_from_json
 
 from .common import LAYER_FIELDS, ModelFileError, build_model
 
@@ -60,9 +62,12 @@ def load_npz(path: str | Path) -> FloatModel:
     tokenizer = None
     if "tokenizer" in files:
         try:
-            tokenizer = Tokenizer.from_json(files["tokenizer"].tobytes().decode())
+            tokenizer = tokenizer_from_json(files["tokenizer"].tobytes().decode())
         except (TokenizerError, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{where}: {exc}") from None
+        if not isinstance(tokenizer, Tokenizer) and tokenizer.vocab_size > config.vocab_size:
+            raise ModelFileError(f"{where}: the stored tokenizer has {tokenizer.vocab_size} token ids, more than "
+                                 f"the model's vocabulary of {config.vocab_size}")
 
     def get(name: str, layer: int | None) -> np.ndarray:
         key = name if layer is None else f"layers.{layer}.{name}"

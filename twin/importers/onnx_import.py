@@ -15,7 +15,8 @@ Weights are found by the graph's structure, not by initializer names:
   from the slicing around q/k, RoPE theta and context from the cos table, eps from the norm's Add.
 
 Anything else (biases, LayerNorm, GELU, fused QKV, quantized initializers, unknown ops) is a
-ModelFileError that names it.
+ModelFileError that names it. The tokenizer is a tokenizer.json beside the .onnx file (as Hugging Face
+exporters write it), if there is one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 from twin.modelgen import FloatModel, ModelConfig
 
-from .common import ModelFileError, build_model
+from .common import ModelFileError, build_model, find_tokenizer
 from .hf import unpermute_rope
 
 SUPPORTED_OPS = {
@@ -294,8 +295,10 @@ def _snap(theta: float) -> float:
 
 
 def load_onnx(path: str | Path, *, n_heads: int | None = None, n_kv_heads: int | None = None,
-              seq_len: int | None = None, norm_eps: float | None = None, rope_theta: float | None = None) -> FloatModel:
-    """Import an ONNX decoder; keyword arguments override what cannot be read off the graph."""
+              seq_len: int | None = None, norm_eps: float | None = None, rope_theta: float | None = None,
+              tokenizer: str | Path | None = None) -> FloatModel:
+    """Import an ONNX decoder; keyword arguments override what cannot be read off the graph. The
+    tokenizer is ``tokenizer`` or tokenizer.json beside the file."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -436,4 +439,5 @@ def load_onnx(path: str | Path, *, n_heads: int | None = None, n_kv_heads: int |
             return layers[layer][name]
         return {"tok_emb": tok_emb, "final_norm": final.weight, "classifier": classifier}[name]
 
-    return build_model(c, get, where)
+    tok = find_tokenizer(tokenizer, Path(path).with_name("tokenizer.json"), c.vocab_size)
+    return build_model(c, get, where, tok)
