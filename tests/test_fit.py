@@ -122,6 +122,20 @@ def test_image_command_imports_and_keeps_the_tokenizer(tmp_path):
     assert r.exit_code == 0, r.output
     assert read_image(out.read_bytes()).config.vocab_size == 300
     assert model_tokenizer(str(out)) is None
+    assert "no tokenizer found" in r.stderr and "--tokenizer FILE" in r.stderr
+    tok_file = tmp_path / "tok.json"                   # name one: the built-in model's tokenizer
+    tok_file.write_text(modelgen.builtin_model().tokenizer.to_json())
+    r = CliRunner().invoke(main, ["image", "--from", str(src), "--tokenizer", str(tok_file), "-o", str(out)])
+    assert r.exit_code != 0 and "512 token ids, more than the model's vocabulary of 300" in r.output
+    src.write_bytes(write_llama2c(modelgen.generate_model(modelgen.ModelConfig(dim=32, hidden_dim=64, n_layers=1,
+                                                                               n_heads=4, n_kv_heads=2,
+                                                                               vocab_size=512, seq_len=32))))
+    r = CliRunner().invoke(main, ["image", "--from", str(src), "--tokenizer", str(tok_file), "-o", str(out)])
+    assert r.exit_code == 0 and "no tokenizer" not in r.stderr, r.output
+    assert model_tokenizer(str(out)).encode("Emma", bos=False) == modelgen.builtin_model().tokenizer.encode(
+        "Emma", bos=False)
+    r = CliRunner().invoke(main, ["image", "--tokenizer", str(tok_file), "-o", str(out)])
+    assert r.exit_code != 0 and "--from" in r.output
     out2 = tmp_path / "b.twlm"
     assert CliRunner().invoke(main, ["image", "-o", str(out2)]).exit_code == 0
     tok = model_tokenizer(str(out2))

@@ -92,6 +92,12 @@ def test_prediction_cites_its_calibration(model_file, tmp_path):
     bad = CliRunner().invoke(main, ["predict", "--platform", "nucleo-h743zi", "--model", model_file,
                                     "--tokens", TOKENS, "--calibration", str(path)])
     assert bad.exit_code != 0 and "is for core cortex-m4f" in bad.output
+    r = CliRunner().invoke(main, ["compare", "--platforms", "nrf52840-dk,rpi-pico2", "--model", model_file,
+                                  "--tokens", TOKENS, "--calibration", str(path)])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split()[2] for line in r.output.splitlines()[1:3]}
+    assert rows == {"nrf52840-dk": "linear", "rpi-pico2": "prior"}      # the M4 file applies to the M4 board
+    assert f"calibration files: {cal.id}" in r.output
 
 
 @pytest.mark.qemu

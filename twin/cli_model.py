@@ -14,7 +14,7 @@ from .cli import TwinCliError
 SHAPE_OPTIONS = ("dim", "layers", "heads", "kv_heads", "hidden", "vocab")
 
 
-def _float_model(source: str | None, shape: dict, seed: int, context: int | None):
+def _float_model(source: str | None, shape: dict, seed: int, context: int | None, tokenizer: str | None = None):
     """The float model: imported from a file, random of a given shape, or the built-in one."""
     from . import modelgen
     from .importers import ModelFileError, load_model
@@ -23,11 +23,13 @@ def _float_model(source: str | None, shape: dict, seed: int, context: int | None
     if source and given:
         raise TwinCliError(f"--{next(iter(given)).replace('_', '-')} makes a random-weight model; "
                            "it cannot be combined with --from")
+    if tokenizer and source in (None, "builtin"):
+        raise TwinCliError("--tokenizer is for an imported model: add --from PATH")
     try:
         if source in (None, "builtin") and not given:
             model = modelgen.builtin_model()
         elif source not in (None, "builtin"):
-            model = load_model(source)
+            model = load_model(source, tokenizer=tokenizer)
         else:
             base = modelgen.ModelConfig()
             c = modelgen.ModelConfig(
@@ -41,6 +43,16 @@ def _float_model(source: str | None, shape: dict, seed: int, context: int | None
     if context is not None and context != model.config.seq_len:
         model = dataclasses.replace(model, config=dataclasses.replace(model.config, seq_len=context))
     return model
+
+
+def _no_tokenizer_note(source: Path) -> str:
+    note = (f"note: no tokenizer found for {source} (tokenizer.json beside config.json or the .onnx, "
+            "tokenizer.bin beside a llama2.c .bin): --prompt and the decoded text will be byte-level; "
+            "name one with --tokenizer FILE")
+    if (source / "tokenizer.model").is_file() or source.with_name("tokenizer.model").is_file():
+        note += (". A sentencepiece tokenizer.model is not read: convert it once with transformers, "
+                 "AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR), which writes tokenizer.json")
+    return note
 
 
 def _image(model, bits: int, group_size: int, kv_cache: str = "f32") -> bytes:
@@ -74,15 +86,20 @@ def _shape_options(f):
 @click.option("--group-size", default=32, show_default=True, type=int)
 @click.option("--kv-cache", type=click.Choice(["f32", "int8"]), default="f32", show_default=True,
               help="The firmware's KV-cache element type for this image (int8: a quarter of the RAM).")
+@click.option("--tokenizer", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Tokenizer of the imported model (tokenizer.json, tokenizer.bin, twin JSON) "
+                   "[default: the one beside it].")
 @click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def image_cmd(source, context, bits, group_size, kv_cache, seed, output, as_json, **shape) -> None:
+def image_cmd(source, context, bits, group_size, kv_cache, tokenizer, seed, output, as_json, **shape) -> None:
     """Write a quantized model image (.twlm): imported, the built-in model, or random weights of any
     shape (--dim/--layers/--heads/--kv-heads/--hidden/--vocab) for performance what-ifs."""
     from .tokenizer import sidecar_path
 
-    model = _float_model(source, shape, seed, context)
+    model = _float_model(source, shape, seed, context, tokenizer)
+    if source not in (None, "builtin") and model.tokenizer is None:
+        click.echo(_no_tokenizer_note(Path(source)), err=True)
     data = _image(model, bits, group_size, kv_cache)
     output.write_bytes(data)
     tok_path = sidecar_path(output)

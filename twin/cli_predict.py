@@ -112,20 +112,24 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
     if as_json:
         click.echo(json.dumps(results))
         return
-    click.echo(f"{'platform':<17}{'twin':<14}{'MHz':>5}{'ms/token':>10}{'range':>17}{'tok/s':>8}"
+    click.echo(f"{'platform':<17}{'twin':<14}{'calibration':<17}{'MHz':>5}{'ms/token':>10}{'range':>17}{'tok/s':>8}"
                f"{'mJ/token':>10}{'flash':>17}{'RAM':>17}  fit")
     for r in results:
         ts, e, m = r["token_seconds"], r["energy_per_token_joules"], r["memory"]
         energy = f"{e['value'] * 1e3:.3g}" if e["value"] is not None else "n/a"
         twin = f"{r['twin']['mode']}/{r['twin']['confidence']}"
+        calib = (r.get("calibration_info") or {}).get("model") or ("prior" if r["calibration"] == "prior" else "fitted")
         flash = f"{_human_bytes(m['flash_bytes'])}/{_human_bytes(m['flash_available'])}"
         ram = f"{_human_bytes(m['ram_bytes'])}/{_human_bytes(m['ram_available'])}"
         fit = "yes" if r["fits"] else "NO"
         headroom = min(1 - m["flash_bytes"] / m["flash_available"], 1 - m["ram_bytes"] / m["ram_available"])
-        click.echo(f"{r['platform']:<17}{twin:<14}{r['clock_mhz']:>5.0f}{ts['value'] * 1e3:>10.3g}"
+        click.echo(f"{r['platform']:<17}{twin:<14}{calib:<17}{r['clock_mhz']:>5.0f}{ts['value'] * 1e3:>10.3g}"
                    f"{ts['low'] * 1e3:>8.3g}-{ts['high'] * 1e3:<8.3g}{r['tokens_per_second']['value']:>8.3g}"
                    f"{energy:>10}{flash:>17}{ram:>17}  {fit} ({headroom:+.0%} headroom)")
     if any(r["twin"]["cross_core"] for r in results):
         click.echo("(mode none: cross-core prediction from another core's counts, low confidence)")
+    used = sorted({r["calibration"] for r in results if r["calibration"] != "prior"})
+    if used:
+        click.echo("calibration files: " + ", ".join(used))
     if output:
         click.echo(f"chart: {output}")
