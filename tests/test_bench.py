@@ -93,6 +93,57 @@ def test_bench_on_a_device_url_joins_with_the_twin(image):
             bench(BenchSpec(platform=p.id, port=board.url, model=str(image), suite=suite))
 
 
+@pytest.mark.qemu
+def test_unplugged_board_keeps_what_it_measured(image):
+    """The board dies at the third workload (its QEMU is killed): the two workloads it measured are
+    kept, joined with the twin's counts of those two, and the rest is named."""
+    p = get_platform("mps2-an386")
+    fw = build_firmware(p)
+    suite = default_suite(names=tuple(WORKLOADS.split(",")))
+    with QemuProcess(p, QemuConfig(elf=fw.elf, image=image)) as board:
+        steps = []
+
+        def unplug_at_third(label: str) -> None:
+            steps.append(label)
+            if len(steps) == 3 and board.proc.poll() is None:
+                board.proc.kill()
+                board.proc.wait()
+
+        result = bench(BenchSpec(platform=p.id, port=board.url, model=str(image), tokens=TOKENS, suite=suite,
+                                 reply_timeout=10.0), on_step=unplug_at_third)
+    assert result.interrupted and f"during {suite[2].label}" in result.interrupted
+    assert [r["workload"] for r in result.rows] == ["model:" + image.name, suite[0].label, suite[1].label]
+    assert all(int(r["instructions"]) > 0 for r in result.rows)       # the twin counted exactly those
+    assert result.remaining == [s.label for s in suite[2:]] + ["model:" + image.name]
+
+
+@pytest.mark.qemu
+def test_bench_cli_writes_the_measured_rows_and_says_what_is_missing(tmp_path, image, monkeypatch):
+    """Through the CLI: the board's link breaks at the second workload (a fault injected in the
+    transport); the dataset holds what was measured and the error says how to measure the rest."""
+    from twin import transport
+
+    real, calls = transport.Device.workload, []
+
+    def flaky(self, *a, **kw):
+        calls.append(a)
+        if len(calls) == 2:                     # the board's second request; the twin's come later
+            raise transport.DeviceGone("read failed: device disconnected")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(transport.Device, "workload", flaky)
+    out = tmp_path / "part.csv"
+    p = get_platform("mps2-an386")
+    with QemuProcess(p, QemuConfig(elf=build_firmware(p).elf, image=image)) as board:
+        r = CliRunner().invoke(main, ["bench", "--port", board.url, "--platform", p.id, "--model", str(image),
+                                      "--tokens", str(TOKENS), "--workloads", WORKLOADS, "-o", str(out)])
+    assert r.exit_code != 0
+    assert "stopped answering during load_sram" in r.output and str(out) in r.output
+    assert "--workloads load_sram,store_sram,matvec_q4" in r.output and "model's generation" in r.output
+    rows = _read(out)
+    assert [row["workload"] for row in rows] == ["model:" + image.name, "alu"]
+
+
 def _synthetic_dataset(path: Path) -> None:
     """Rows whose cycles a 'board' measured: a known cost per class."""
     cost = {"alu": 1, "load": 2, "store": 1, "mul": 1, "div": 7, "branch": 2, "fp": 1, "simd": 1, "other": 1}

@@ -29,7 +29,7 @@ from .platforms import Platform, get_platform
 from .profile import SegmentProfile
 from .protocol import Info, Phase, PhaseKind
 from .runner import RunSpec, model_image, profiled_session
-from .transport import Device
+from .transport import Device, DeviceGone, DeviceTimeout
 from .workloads import SuiteItem, default_suite
 
 QEMU_PORTS = ("qemu", "emulate", "emulator")
@@ -44,6 +44,14 @@ UNMEASURED_MESSAGE = ("{n} rows have no measured cycles (cycle_counter none / QE
 
 class BenchError(RuntimeError):
     """The bench run could not be completed or joined; the message says what was wrong and what to do."""
+
+
+class BenchInterrupted(BenchError):
+    """The device stopped answering part-way: ``measurements`` holds what it measured before."""
+
+    def __init__(self, message: str, measurements: list[Measurement]):
+        super().__init__(message)
+        self.measurements = measurements
 
 
 @dataclass
@@ -87,6 +95,8 @@ class BenchResult:
     cycle_counter: str
     wall_seconds: float
     notes: list[str] = field(default_factory=list)
+    interrupted: str | None = None       # why the board stopped part-way (rows: what it measured before)
+    remaining: list[str] = field(default_factory=list)   # suite workloads it did not measure
 
 
 def is_emulated_port(port: str) -> bool:
@@ -110,19 +120,25 @@ def run_plan(device: Device, suite: list[SuiteItem], model: tuple[str, list[int]
     """Run the suite, then (``model`` = (name, prompt ids, tokens)) one greedy generation; one
     Measurement per bracketed phase, in the order the firmware ran them."""
     out: list[Measurement] = []
-    for item in suite:
-        if on_step:
-            on_step(item.label)
-        _, done = device.workload(item.workload.id, item.size, item.iterations)
-        out.append(Measurement(item.label, "run", done.cycles, done.checksum, item.size, item.iterations))
-    if model is not None:
-        name, prompt, tokens = model
-        if on_step:
-            on_step(f"model:{name}")
-        phases, _ = device.run(prompt, tokens, seed=0, temperature=0.0, topp=1.0)
-        for ph in phases:
-            phase = "prefill" if ph.kind == PhaseKind.PREFILL else f"decode:{ph.index}"
-            out.append(Measurement(f"model:{name}", phase, ph.cycles, None, None, None, ph.token))
+    step = ""
+    try:
+        for item in suite:
+            step = item.label
+            if on_step:
+                on_step(step)
+            _, done = device.workload(item.workload.id, item.size, item.iterations)
+            out.append(Measurement(item.label, "run", done.cycles, done.checksum, item.size, item.iterations))
+        if model is not None:
+            name, prompt, tokens = model
+            step = f"model:{name}"
+            if on_step:
+                on_step(step)
+            phases, _ = device.run(prompt, tokens, seed=0, temperature=0.0, topp=1.0)
+            for ph in phases:
+                phase = "prefill" if ph.kind == PhaseKind.PREFILL else f"decode:{ph.index}"
+                out.append(Measurement(f"model:{name}", phase, ph.cycles, None, None, None, ph.token))
+    except (DeviceGone, DeviceTimeout) as exc:
+        raise BenchInterrupted(f"the device stopped answering during {step} ({exc})", out) from None
     return out
 
 
@@ -140,7 +156,7 @@ class _TwinRun:
 
 def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list[SuiteItem],
           model: tuple[str, list[int], int] | None, spec: BenchSpec,
-          on_step: Callable[[str], None] | None) -> _TwinRun:
+          on_step: Callable[[str], None] | None, model_name: str | None = None) -> _TwinRun:
     """Run the plan in the emulator with the profiling plugin: per-phase counts (and the emulator's
     own replies: cycles 0)."""
     with profiled_session(platform, fw.elf, image_path, mem_traffic=spec.mem_traffic, timeout=spec.timeout,
@@ -151,7 +167,7 @@ def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list
     if len(segments) != expected:
         raise BenchError(f"the twin's profile has {len(segments)} segments, {expected} expected for "
                          f"{len(plan)} phases: the phase markers and the protocol disagree")
-    name = model[0] if model else ""
+    name = model_name if model_name is not None else (model[0] if model else "")
     return _TwinRun([_validation(name, boot, info), *plan], [segments[1 + 2 * k] for k in range(len(plan) + 1)],
                     info)
 
@@ -196,6 +212,7 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
     notes: list[str] = []
     emulated = is_emulated_port(spec.port)
     twin: _TwinRun | None = None
+    interrupted, remaining, validation_name = None, [], None
     if emulated:
         if platform.emulator is None:
             raise BenchError(f"platform {platform.id} has no emulator model: give the board's serial port "
@@ -204,7 +221,16 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
         device_run, info = twin.measurements, twin.info
         counter = "none"                 # QEMU's counters read 0: not a cycle count
     else:
-        device_run, info = _on_board(spec, platform, fw, suite, model, on_step)
+        try:
+            device_run, info = _on_board(spec, platform, fw, suite, model, on_step)
+        except BenchInterrupted as exc:       # keep what the board measured; the twin counts only that
+            interrupted, device_run, info = str(exc), exc.measurements, exc.info
+            done = {m.workload for m in device_run}
+            remaining = [item.label for item in suite if item.label not in done]
+            suite = [item for item in suite if item.label in done]
+            if model is not None:             # the generation is the plan's last step: not measured
+                remaining.append(f"model:{model[0]}")
+                validation_name, model = model[0], None
         counter = platform.cycle_counter
         if counter != "none" and not any(m.cycles for m in device_run):
             notes.append(f"every cycle count is 0: {platform.id}'s counter ({counter}) did not run — "
@@ -213,13 +239,13 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
         if platform.emulator is None:
             notes.append(f"{platform.id} has no emulator model: the rows have no instruction counts")
         else:
-            twin = _twin(platform, fw, image_path, suite, model, spec, None)
+            twin = _twin(platform, fw, image_path, suite, model, spec, None, model_name=validation_name)
             _check_join(device_run, twin.measurements)
     energies = _energies(spec, len(device_run) - 1) if spec.trace else None
     bench_date = datetime.now(timezone.utc).date().isoformat()
     rows = []
     for k, m in enumerate(device_run):
-        if model is None and k == 0:
+        if k == 0 and not m.workload.removeprefix("model:"):
             continue                      # no model: no validation row
         rows.append({
             "board": spec.board or platform.id,
@@ -239,7 +265,7 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
             "cflags": fw.cflags,
             "bench_date": bench_date,
         })
-    return BenchResult(rows, info, counter, round(time.perf_counter() - started, 3), notes)
+    return BenchResult(rows, info, counter, round(time.perf_counter() - started, 3), notes, interrupted, remaining)
 
 
 def _on_board(spec: BenchSpec, platform: Platform, fw: Firmware, suite: list[SuiteItem],
@@ -258,8 +284,13 @@ def _on_board(spec: BenchSpec, platform: Platform, fw: Firmware, suite: list[Sui
         if model is not None and info.status != 0:
             raise BenchError(f"the device on {spec.port} has no valid model image (status {info.status}): "
                              "flash the model image, or bench without a model (--model none)")
-        plan = run_plan(dev, suite, model, on_step)
-    return [_validation(model[0] if model else "", phases, info), *plan], info
+        validation = _validation(model[0] if model else "", phases, info)
+        try:
+            plan = run_plan(dev, suite, model, on_step)
+        except BenchInterrupted as exc:
+            exc.measurements, exc.info = [validation, *exc.measurements], info
+            raise
+    return [validation, *plan], info
 
 
 def _check_join(board: list[Measurement], twin: list[Measurement]) -> None:

@@ -28,7 +28,8 @@ def _errors() -> tuple[type[Exception], ...]:
               help="'builtin', a model image path, or 'none' (the workload suite only).")
 @click.option("--bits", default=4, show_default=True, type=click.Choice(["4", "8"]))
 @click.option("--tokens", default=8, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--workloads", default=None, help="Comma-separated workload names (default: the whole suite).")
+@click.option("--workloads", default=None,
+              help="Comma-separated workload names (default: the whole suite; 'none': the model only).")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
               help="Multiply every workload's iteration count (longer runs for slow power monitors).")
 @click.option("-o", "--output", "output", default="bench.csv", show_default=True, type=click.Path(),
@@ -55,7 +56,8 @@ def bench(port: str, emulate: bool, platform: str, board: str | None, model: str
     from .workloads import default_suite
 
     try:
-        suite = default_suite(scale, tuple(w.strip() for w in workloads.split(",")) if workloads else None)
+        names = tuple(w.strip() for w in workloads.split(",") if w.strip()) if workloads else None
+        suite = [] if names == ("none",) else default_suite(scale, names)
         spec = BenchSpec(platform=platform, port="qemu" if emulate else port, board=board,
                          model=None if model.lower() == "none" else model, bits=int(bits), tokens=tokens,
                          suite=suite, scale=scale, baudrate=baudrate, mem_traffic=not no_mem_traffic,
@@ -66,6 +68,13 @@ def bench(port: str, emulate: bool, platform: str, board: str | None, model: str
         write_dataset(result.rows, output)
     except _errors() as exc:
         raise TwinCliError(str(exc).strip("'\"")) from None
+    if result.interrupted:
+        rest = list(dict.fromkeys(r.split("@")[0] for r in result.remaining if not r.startswith("model:")))
+        again = f"--workloads {','.join(rest)}" if rest else "--workloads none"
+        model_note = " (and the model's generation)" if len(rest) < len(result.remaining) else ""
+        raise TwinCliError(f"{result.interrupted}. The {len(result.rows)} rows measured before are in {output}; "
+                           f"check the cable and power, then measure the rest{model_note} into another file "
+                           f"with {again} (calibrate takes several datasets)")
     summary = {"platform": platform, "port": spec.port, "rows": len(result.rows), "output": output,
                "cycle_counter": result.cycle_counter, "build_id": result.info.build_id,
                "wall_seconds": result.wall_seconds, "notes": result.notes}
