@@ -39,6 +39,7 @@ from .cycles import (
     prior_coefficients,
 )
 from .energy import EnergyModelError, power_model
+from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
@@ -97,20 +98,30 @@ def _counts_cache_dir() -> Path:
     return d
 
 
-def twin_counts(platform: str, *, model: str = "builtin", bits: int = 4, tokens: int = DEFAULT_TOKENS,
-                prompt: str | None = None) -> TwinCounts:
-    """Counts of one generation on the emulated ``platform``; cached in memory and on disk per
-    (platform, firmware build id, model image hash, bits, tokens, prompt)."""
+def counts_key(platform: str, *, model: str = "builtin", bits: int = 4, tokens: int = DEFAULT_TOKENS,
+               prompt: str | None = None):
+    """(cache key, RunSpec, model image sha256, model name) of one generation; the key covers (platform,
+    firmware build id, model image hash, bits, tokens, prompt). The twin's counts and the executed
+    blocks (calibration.mca) share it."""
     from twin.build import build_firmware
-    from twin.runner import model_image, run
+    from twin.runner import model_image
 
     spec = _run_spec(platform, model, bits, tokens, prompt)
-    plat = get_platform(platform)
-    build_id = build_firmware(plat).build_id
+    build_id = build_firmware(get_platform(platform)).build_id
     _, image, name = model_image(spec)
     image_sha = hashlib.sha256(image).hexdigest()
     key_src = json.dumps([COUNTS_VERSION, platform, build_id, image_sha, bits, tokens, spec.prompt])
     key = f"{platform}-{build_id}-{image_sha[:12]}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
+    return key, spec, image_sha, name
+
+
+def twin_counts(platform: str, *, model: str = "builtin", bits: int = 4, tokens: int = DEFAULT_TOKENS,
+                prompt: str | None = None) -> TwinCounts:
+    """Counts of one generation on the emulated ``platform``; cached in memory and on disk per
+    (platform, firmware build id, model image hash, bits, tokens, prompt)."""
+    from . import mca
+
+    key, spec, image_sha, name = counts_key(platform, model=model, bits=bits, tokens=tokens, prompt=prompt)
     if key in _MEMO:     # the same image may carry another name (a file vs 'builtin'): keep this one's
         STATS["cache_hits"] += 1
         return dataclasses.replace(_MEMO[key], model=name)
@@ -123,8 +134,10 @@ def twin_counts(platform: str, *, model: str = "builtin", bits: int = 4, tokens:
             return dataclasses.replace(counts, model=name)
         except (json.JSONDecodeError, TypeError):
             path.unlink(missing_ok=True)      # a stale or torn file: run again
-    report = run(spec)
+    report, blocks = mca.run_recording_blocks(spec)    # the same run also gives the executed blocks
     STATS["runs"] += 1
+    if blocks is not None:
+        mca.save_phase_blocks(key, blocks)
     counts = counts_from_report(report, image_sha)
     tmp = path.with_suffix(f".{os.getpid()}.{time.time_ns()}.tmp")
     tmp.write_text(json.dumps(counts.to_json()))
@@ -276,16 +289,40 @@ def _resolve_calibration(calibration) -> store.Calibration | None:
 
 def predict(platform: str, *, model: str = "builtin", bits: int = 4, clock_mhz: float | None = None,
             voltage_v: float | None = None, calibration=None, tokens: int = DEFAULT_TOKENS,
-            prompt: str | None = None) -> dict:
-    """Time, tokens/s, energy per token and memory fit of ``model`` on catalog board ``platform``."""
+            prompt: str | None = None, mca: bool = False) -> dict:
+    """Time, tokens/s, energy per token and memory fit of ``model`` on catalog board ``platform``.
+
+    ``mca``: also the second prior, LLVM's scheduling model per executed block (calibration.mca), as
+    the ``mca`` object of the result (needs llvm-mca)."""
     plat = get_platform(platform)
     proxy = plat.counts_platform
     if proxy is None:
         raise PredictError(f"{plat.id} has no twin mapping (twin.proxy): add one to its platform file")
     cal = _resolve_calibration(calibration)
     _clock(plat, clock_mhz)            # a bad clock fails before any emulator run
+    if mca:
+        from .mca import find_tool
+
+        find_tool()                    # and a missing llvm-mca
     counts = twin_counts(proxy, model=model, bits=bits, tokens=tokens, prompt=prompt)
-    return predict_from_counts(plat, counts, clock_mhz=clock_mhz, voltage_v=voltage_v, calibration=cal)
+    estimate = mca_for_board(plat, model=model, bits=bits, tokens=tokens, prompt=prompt) if mca else None
+    return predict_from_counts(plat, counts, clock_mhz=clock_mhz, voltage_v=voltage_v, calibration=cal,
+                               mca=estimate)
+
+
+def mca_for_board(plat: Platform, **run) -> McaEstimate | str:
+    """llvm-mca's estimate for ``plat``'s core on its twin's executed blocks, or why there is none (a
+    core without an LLVM scheduling model, a cross-core twin). A missing llvm-mca is an error."""
+    from . import mca
+
+    if plat.twin_mode.mode == "none" or plat.counts_platform is None:
+        return (f"cross-core twin ({plat.core} predicted from {plat.counts_platform}'s code): llvm-mca "
+                "models only the code that ran")
+    target = mca.load_targets().get(plat.core)
+    if target is None or not target.available:
+        return f"no LLVM scheduling model for {plat.core}: " + (target.source if target else "no mca entry")
+    mca.find_tool()
+    return mca.mca_estimate(plat.counts_platform, core=plat.core, **run)
 
 
 def _clock(plat: Platform, clock_mhz: float | None) -> int:
@@ -297,8 +334,10 @@ def _clock(plat: Platform, clock_mhz: float | None) -> int:
 
 
 def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float | None = None,
-                        voltage_v: float | None = None, calibration=None) -> dict:
-    """The prediction for ``plat`` from counts already obtained (no emulator run)."""
+                        voltage_v: float | None = None, calibration=None,
+                        mca: McaEstimate | str | None = None) -> dict:
+    """The prediction for ``plat`` from counts already obtained (no emulator run); with ``mca`` (an
+    estimate of calibration.mca, or why there is none) the result has an ``mca`` object too."""
     clock_hz = _clock(plat, clock_mhz)
     cal = _resolve_calibration(calibration)
     proxy = counts.platform
@@ -377,7 +416,42 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
                    "matches_reference": counts.matches_reference},
         "voltage_v": voltage_v,
         "notes": notes,
+        **({} if mca is None else
+           {"mca": _mca_figure(mca, counts, memory_setup(plat, clock_hz), clock_hz, token_cycles)}),
     }
+
+
+def _mca_figure(est: McaEstimate | str, counts: TwinCounts, mem, clock_hz: int, token_main: float) -> dict:
+    """The ``mca`` object: llvm-mca's cycles per phase plus the board's flash wait-state terms (the
+    ones calibration.cycles uses), next to the main figure they can be compared with."""
+    from .mca import wait_state_cycles
+
+    if isinstance(est, str):       # the same keys, null
+        keys = ("prefill_cycles", "token_cycles", "ttft_seconds", "token_seconds", "tokens_per_second",
+                "ratio_to_main", "wait_cycles", "mcpu", "triple", "llvm_model", "platform", "blocks",
+                "unparsed_instructions", "unparsed_executed", "unparsed_fraction")
+        return {"available": False, "reason": est, **dict.fromkeys(keys), "notes": [est]}
+    wait_pre = wait_state_cycles(counts.prefill, mem, loads_flash=counts.prefill_loads_flash)
+    wait_tok = wait_state_cycles(counts.decode, mem, loads_flash=counts.decode_loads_flash)
+    prefill = est.prefill_cycles + wait_pre
+    token = est.token_cycles + wait_tok
+    notes = [f"llvm-mca -mtriple={est.triple} -mcpu={est.mcpu} ({est.model}) on the {est.blocks} blocks "
+             f"{est.platform} executed: steady-state cycles per block × executions",
+             f"{est.unparsed_executed} of {est.executed} executed instructions "
+             f"({est.unparsed_fraction:.2%}; {est.unparsed_instructions} distinct) llvm-mca could not take: "
+             "charged at the class prior's cost",
+             f"flash wait states {mem.wait_states:g}: + {wait_tok:.4g} cycles per token (the class prior's "
+             "fetch and flash-load terms; llvm-mca has no memory model)",
+             "not modelled: taken-branch refills and branch prediction, caches, interactions between blocks"]
+    return {"available": True, "reason": None, "prefill_cycles": prefill, "token_cycles": token,
+            "ttft_seconds": (prefill + token) / clock_hz, "token_seconds": token / clock_hz,
+            "tokens_per_second": clock_hz / token,
+            "ratio_to_main": token / token_main if token_main else None,
+            "wait_cycles": {"prefill": wait_pre, "per_token": wait_tok},
+            "mcpu": est.mcpu, "triple": est.triple, "llvm_model": est.model, "platform": est.platform,
+            "blocks": est.blocks, "unparsed_instructions": est.unparsed_instructions,
+            "unparsed_executed": est.unparsed_executed, "unparsed_fraction": est.unparsed_fraction,
+            "notes": notes}
 
 
 def compare(platforms: list[str], **kw) -> list[dict]:

@@ -51,14 +51,18 @@ def _common(f):
               help="Supply voltage for a DVFS what-if (default: the board's figure).")
 @click.option("--calibration", "calibration", type=click.Path(dir_okay=False), default=None,
               help="A calibration file (twin calibrate); default: the prior from published timings.")
+@click.option("--mca", "with_mca", is_flag=True,
+              help="Also the second prior: LLVM's scheduling model of the core per executed block "
+                   "(llvm-mca; JSON key 'mca').")
 def predict_cmd(platform: str, model: str, bits: str, tokens: int, prompt: str | None, as_json: bool,
-                clock_mhz: float | None, voltage_v: float | None, calibration: str | None) -> None:
+                clock_mhz: float | None, voltage_v: float | None, calibration: str | None,
+                with_mca: bool) -> None:
     """Predict time to first token, time per token, energy per token and memory fit on a board."""
     from calibration.predict import predict
 
     try:
         r = predict(platform, model=model, bits=int(bits), clock_mhz=clock_mhz, voltage_v=voltage_v,
-                    calibration=calibration, tokens=tokens, prompt=prompt)
+                    calibration=calibration, tokens=tokens, prompt=prompt, mca=with_mca)
     except _errors() as exc:
         raise TwinCliError(str(exc)) from None
     if as_json:
@@ -78,8 +82,22 @@ def predict_cmd(platform: str, model: str, bits: str, tokens: int, prompt: str |
     click.echo(f"  memory               flash {_human_bytes(m['flash_bytes'])} of "
                f"{_human_bytes(m['flash_available'])}, RAM {_human_bytes(m['ram_bytes'])} of "
                f"{_human_bytes(m['ram_available'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}")
+    if "mca" in r:
+        _echo_mca(r["mca"], r["calibration"])
     for n in r["notes"]:
         click.echo(f"  · {n}")
+
+
+def _echo_mca(x: dict, main: str) -> None:
+    if not x["available"]:
+        click.echo(f"  llvm-mca prior        n/a: {x['reason']}")
+        return
+    click.echo(f"  llvm-mca prior        {x['token_seconds'] * 1e3:.3g} ms/token, time to first token "
+               f"{x['ttft_seconds'] * 1e3:.3g} ms ({x['ratio_to_main']:.2f}× the "
+               f"{'class prior' if main == 'prior' else 'calibrated figure'}; -mcpu={x['mcpu']}, "
+               f"{x['llvm_model']}; {x['unparsed_fraction']:.1%} of instructions at class cost)")
+    for n in x["notes"]:
+        click.echo(f"    · {n}")
 
 
 @click.command("compare")

@@ -16,7 +16,7 @@ from . import modelgen
 from .build import build_firmware, cache_dir
 from .image import QuantRecipe, read_image, write_image
 from .platforms import Platform, get_platform
-from .profile import SegmentProfile, analyze, parse_dump, plugin_args, sum_profiles
+from .profile import Dump, SegmentProfile, analyze, parse_dump, plugin_args, sum_profiles
 from .protocol import DeviceError, Info, Phase, PhaseKind
 from .qemu import EmulatorError, QemuConfig, QemuProcess
 from .reference import QuantReference
@@ -107,6 +107,7 @@ class Session:
     boot_phases: list[Phase]
     info: Info
     segments: list[SegmentProfile] | None = None    # profiled_session: the counts, once QEMU has exited
+    dump: Dump | None = None                        # profiled_session: the plugin's per-block counts
 
 
 @contextmanager
@@ -143,11 +144,18 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
         with emulator_session(platform, elf, image, timeout=timeout, reply_timeout=reply_timeout,
                               extra_args=tuple(plugin_args(elf, dump, regions))) as session:
             yield session
-        session.segments = analyze(parse_dump(dump), elf, platform.arch)
+        session.dump = parse_dump(dump)
+        session.segments = analyze(session.dump, elf, platform.arch)
 
 
 def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     """Profile one generation on one emulated platform; returns the report (see ``twin run --json``)."""
+    return run_with_dump(spec, on_phase)[0]
+
+
+def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> tuple[dict, Dump]:
+    """``run``, also returning the plugin's dump (per-block counts, segments boot | phase | io | …),
+    for analyses beyond the report's totals (e.g. calibration.mca's per-block cycle estimate)."""
     started = time.perf_counter()
     platform = get_platform(spec.platform)
     if platform.emulator is None:
@@ -176,7 +184,7 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
         phases, result = s.device.run(prompt_ids, spec.tokens, seed=spec.seed,
                                       temperature=spec.temperature, topp=spec.topp, on_phase=on_phase)
         mem = s.device.mem()
-    segments, info = s.segments, s.info
+    segments, info, dump = s.segments, s.info, s.dump
 
     all_phases = [*s.boot_phases, *phases]
     expected_segments = 2 * len(all_phases) + 1
@@ -232,7 +240,7 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
         "firmware": {"build_id": info.build_id, "elf": str(firmware.elf)},
         "clock_hz": info.clock_hz,
         "wall_seconds": round(time.perf_counter() - started, 3),
-    }
+    }, dump
 
 
 def _branches(p) -> dict:
