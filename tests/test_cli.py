@@ -78,5 +78,14 @@ def test_run_human_output():
 def test_demo_compares_platforms_side_by_side():
     r = invoke("demo", "--platforms", "mps2-an500,riscv32-virt", "--tokens", "2")
     assert r.exit_code == 0, r.output
-    table = r.output.split("instr/token")[-1]
+    table = r.output.split("instr/token")[-1].split("What if")[0]
     assert "mps2-an500" in table and "riscv32-virt" in table and "FAIL" not in table
+    # the what-if: the catalog boards these two stand for, and only those
+    what_if = {line.split()[0]: line.split() for line in r.output.split("What if")[1].splitlines()[2:]
+               if line and not line.startswith("(")}
+    assert {"nucleo-f746zg", "nucleo-h743zi", "hifive1-revb", "esp32-c3-devkit", "mps2-an500"} <= set(what_if)
+    assert "nrf52840-dk" not in what_if and "stm32f4-disco" not in what_if      # their proxies did not run
+    # the same numbers `twin predict` gives for the same run (model, bits, tokens, prompt)
+    p = json.loads(invoke("predict", "--platform", "nucleo-f746zg", "--tokens", "2", "--json").output)
+    assert what_if["nucleo-f746zg"][4] == f"{p['token_seconds']['value'] * 1e3:.3g}"
+    assert "NO (RAM short by" in " ".join(what_if["hifive1-revb"])        # 16 KB DTIM

@@ -221,9 +221,11 @@ def run(platform: str, as_json: bool, **kw) -> None:
               help="Comma-separated platform ids (default: every emulated platform).")
 @_run_options
 def demo(platform_list: str | None, as_json: bool, **kw) -> None:
-    """Profile the model on several emulated platforms and compare them side by side."""
+    """Profile the model on several emulated platforms, compare them side by side, and predict the
+    catalog boards they stand for (memory traffic is always counted: the what-if needs flash loads)."""
     from .runner import run as do_run
 
+    kw["mem_traffic"] = True
     ids = platform_list.split(",") if platform_list else _emulated()
     reports = []
     for pid in ids:
@@ -247,8 +249,29 @@ def demo(platform_list: str | None, as_json: bool, **kw) -> None:
                    f"{sum(dec) / max(len(dec), 1):>14,.0f}{r['instructions']['by_phase']['prefill']:>12,}"
                    f"{m['flash_bytes']:>10,}{m['ram_static_bytes'] + m['arena_bytes']:>10,}"
                    f"{m['stack_peak_bytes']:>9,}{r['wall_seconds']:>8.2f}")
+    _what_if(reports)
     if not all(r["matches_reference"] for r in reports):
         sys.exit(3)
+
+
+def _what_if(reports: list[dict]) -> None:
+    """The demo's last answer: the catalog boards these runs stand for, predicted from their counts."""
+    from calibration.predict import PredictError, counts_from_report, predict_from_counts
+
+    from .cli_predict import print_comparison
+
+    counts = {r["platform"]: counts_from_report(r) for r in reports}
+    results = []
+    for plat in all_platforms().values():
+        if plat.counts_platform in counts:
+            try:
+                results.append(predict_from_counts(plat, counts[plat.counts_platform]))
+            except PredictError as exc:
+                click.echo(f"{plat.id}: no prediction: {exc}", err=True)
+    if results:
+        click.echo("\nWhat if: the catalog boards these runs stand for (prior from published timings; "
+                   "`twin calibrate` on a bench narrows the ranges)")
+        print_comparison(results)
 
 
 @main.command()

@@ -130,6 +130,13 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
     if as_json:
         click.echo(json.dumps(results))
         return
+    print_comparison(results)
+    if output:
+        click.echo(f"chart: {output}")
+
+
+def print_comparison(results: list[dict]) -> None:
+    """The comparison table of ``predict`` results (twin compare, and the demo's what-if)."""
     click.echo(f"{'platform':<17}{'twin':<14}{'calibration':<17}{'MHz':>5}{'ms/token':>10}{'range':>17}{'tok/s':>8}"
                f"{'mJ/token':>10}{'flash':>17}{'RAM':>17}  fit")
     for r in results:
@@ -139,15 +146,16 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
         calib = (r.get("calibration_info") or {}).get("model") or ("prior" if r["calibration"] == "prior" else "fitted")
         flash = f"{_human_bytes(m['flash_bytes'])}/{_human_bytes(m['flash_available'])}"
         ram = f"{_human_bytes(m['ram_bytes'])}/{_human_bytes(m['ram_available'])}"
-        fit = "yes" if r["fits"] else "NO"
         headroom = min(1 - m["flash_bytes"] / m["flash_available"], 1 - m["ram_bytes"] / m["ram_available"])
+        short = [f"{what} short by {_human_bytes(need - have)}" for what, need, have in
+                 (("flash", m["flash_bytes"], m["flash_available"]), ("RAM", m["ram_bytes"], m["ram_available"]))
+                 if need > have]
+        fit = f"yes ({headroom:+.0%} headroom)" if r["fits"] else f"NO ({', '.join(short)})"
         click.echo(f"{r['platform']:<17}{twin:<14}{calib:<17}{r['clock_mhz']:>5.0f}{ts['value'] * 1e3:>10.3g}"
                    f"{ts['low'] * 1e3:>8.3g}-{ts['high'] * 1e3:<8.3g}{r['tokens_per_second']['value']:>8.3g}"
-                   f"{energy:>10}{flash:>17}{ram:>17}  {fit} ({headroom:+.0%} headroom)")
+                   f"{energy:>10}{flash:>17}{ram:>17}  {fit}")
     if any(r["twin"]["cross_core"] for r in results):
         click.echo("(mode none: cross-core prediction from another core's counts, low confidence)")
     used = sorted({r["calibration"] for r in results if r["calibration"] != "prior"})
     if used:
         click.echo("calibration files: " + ", ".join(used))
-    if output:
-        click.echo(f"chart: {output}")
