@@ -183,3 +183,10 @@ def test_predict_adds_the_mca_figure_without_touching_the_contract(fresh_mca_cac
     pico = P.predict("rpi-pico", tokens=TOKENS, mca=True)["mca"]
     assert not pico["available"] and "cross-core" in pico["reason"]
     assert set(pico) == set(x) and pico["token_cycles"] is None
+    table = CliRunner().invoke(main, ["compare", "--platforms", "nucleo-l4r5zi,rpi-pico", "--tokens", str(TOKENS),
+                                      "--mca"])
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[0]: line for line in table.output.splitlines()[1:3]}
+    mca_column = 6                 # platform, twin, calibration, MHz, ms/token, range, mca ms, ...
+    assert rows["nucleo-l4r5zi"].split()[mca_column] == f"{x['token_seconds'] * 1e3:.3g}"
+    assert rows["rpi-pico"].split()[mca_column] == "n/a"          # cross-core: no LLVM model to use

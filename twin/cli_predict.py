@@ -106,10 +106,12 @@ def _echo_mca(x: dict, main: str) -> None:
 @_common
 @click.option("--calibration", "calibrations", multiple=True, type=click.Path(dir_okay=False),
               help="Calibration file(s); each applies to the boards of its core (repeatable).")
+@click.option("--mca", "with_mca", is_flag=True,
+              help="Add llvm-mca's ms/token (LLVM's scheduling model of each core) as a column.")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
               help="Write a chart (PNG) of latency, tokens/s, energy/token and memory headroom.")
 def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, prompt: str | None,
-                as_json: bool, calibrations: tuple[str, ...], output: str | None) -> None:
+                as_json: bool, calibrations: tuple[str, ...], with_mca: bool, output: str | None) -> None:
     """Compare predicted latency, tokens/s, energy/token and memory fit across boards."""
     from calibration import store
     from calibration.predict import chart, predict
@@ -122,7 +124,7 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
             core = all_platforms().get(pid)
             cal = cals.get(core.core) if core is not None else None
             results.append(predict(pid, model=model, bits=int(bits), tokens=tokens, prompt=prompt,
-                                   calibration=cal))
+                                   calibration=cal, mca=with_mca))
     except _errors() as exc:
         raise TwinCliError(str(exc)) from None
     if output:
@@ -137,8 +139,10 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
 
 def print_comparison(results: list[dict]) -> None:
     """The comparison table of ``predict`` results (twin compare, and the demo's what-if)."""
-    click.echo(f"{'platform':<17}{'twin':<14}{'calibration':<17}{'MHz':>5}{'ms/token':>10}{'range':>17}{'tok/s':>8}"
-               f"{'mJ/token':>10}{'flash':>17}{'RAM':>17}  fit")
+    with_mca = any("mca" in r for r in results)
+    click.echo(f"{'platform':<17}{'twin':<14}{'calibration':<17}{'MHz':>5}{'ms/token':>10}{'range':>17}"
+               + (f"{'mca ms':>8}" if with_mca else "")
+               + f"{'tok/s':>8}{'mJ/token':>10}{'flash':>17}{'RAM':>17}  fit")
     for r in results:
         ts, e, m = r["token_seconds"], r["energy_per_token_joules"], r["memory"]
         energy = f"{e['value'] * 1e3:.3g}" if e["value"] is not None else "n/a"
@@ -151,8 +155,12 @@ def print_comparison(results: list[dict]) -> None:
                  (("flash", m["flash_bytes"], m["flash_available"]), ("RAM", m["ram_bytes"], m["ram_available"]))
                  if need > have]
         fit = f"yes ({headroom:+.0%} headroom)" if r["fits"] else f"NO ({', '.join(short)})"
+        mca = ""
+        if with_mca:
+            x = r.get("mca") or {}
+            mca = f"{x['token_seconds'] * 1e3:>8.3g}" if x.get("available") else f"{'n/a':>8}"
         click.echo(f"{r['platform']:<17}{twin:<14}{calib:<17}{r['clock_mhz']:>5.0f}{ts['value'] * 1e3:>10.3g}"
-                   f"{ts['low'] * 1e3:>8.3g}-{ts['high'] * 1e3:<8.3g}{r['tokens_per_second']['value']:>8.3g}"
+                   f"{ts['low'] * 1e3:>8.3g}-{ts['high'] * 1e3:<8.3g}{mca}{r['tokens_per_second']['value']:>8.3g}"
                    f"{energy:>10}{flash:>17}{ram:>17}  {fit}")
     if any(r["twin"]["cross_core"] for r in results):
         click.echo("(mode none: cross-core prediction from another core's counts, low confidence)")
