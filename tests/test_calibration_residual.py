@@ -154,6 +154,12 @@ def test_calibrate_command_reports_both_cv_errors_side_by_side(tmp_path):
     assert "cycle model in the file: linear+residual (auto" in r.output
     cal = store.load(out)
     assert cal.has_residual and set(cal.cycles.cv["candidates"]) == {"linear", "linear+residual"}
+    r = CliRunner().invoke(main, ["calibrate", str(ds), "-o", str(out), "--residual-auto", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["id"] == store.load(out).id and summary["rows"] == len(_nonlinear_bench())
+    cand = summary["cv_candidates"]
+    assert cand["linear+residual"]["by_workload"]["mape_percent"] < cand["linear"]["by_workload"]["mape_percent"]
 
 
 def test_linear_only_calibration_has_no_residual_block(linear_cal, tmp_path):

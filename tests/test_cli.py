@@ -23,6 +23,20 @@ def test_platforms_lists_every_spine_platform():
     assert "mps2-an505" in text and "cortex-m33" in text
 
 
+def test_build_json_names_each_elf_and_its_build_id():
+    from twin.build import build_firmware
+
+    r = invoke("build", "--platform", "riscv32-virt", "--platform", "mps2-an386", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert [b["platform"] for b in out["firmware"]] == ["riscv32-virt", "mps2-an386"]
+    fw = build_firmware(get_platform("mps2-an386"))
+    assert out["firmware"][1]["build_id"] == fw.build_id and out["firmware"][1]["elf"] == str(fw.elf)
+    assert "-mcpu=cortex-m4" in out["firmware"][1]["cflags"] and out["plugin"].endswith(".so")
+    r = CliRunner().invoke(main, ["build", "--platform", "nrf52840-dk", "--json"])
+    assert r.exit_code != 0 and "no firmware build yet" in r.output
+
+
 def test_unknown_platform_is_one_line_listing_valid_ones():
     r = invoke("run", "--platform", "esp32-s9")
     assert r.exit_code != 0

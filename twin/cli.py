@@ -71,7 +71,8 @@ def platforms(as_json: bool) -> None:
 @click.option("--platform", "platform_ids", multiple=True, help="Platform id (repeatable).")
 @click.option("--all", "build_all", is_flag=True, help="Every platform that has an emulator model.")
 @click.option("--quiet", is_flag=True)
-def build(platform_ids: tuple[str, ...], build_all: bool, quiet: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: each ELF, its build id, compiler, flags.")
+def build(platform_ids: tuple[str, ...], build_all: bool, quiet: bool, as_json: bool) -> None:
     """Build the firmware (and the profiling plugin); cached by content hash."""
     from .build import BuildError, build_firmware
     from .profile import ProfileError, build_plugin
@@ -79,16 +80,21 @@ def build(platform_ids: tuple[str, ...], build_all: bool, quiet: bool) -> None:
     ids = _emulated() if build_all else list(platform_ids)
     if not ids:
         raise TwinCliError("name a platform with --platform ID, or use --all")
+    builds = []
     try:
         for pid in ids:
             fw = build_firmware(get_platform(pid))
-            if not quiet:
+            builds.append({"platform": pid, "elf": str(fw.elf), "build_id": fw.build_id,
+                           "compiler": fw.compiler, "cflags": fw.cflags})
+            if not quiet and not as_json:
                 click.echo(f"{pid:<16} {fw.elf}")
         plugin = build_plugin()
-        if not quiet:
-            click.echo(f"{'plugin':<16} {plugin}")
     except (PlatformError, BuildError, ProfileError) as exc:
         raise _fail(exc) from None
+    if as_json:
+        click.echo(json.dumps({"firmware": builds, "plugin": str(plugin)}))
+    elif not quiet:
+        click.echo(f"{'plugin':<16} {plugin}")
 
 
 def _run_errors() -> tuple[type[Exception], ...]:

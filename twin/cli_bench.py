@@ -99,8 +99,9 @@ def bench(port: str, emulate: bool, platform: str, board: str | None, model: str
 @click.option("--residual-auto", is_flag=True,
               help="Like --residual, but keep the residual only when it lowers the cross-validated "
                    "error (by workload); the file says which was chosen.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (id, core, boards, CV errors).")
 def calibrate(datasets: tuple[str, ...], output: str, skip_unmeasured: bool, residual: bool,
-              residual_auto: bool) -> None:
+              residual_auto: bool, as_json: bool) -> None:
     """Fit the cycle/energy models to bench datasets (rows with a real board's cycle counts)."""
     from .bench import BenchError
     from .bench import calibrate as do_calibrate
@@ -110,6 +111,10 @@ def calibrate(datasets: tuple[str, ...], output: str, skip_unmeasured: bool, res
         r = do_calibrate(list(datasets), output, skip_unmeasured=skip_unmeasured, **fit_kw)
     except (BenchError, ValueError, KeyError) as exc:
         raise TwinCliError(str(exc).strip("'\"")) from None
+    if as_json:
+        click.echo(json.dumps({"rows": r["rows"], "skipped": r["skipped"], "output": output,
+                               **(r.get("result") or {})}))
+        return
     skipped = f" ({r['skipped']} unmeasured rows skipped)" if r["skipped"] else ""
     click.echo(f"calibrated on {r['rows']} rows{skipped} -> {output}")
     fit = r.get("result") or {}
