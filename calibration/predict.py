@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,9 +117,10 @@ def counts_key(platform: str, *, model: str = "builtin", bits: int = 4, tokens: 
 
 
 def twin_counts(platform: str, *, model: str = "builtin", bits: int = 4, tokens: int = DEFAULT_TOKENS,
-                prompt: str | None = None) -> TwinCounts:
+                prompt: str | None = None, on_run: Callable[[str], None] | None = None) -> TwinCounts:
     """Counts of one generation on the emulated ``platform``; cached in memory and on disk per
-    (platform, firmware build id, model image hash, bits, tokens, prompt)."""
+    (platform, firmware build id, model image hash, bits, tokens, prompt). ``on_run(platform)`` is
+    called before an emulator run (a cache miss), e.g. to show progress."""
     from . import mca
 
     key, spec, image_sha, name = counts_key(platform, model=model, bits=bits, tokens=tokens, prompt=prompt)
@@ -134,6 +136,8 @@ def twin_counts(platform: str, *, model: str = "builtin", bits: int = 4, tokens:
             return dataclasses.replace(counts, model=name)
         except (json.JSONDecodeError, TypeError):
             path.unlink(missing_ok=True)      # a stale or torn file: run again
+    if on_run is not None:
+        on_run(platform)
     report, blocks = mca.run_recording_blocks(spec)    # the same run also gives the executed blocks
     STATS["runs"] += 1
     if blocks is not None:
@@ -289,11 +293,12 @@ def _resolve_calibration(calibration) -> store.Calibration | None:
 
 def predict(platform: str, *, model: str = "builtin", bits: int = 4, clock_mhz: float | None = None,
             voltage_v: float | None = None, calibration=None, tokens: int = DEFAULT_TOKENS,
-            prompt: str | None = None, mca: bool = False) -> dict:
+            prompt: str | None = None, mca: bool = False, on_run: Callable[[str], None] | None = None) -> dict:
     """Time, tokens/s, energy per token and memory fit of ``model`` on catalog board ``platform``.
 
     ``mca``: also the second prior, LLVM's scheduling model per executed block (calibration.mca), as
-    the ``mca`` object of the result (needs llvm-mca)."""
+    the ``mca`` object of the result (needs llvm-mca). ``on_run(platform)``: called before each
+    emulator run the counts need (none when they are cached)."""
     plat = get_platform(platform)
     proxy = plat.counts_platform
     if proxy is None:
@@ -304,7 +309,7 @@ def predict(platform: str, *, model: str = "builtin", bits: int = 4, clock_mhz: 
         from .mca import find_tool
 
         find_tool()                    # and a missing llvm-mca
-    counts = twin_counts(proxy, model=model, bits=bits, tokens=tokens, prompt=prompt)
+    counts = twin_counts(proxy, model=model, bits=bits, tokens=tokens, prompt=prompt, on_run=on_run)
     estimate = mca_for_board(plat, model=model, bits=bits, tokens=tokens, prompt=prompt) if mca else None
     return predict_from_counts(plat, counts, clock_mhz=clock_mhz, voltage_v=voltage_v, calibration=cal,
                                mca=estimate)

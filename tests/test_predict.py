@@ -82,6 +82,18 @@ def test_boards_sharing_a_proxy_run_the_emulator_once(model_file):
 
 
 @pytest.mark.qemu
+def test_progress_is_reported_only_for_emulator_runs(model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "_counts_cache_dir", lambda: tmp_path)     # cold: nothing counted yet
+    monkeypatch.setattr(P, "_MEMO", {})
+    runs: list[str] = []
+    P.compare(["nrf52840-dk", "nucleo-l4r5zi"], model=model_file, tokens=int(TOKENS), on_run=runs.append)
+    assert runs == ["mps2-an386"]                                      # one run, for both M4F boards
+    P._MEMO.clear()                                                     # the disk cache alone
+    P.predict("nrf52840-dk", model=model_file, tokens=int(TOKENS), on_run=runs.append)
+    assert runs == ["mps2-an386"]
+
+
+@pytest.mark.qemu
 def test_prediction_cites_its_calibration(model_file, tmp_path):
     cal = calibrate(bench_dataset(n_workloads=12))
     path = store.save(cal, tmp_path / "m4.json")

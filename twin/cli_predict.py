@@ -5,6 +5,7 @@ and calls calibration.fit_calibration."""
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -19,6 +20,13 @@ def _errors() -> tuple[type[Exception], ...]:
     from calibration.store import CalibrationFileError
 
     return (*_run_errors(), PredictError, CycleModelError, CalibrationFileError, DatasetError)
+
+
+def _progress(as_json: bool):
+    """Say on a terminal's stderr when counts need an emulator run; quiet when piped or with --json."""
+    if as_json or not sys.stderr.isatty():
+        return None
+    return lambda platform: click.echo(f"  counting on {platform} (QEMU, once; cached after)…", err=True)
 
 
 def _fmt_interval(d: dict, scale: float, unit: str, digits: int = 3) -> str:
@@ -62,7 +70,8 @@ def predict_cmd(platform: str, model: str, bits: str, tokens: int, prompt: str |
 
     try:
         r = predict(platform, model=model, bits=int(bits), clock_mhz=clock_mhz, voltage_v=voltage_v,
-                    calibration=calibration, tokens=tokens, prompt=prompt, mca=with_mca)
+                    calibration=calibration, tokens=tokens, prompt=prompt, mca=with_mca,
+                    on_run=_progress(as_json))
     except _errors() as exc:
         raise TwinCliError(str(exc)) from None
     if as_json:
@@ -124,7 +133,7 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
             core = all_platforms().get(pid)
             cal = cals.get(core.core) if core is not None else None
             results.append(predict(pid, model=model, bits=int(bits), tokens=tokens, prompt=prompt,
-                                   calibration=cal, mca=with_mca))
+                                   calibration=cal, mca=with_mca, on_run=_progress(as_json)))
     except _errors() as exc:
         raise TwinCliError(str(exc)) from None
     if output:
