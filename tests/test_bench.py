@@ -256,8 +256,13 @@ def test_bench_calibrate_predict_chain(tmp_path, image):
     assert "arm-none-eabi-gcc" in provenance["compiler"] and "-mcpu=cortex-m4" in provenance["cflags"]
     assert provenance["bench_date"][:2] == "20" and provenance["build_ids"] == [rows[0]["build_id"]]
     bench_mhz = int(rows[0]["clock_hz"]) / 1e6    # QEMU does not model the RCC: the HSI's 16 MHz
+    # decode at the bench's positions (its prompt is BenchSpec.prompt_tokens ids): attention work grows
+    # with the position, and the DSP matvecs leave it a visible share of a token
+    prompt = "abc"
+    assert len(modelgen.encode(prompt)) == BenchSpec.prompt_tokens
     r = CliRunner().invoke(main, ["predict", "--platform", "stm32f4-disco", "--model", str(image), "--tokens", "2",
-                                  "--calibration", str(cal), "--clock", str(bench_mhz), "--json"])
+                                  "--prompt", prompt, "--calibration", str(cal), "--clock", str(bench_mhz),
+                                  "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["calibration"] == calibration_id

@@ -14,6 +14,7 @@ from .platforms import Platform
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
+KERNELS = FIRMWARE / "kernels"        # kernel sets: ref (the truth) and optimized ones (README.md)
 
 COMMON_CFLAGS = (
     "-O2", "-g", "-std=c11", "-ffreestanding", "-fno-common", "-ffunction-sections", "-fdata-sections",
@@ -52,14 +53,43 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def kernel_sources(kernels: str = "ref") -> list[Path]:
+    """The kernel files a build compiles: every file of ``kernels/ref``, each replaced by the chosen
+    set's file of the same name (firmware/kernels/README.md). A set may only replace ref files."""
+    chosen = KERNELS / kernels
+    if not chosen.is_dir():
+        raise BuildError(f"kernel set {kernels!r}: no directory {_shown(chosen)} "
+                         f"(sets: {', '.join(sorted(p.name for p in KERNELS.iterdir() if p.is_dir()))})")
+    files = {p.name: p for p in (KERNELS / "ref").glob("*.c")}
+    for path in chosen.glob("*.c"):
+        if path.name not in files:
+            raise BuildError(f"kernel set {kernels!r}: {_shown(path)} replaces no file of "
+                             "firmware/kernels/ref (a set may only replace reference kernels)")
+        files[path.name] = path
+    return sorted(files.values())
+
+
+def runtime_sources(kernels: str = "ref") -> list[Path]:
+    """The model runtime's C files (firmware/runtime) with the kernel set ``kernels``."""
+    return sorted([*(FIRMWARE / "runtime").glob("*.c"), *kernel_sources(kernels)])
+
+
 def firmware_sources(platform: Platform) -> list[Path]:
     board = FIRMWARE / "boards" / f"{platform.board}.c"
     if not board.exists():
         raise BuildError(f"platform {platform.id}: no board support file {board.relative_to(ROOT)} "
                          f"for board family '{platform.board}'")
     arch_dir = FIRMWARE / "boards" / "arch" / platform.arch
+    try:
+        runtime = runtime_sources(platform.kernels)
+    except BuildError as exc:
+        raise BuildError(f"platform {platform.id}: {exc}") from None
     return sorted([
-        *(FIRMWARE / "runtime").glob("*.c"),
+        *runtime,
         *(FIRMWARE / "app").glob("*.c"),
         FIRMWARE / "boards" / "crt.c",
         board,
@@ -98,7 +128,8 @@ def _content_key(platform: Platform, sources: list[Path], version: str) -> str:
     h = hashlib.sha256()
     h.update(version.encode())
     h.update(repr((platform.cflags, sorted(platform.defines.items()), platform.id, platform.core,
-                   platform.clock_hz, platform.cycle_counter, COMMON_CFLAGS, LDFLAGS)).encode())
+                   platform.clock_hz, platform.cycle_counter, platform.kernels, COMMON_CFLAGS,
+                   LDFLAGS)).encode())
     h.update(memory_script(platform).encode())
     for path in [*sources, FIRMWARE / "link.ld", *sorted(FIRMWARE.rglob("*.h"))]:
         h.update(str(path.relative_to(FIRMWARE)).encode())

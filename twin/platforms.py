@@ -5,8 +5,9 @@ Loading validates every file; a broken one is an error that names the file and t
 A file describes the board (core, clocks, memories, flash wait states against the clock, caches and
 accelerators, FPU/DSP/vector extensions, cycle counter, power figures, each figure with its
 ``source``), how the twin runs its code (``twin: {mode: exact|proxy|none, proxy, confidence}``) and,
-for boards we build firmware for, the board-support family, compiler flags and the linker memory
-map.  A board without ``board:`` has no firmware build yet: it is predicted through its proxy.
+for boards we build firmware for, the board-support family, compiler flags, the kernel set
+(``kernels:``, default ``ref``: firmware/kernels/README.md) and the linker memory map.  A board
+without ``board:`` has no firmware build yet: it is predicted through its proxy.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import yaml
 
 PLATFORM_DIR = Path(__file__).resolve().parent.parent / "platforms"
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "firmware" / "kernels"
 
 
 class PlatformError(ValueError):
@@ -150,6 +152,7 @@ class Platform:
     accelerators: tuple[Accelerator, ...] = ()
     power: Power | None = None
     twin: TwinMapping | None = None
+    kernels: str = "ref"           # kernel set of the build: firmware/kernels/<kernels>/ over ref
 
     @property
     def has_firmware(self) -> bool:
@@ -213,6 +216,9 @@ _FPUS = ("none", "sp", "dp")
 _VECTORS = ("none", "mve", "pie")
 _FLASH_KINDS = ("internal", "xip", "ram")
 _ACCEL_KINDS = ("icache", "dcache", "cache", "art", "xip-cache", "prefetch", "tcm")
+# Kernel sets (firmware/kernels/<set>/) and what a core needs to run one: ref is portable C;
+# arm_dsp uses the Armv7E-M / Armv8-M DSP extension (SMLAD, SXTB16, ...).
+KERNEL_SETS = ("ref", "arm_dsp")
 TWIN_MODES = ("exact", "proxy", "none")
 CONFIDENCES = ("high", "medium", "low")
 
@@ -378,6 +384,22 @@ def _twin(data: dict, where: str, has_emulator: bool, pid: str) -> TwinMapping |
     return TwinMapping(mode, proxy, confidence, str(t.get("note", "")))
 
 
+def _kernels(data: dict, where: str, arch: str, dsp: bool, board: str | None) -> str:
+    if "kernels" not in data:
+        return "ref"
+    if board is None:
+        raise PlatformError(f"{where}: field 'kernels' given without 'board': it picks the kernels of a "
+                            "firmware build")
+    kernels = _choice(data, "kernels", KERNEL_SETS, where)
+    if kernels == "arm_dsp" and not (arch == "arm" and dsp):
+        raise PlatformError(f"{where}: field 'kernels' is 'arm_dsp' but the core has no Arm DSP extension "
+                            "(it needs arch: arm and dsp: true); use kernels: ref")
+    if not (KERNELS_DIR / kernels).is_dir():
+        raise PlatformError(f"{where}: field 'kernels' is {kernels!r} but there is no directory "
+                            f"{KERNELS_DIR / kernels}")
+    return kernels
+
+
 def parse_platform(data: object, source: Path) -> Platform:
     where = str(source)
     if not isinstance(data, dict):
@@ -427,6 +449,7 @@ def parse_platform(data: object, source: Path) -> Platform:
     defines = data.get("defines", {}) or {}
     if not isinstance(defines, dict):
         raise PlatformError(f"{where}: field 'defines' must be a mapping")
+    dsp = _need(data, "dsp", bool, where)
     return Platform(
         id=pid,
         name=_need(data, "name", str, where),
@@ -434,7 +457,7 @@ def parse_platform(data: object, source: Path) -> Platform:
         isa=_need(data, "isa", str, where),
         arch=arch,
         fpu=fpu,
-        dsp=_need(data, "dsp", bool, where),
+        dsp=dsp,
         clock_hz=clock,
         cycle_counter=counter,
         board=board,
@@ -453,6 +476,7 @@ def parse_platform(data: object, source: Path) -> Platform:
         accelerators=_accelerators(data, where),
         power=_power(data, where),
         twin=_twin(data, where, emulator is not None, pid),
+        kernels=_kernels(data, where, arch, dsp, board),
     )
 
 

@@ -1,6 +1,7 @@
 """Host references for the firmware's model runtime.
 
-QuantReference mirrors firmware/runtime/kernels_ref.c and model.c operation by operation in
+QuantReference mirrors firmware/runtime/kernels_ref.c, model.c and the reference matvecs
+(firmware/kernels/ref; every other kernel set gives the same bits) operation by operation in
 float32 (numpy elementwise float32 operations are IEEE binary32), so its tokens and logits are
 bit-identical to the firmware's. FloatReference is plain float64 math without quantization,
 for accuracy comparisons.

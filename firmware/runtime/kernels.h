@@ -1,8 +1,10 @@
-/* Reference kernels of the tiny-LLM runtime (the truth the host reference mirrors).
+/* Kernels of the tiny-LLM runtime (the truth the host reference mirrors).
  *
  * Freestanding: <stdint.h> and <stddef.h> only; no libc, no libm, no board names.
- * Optimized per-ISA kernels may replace kernels_ref.c later; they must keep these
- * signatures AND produce bit-identical results (see the numeric rules in model.h).
+ * The reference kernels are runtime/kernels_ref.c and the quantized matvecs of
+ * firmware/kernels/ref/. A platform's `kernels:` field picks a kernel set under
+ * firmware/kernels/ (README.md there): its files replace ref files of the same name, keep
+ * these signatures AND produce bit-identical results (see the numeric rules in model.h).
  */
 #ifndef TWIN_KERNELS_H
 #define TWIN_KERNELS_H
@@ -39,6 +41,12 @@ typedef struct {
 #define TW_SCHEME_SYMMETRIC 0u
 #define TW_SCHEME_ASYMMETRIC 1u
 
+/* Zero point z of (row, group g) of a quantized tensor (see tw_tensor above). */
+static inline int32_t tw_group_zero(const tw_tensor *t, uint32_t row, uint32_t g) {
+    if (t->scheme == TW_SCHEME_ASYMMETRIC) return t->zeros[row * (t->padded_cols / t->group_size) + g];
+    return t->bits == 8 ? 0 : (int32_t)1 << (t->bits - 1);
+}
+
 /* (probability, token) pair used by nucleus sampling. */
 typedef struct {
     float prob;
@@ -73,7 +81,9 @@ void attention_head_q8(float *out, float *att, const float *q, const int8_t *key
  * out[r] = sum over groups g, sequentially from 0.0f, of ((float)isum(r, g) * scale[r][g]) * xs[g]
  * with isum(r, g) = sum over the group's j of (c[r][j] - z[r][g]) * xq[j], exact in int32
  * (= sum c*xq - z * sum xq; any exact integer evaluation is equally valid). Each matvec_qN
- * handles both schemes of its width. */
+ * handles both schemes of its width. quantize_act is in kernels_ref.c; the matvecs are one file
+ * each in the platform's kernel set (firmware/kernels/<set>/matvec_qN.c, else ref's). xq and the
+ * weight rows are 4-byte aligned (the arena and the image align them; rows are whole words). */
 void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t group_size);
 void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
 void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);

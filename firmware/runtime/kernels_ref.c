@@ -1,5 +1,6 @@
 /* Reference kernels: plain C, IEEE binary32 basic operations only (rules in model.h).
- * twin/reference.py mirrors every function here step by step. */
+ * twin/reference.py mirrors every function here step by step. The quantized matrix-vector
+ * products live in a kernel set under firmware/kernels/ (ref: the truth; arm_dsp: faster). */
 #include "kernels.h"
 
 typedef union {
@@ -132,12 +133,6 @@ void swiglu(float *a, const float *b, uint32_t n) {
     }
 }
 
-/* Zero point z of (row, group g) of a quantized tensor (see tw_tensor in kernels.h). */
-static int32_t group_zero(const tw_tensor *t, uint32_t row, uint32_t g) {
-    if (t->scheme == TW_SCHEME_ASYMMETRIC) return t->zeros[row * (t->padded_cols / t->group_size) + g];
-    return t->bits == 8 ? 0 : (int32_t)1 << (t->bits - 1);
-}
-
 /* Stored code c of element j of a packed row (8-bit symmetric codes are signed). */
 static int32_t code_at(const tw_tensor *t, const uint8_t *row, uint32_t j) {
     switch (t->bits) {
@@ -158,7 +153,7 @@ void embed_row(float *out, const tw_tensor *emb, uint32_t row) {
     const float *sc = emb->scales + row * ng;
     const uint8_t *q = (const uint8_t *)emb->data + row * (emb->padded_cols / 8 * emb->bits);
     for (uint32_t j = 0; j < emb->cols; j++)
-        out[j] = (float)(code_at(emb, q, j) - group_zero(emb, row, j / g)) * sc[j / g];
+        out[j] = (float)(code_at(emb, q, j) - tw_group_zero(emb, row, j / g)) * sc[j / g];
 }
 
 /* cos/sin of pos * freq[i] for each rotation pair i. */
@@ -216,7 +211,7 @@ void attention_head_q8(float *out, float *att, const float *q, const int8_t *key
     }
 }
 
-/* ---------------------------------------------- quantized matrix-vector */
+/* ------------------------------------------------ activation quantization */
 
 /* x (n values) -> int8 per group: scale = maxabs / 127, q = round(x / scale) in [-127, 127]
  * (q = 0 when scale is 0).
@@ -232,96 +227,15 @@ void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t gr
         }
         float scale = maxabs / 127.0f;
         xs[g] = scale;
-        for (uint32_t j = lo; j < lo + group_size; j++) {
-            int32_t q = 0;
-            if (j < hi && scale != 0.0f) {
+        uint32_t j = lo;
+        if (scale != 0.0f) {
+            for (; j < hi; j++) {
                 float v = x[j] / scale; /* |v| <= 127 (+ rounding): no overflow, no nan */
-                q = (int32_t)(v + (v >= 0.0f ? 0.5f : -0.5f));
-                q = q > 127 ? 127 : (q < -127 ? -127 : q);
+                int32_t q = (int32_t)(v + (v >= 0.0f ? 0.5f : -0.5f));
+                xq[j] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
             }
-            xq[j] = (int8_t)q;
         }
-    }
-}
-
-/* out[r] = sum over groups g (sequential) of ((float)isum(r, g) * wscale) * xscale, where
- * isum(r, g) = sum over the group of (c - z) * xq (exact int32; kernels.h). */
-void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
-    for (uint32_t r = 0; r < w->rows; r++) {
-        const int8_t *row = (const int8_t *)w->data + r * w->padded_cols;
-        const float *sc = w->scales + r * ng;
-        float acc = 0.0f;
-        for (uint32_t g = 0; g < ng; g++) {
-            int32_t isum = 0;
-            if (w->scheme == TW_SCHEME_ASYMMETRIC) { /* unsigned codes */
-                const uint8_t *urow = (const uint8_t *)row;
-                int32_t z = w->zeros[r * ng + g];
-                for (uint32_t j = g * gs; j < (g + 1) * gs; j++) isum += ((int32_t)urow[j] - z) * xq[j];
-            } else {
-                for (uint32_t j = g * gs; j < (g + 1) * gs; j++) isum += (int32_t)row[j] * xq[j];
-            }
-            acc = acc + ((float)isum * sc[g]) * xs[g];
-        }
-        out[r] = acc;
-    }
-}
-
-void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
-    for (uint32_t r = 0; r < w->rows; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + r * (w->padded_cols / 2);
-        const float *sc = w->scales + r * ng;
-        float acc = 0.0f;
-        for (uint32_t g = 0; g < ng; g++) {
-            int32_t z = group_zero(w, r, g), isum = 0;
-            for (uint32_t j = g * gs; j < (g + 1) * gs; j += 2) {
-                uint8_t b = row[j / 2];
-                isum += ((int32_t)(b & 15) - z) * xq[j] + ((int32_t)(b >> 4) - z) * xq[j + 1];
-            }
-            acc = acc + ((float)isum * sc[g]) * xs[g];
-        }
-        out[r] = acc;
-    }
-}
-
-/* 3 bits: 8 codes in 3 bytes (a 24-bit little-endian word, element k at bits 3k..3k+2). */
-void matvec_q3(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
-    for (uint32_t r = 0; r < w->rows; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + r * (w->padded_cols / 8 * 3);
-        const float *sc = w->scales + r * ng;
-        float acc = 0.0f;
-        for (uint32_t g = 0; g < ng; g++) {
-            int32_t z = group_zero(w, r, g), isum = 0;
-            for (uint32_t j = g * gs; j < (g + 1) * gs; j += 8) {
-                const uint8_t *p = row + j / 8 * 3;
-                uint32_t b = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
-                for (uint32_t k = 0; k < 8; k++, b >>= 3) isum += ((int32_t)(b & 7u) - z) * xq[j + k];
-            }
-            acc = acc + ((float)isum * sc[g]) * xs[g];
-        }
-        out[r] = acc;
-    }
-}
-
-/* 2 bits: 4 codes per byte, element k of the byte at bits 2k..2k+1. */
-void matvec_q2(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
-    for (uint32_t r = 0; r < w->rows; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + r * (w->padded_cols / 4);
-        const float *sc = w->scales + r * ng;
-        float acc = 0.0f;
-        for (uint32_t g = 0; g < ng; g++) {
-            int32_t z = group_zero(w, r, g), isum = 0;
-            for (uint32_t j = g * gs; j < (g + 1) * gs; j += 4) {
-                uint32_t b = row[j / 4];
-                isum += ((int32_t)(b & 3u) - z) * xq[j] + ((int32_t)((b >> 2) & 3u) - z) * xq[j + 1] +
-                        ((int32_t)((b >> 4) & 3u) - z) * xq[j + 2] + ((int32_t)(b >> 6) - z) * xq[j + 3];
-            }
-            acc = acc + ((float)isum * sc[g]) * xs[g];
-        }
-        out[r] = acc;
+        for (; j < lo + group_size; j++) xq[j] = 0;
     }
 }
 

@@ -1,0 +1,81 @@
+/* matvec_q8 with the Arm DSP extension, both schemes; bit-identical to kernels/ref/matvec_q8.c.
+ *
+ * Four codes and four activations per word load: SXTB16 / UXTB16 (plain and ROR #8) split a word
+ * into its even and odd bytes as two int16 pairs, and two SMLADs add the four products to the
+ * group's int32 sum. Two rows share each activation word (the x unpacking is done once per two
+ * rows). Asymmetric codes are unsigned: isum = sum c * xq - z * sum xq, with the groups' sums of xq
+ * computed once per call (TW_CHUNK in dsp.h). Every integer step is exact, and the float part is
+ * the reference's: acc = acc + ((float)isum * scale) * xs, groups in order, per row. */
+#include "dsp.h"
+#include "kernels.h"
+
+/* codes of a word as (c0, c2), (c1, c3) */
+TW_ALWAYS_INLINE int32_t even8(uint32_t w, int asym) { return asym ? tw_uxtb16(w) : tw_sxtb16(w); }
+TW_ALWAYS_INLINE int32_t odd8(uint32_t w, int asym) { return asym ? tw_uxtb16_ror8(w) : tw_sxtb16_ror8(w); }
+
+/* Groups g0 .. g0 + n_groups - 1 of rows r .. r + n_rows - 1 (n_rows 1 or 2, asym: constants after
+ * inlining); sums[i] is the activation sum of group g0 + i (asymmetric only). */
+TW_ALWAYS_INLINE void rows_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, uint32_t r,
+                              uint32_t n_rows, int asym, uint32_t g0, uint32_t n_groups, const int32_t *sums) {
+    uint32_t gs = w->group_size, ng = w->padded_cols / gs, stride = w->padded_cols;
+    const uint8_t *p = (const uint8_t *)w->data + r * stride + g0 * gs;
+    const float *sc = w->scales + r * ng + g0;
+    const uint8_t *zeros = asym ? w->zeros + r * ng + g0 : 0;
+    const int8_t *x = xq + g0 * gs, *x_end = x + n_groups * gs;
+    const float *xsg = xs + g0;
+    float acc0 = g0 ? out[r] : 0.0f, acc1 = n_rows == 2 && g0 ? out[r + 1] : 0.0f;
+    do {
+        const int8_t *group_end = x + gs;
+        int32_t s0 = 0, s1 = 0;
+        do { /* gs is a multiple of 32: 8 elements per turn */
+#pragma GCC unroll 2
+            for (int k = 0; k < 2; k++) {
+                uint32_t xw = tw_load4(x + 4 * k);
+                int32_t xe = tw_sxtb16(xw), xo = tw_sxtb16_ror8(xw);
+                uint32_t w0 = tw_load4(p + 4 * k);
+                s0 = __smlad(even8(w0, asym), xe, s0);
+                s0 = __smlad(odd8(w0, asym), xo, s0);
+                if (n_rows == 2) {
+                    uint32_t w1 = tw_load4(p + stride + 4 * k);
+                    s1 = __smlad(even8(w1, asym), xe, s1);
+                    s1 = __smlad(odd8(w1, asym), xo, s1);
+                }
+            }
+            x += 8;
+            p += 8;
+        } while (x != group_end);
+        if (asym) {
+            int32_t sum = *sums++;
+            s0 -= (int32_t)zeros[0] * sum;
+            if (n_rows == 2) s1 -= (int32_t)zeros[ng] * sum;
+            zeros++;
+        }
+        acc0 = acc0 + ((float)s0 * sc[0]) * *xsg;
+        if (n_rows == 2) acc1 = acc1 + ((float)s1 * sc[ng]) * *xsg;
+        xsg++;
+        sc++;
+    } while (x != x_end);
+    out[r] = acc0;
+    if (n_rows == 2) out[r + 1] = acc1;
+}
+
+TW_ALWAYS_INLINE void chunk_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, int asym,
+                               uint32_t g0, uint32_t n_groups, const int32_t *sums) {
+    uint32_t r = 0, rows = w->rows;
+    for (; r + 2 <= rows; r += 2) rows_q8(out, xq, xs, w, r, 2, asym, g0, n_groups, sums);
+    if (r < rows) rows_q8(out, xq, xs, w, r, 1, asym, g0, n_groups, sums);
+}
+
+void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
+    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
+    if (w->scheme != TW_SCHEME_ASYMMETRIC) { /* signed codes, no zero point: one pass */
+        chunk_q8(out, xq, xs, w, 0, 0, ng, 0);
+        return;
+    }
+    int32_t sums[TW_CHUNK];
+    for (uint32_t g0 = 0; g0 < ng; g0 += TW_CHUNK) {
+        uint32_t n = ng - g0 < TW_CHUNK ? ng - g0 : TW_CHUNK;
+        tw_group_sums(sums, xq + g0 * gs, n, gs);
+        chunk_q8(out, xq, xs, w, 1, g0, n, sums);
+    }
+}
