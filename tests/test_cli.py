@@ -103,3 +103,15 @@ def test_demo_compares_platforms_side_by_side():
     p = json.loads(invoke("predict", "--platform", "nucleo-f746zg", "--tokens", "2", "--json").output)
     assert what_if["nucleo-f746zg"][4] == f"{p['token_seconds']['value'] * 1e3:.3g}"
     assert "NO (RAM short by" in " ".join(what_if["hifive1-revb"])        # 16 KB DTIM
+
+
+@pytest.mark.qemu
+def test_kernels_option_compares_a_build_with_the_reference_kernels():
+    dsp = json.loads(invoke("run", "--platform", "mps2-an505", "--tokens", "2", "--json").output)
+    ref = json.loads(invoke("run", "--platform", "mps2-an505", "--tokens", "2", "--kernels", "ref", "--json").output)
+    assert (dsp["firmware"]["kernels"], ref["firmware"]["kernels"]) == ("arm_dsp", "ref")
+    assert dsp["firmware"]["build_id"] != ref["firmware"]["build_id"]
+    assert dsp["tokens"] == ref["tokens"] == dsp["reference_tokens"]            # only faster, never different
+    assert sum(dsp["instructions"]["by_phase"]["decode"]) < sum(ref["instructions"]["by_phase"]["decode"])
+    r = invoke("run", "--platform", "riscv32-virt", "--kernels", "arm_dsp")
+    assert r.exit_code != 0 and "no Arm DSP extension" in r.output and "\n" not in r.output.strip()

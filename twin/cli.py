@@ -85,7 +85,7 @@ def build(platform_ids: tuple[str, ...], build_all: bool, quiet: bool, as_json: 
         for pid in ids:
             fw = build_firmware(get_platform(pid))
             builds.append({"platform": pid, "elf": str(fw.elf), "build_id": fw.build_id,
-                           "compiler": fw.compiler, "cflags": fw.cflags})
+                           "kernels": fw.platform.kernels, "compiler": fw.compiler, "cflags": fw.cflags})
             if not quiet and not as_json:
                 click.echo(f"{pid:<16} {fw.elf}")
         plugin = build_plugin()
@@ -116,7 +116,8 @@ def _print_report(r: dict) -> None:
     decode = ins["by_phase"]["decode"]
     verdict = "matches the host reference" if r["matches_reference"] else (
         f"DIFFERS from the host reference {r['reference_tokens']}")
-    click.echo(f"{r['platform']} · {r['model']} · {len(r['tokens'])} tokens · {verdict}")
+    click.echo(f"{r['platform']} · {r['model']} · {r['firmware']['kernels']} kernels · {len(r['tokens'])} tokens "
+               f"· {verdict}")
     click.echo(f"  text        {r['text']!r}")
     click.echo(f"  tokens      {r['tokens']}")
     per_token = sum(decode) / len(decode) if decode else 0
@@ -168,6 +169,9 @@ def _run_options(f):
         click.option("--timeout", default=120.0, show_default=True, help="Seconds before the emulator is killed."),
         click.option("--mem-traffic", is_flag=True,
                      help="Also count loads/stores per memory region (code, model, RAM); slower."),
+        click.option("--kernels", default=None, type=click.Choice(["ref", "arm_dsp"]),
+                     help="Kernel set of the firmware [default: the platform's kernels: field]; "
+                          "e.g. ref to see what the optimized kernels save."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
     ]):
         f = opt(f)
@@ -192,7 +196,7 @@ def _spec(platform: str, **kw) -> RunSpec:
                    group_size=int(kw["group_size"]), symmetric=not kw["asymmetric"],
                    overrides=_overrides(kw["overrides"]), kv_cache=kw["kv_cache"], prompt=kw["prompt"] or DEFAULT_PROMPT,
                    tokens=kw["tokens"], seed=kw["seed"], temperature=kw["temperature"], topp=kw["topp"],
-                   timeout=kw["timeout"], mem_traffic=kw["mem_traffic"])
+                   timeout=kw["timeout"], mem_traffic=kw["mem_traffic"], kernels=kw["kernels"])
 
 
 @main.command()

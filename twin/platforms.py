@@ -12,6 +12,7 @@ without ``board:`` has no firmware build yet: it is predicted through its proxy.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -390,14 +391,29 @@ def _kernels(data: dict, where: str, arch: str, dsp: bool, board: str | None) ->
     if board is None:
         raise PlatformError(f"{where}: field 'kernels' given without 'board': it picks the kernels of a "
                             "firmware build")
-    kernels = _choice(data, "kernels", KERNEL_SETS, where)
+    return _check_kernels(_choice(data, "kernels", KERNEL_SETS, where), arch, dsp, f"{where}: field 'kernels'")
+
+
+def _check_kernels(kernels: str, arch: str, dsp: bool, what: str) -> str:
     if kernels == "arm_dsp" and not (arch == "arm" and dsp):
-        raise PlatformError(f"{where}: field 'kernels' is 'arm_dsp' but the core has no Arm DSP extension "
+        raise PlatformError(f"{what} is 'arm_dsp' but the core has no Arm DSP extension "
                             "(it needs arch: arm and dsp: true); use kernels: ref")
     if not (KERNELS_DIR / kernels).is_dir():
-        raise PlatformError(f"{where}: field 'kernels' is {kernels!r} but there is no directory "
-                            f"{KERNELS_DIR / kernels}")
+        raise PlatformError(f"{what} is {kernels!r} but there is no directory {KERNELS_DIR / kernels}")
     return kernels
+
+
+def with_kernels(platform: Platform, kernels: str | None) -> Platform:
+    """``platform`` built with another kernel set (e.g. ``ref`` to compare with its optimized set);
+    a set the core cannot run is a PlatformError."""
+    if kernels is None or kernels == platform.kernels:
+        return platform
+    if kernels not in KERNEL_SETS:
+        raise PlatformError(f"unknown kernel set {kernels!r}; valid sets: {', '.join(KERNEL_SETS)}")
+    if not platform.has_firmware:
+        raise PlatformError(f"platform {platform.id} has no firmware build: a kernel set applies to a build")
+    return dataclasses.replace(platform, kernels=_check_kernels(kernels, platform.arch, platform.dsp,
+                                                                f"platform {platform.id}: kernel set"))
 
 
 def parse_platform(data: object, source: Path) -> Platform:

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import modelgen
 from .build import build_firmware, cache_dir
 from .image import QuantRecipe, read_image, write_image
-from .platforms import Platform, get_platform
+from .platforms import Platform, get_platform, with_kernels
 from .profile import Dump, SegmentProfile, analyze, parse_dump, plugin_args, sum_profiles
 from .protocol import DeviceError, Info, Phase, PhaseKind
 from .qemu import EmulatorError, QemuConfig, QemuProcess
@@ -46,6 +46,7 @@ class RunSpec:
     timeout: float = 120.0           # wall-clock limit for the whole emulator run
     reply_timeout: float = 30.0      # no byte from the firmware for this long = hung
     mem_traffic: bool = False        # count loads/stores per memory region (costs emulator speed)
+    kernels: str | None = None       # kernel set of the build (firmware/kernels); None: the platform's
 
 
 def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
@@ -157,7 +158,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
     """``run``, also returning the plugin's dump (per-block counts, segments boot | phase | io | …),
     for analyses beyond the report's totals (e.g. calibration.mca's per-block cycle estimate)."""
     started = time.perf_counter()
-    platform = get_platform(spec.platform)
+    platform = with_kernels(get_platform(spec.platform), spec.kernels)
     if platform.emulator is None:
         t = platform.twin_mode
         kind = "same-core twin" if t.mode == "proxy" else "cross-core stand-in"
@@ -237,7 +238,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
             "model_image_bytes": len(image),
             "ram_bytes": platform.ram.size,
         },
-        "firmware": {"build_id": info.build_id, "elf": str(firmware.elf)},
+        "firmware": {"build_id": info.build_id, "elf": str(firmware.elf), "kernels": platform.kernels},
         "clock_hz": info.clock_hz,
         "wall_seconds": round(time.perf_counter() - started, 3),
     }, dump
