@@ -44,7 +44,7 @@ from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 2
+COUNTS_VERSION = 3
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
@@ -72,6 +72,7 @@ class TwinCounts:
     fpu: str                          # of the platform that ran (for cross-core soft-float)
     prefill_branches_taken: float | None = None   # taken branches counted by the profiler (None: unknown)
     decode_branches_taken: float | None = None    # per token
+    kernels: str = "ref"              # the kernel set of the build that ran (firmware/kernels)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,11 +82,11 @@ _MEMO: dict[str, TwinCounts] = {}
 STATS = {"runs": 0, "cache_hits": 0}
 
 
-def _run_spec(platform: str, model: str, bits: int, tokens: int, prompt: str | None):
+def _run_spec(platform: str, model: str, bits: int, tokens: int, prompt: str | None, kernels: str | None = None):
     from twin.runner import DEFAULT_PROMPT, RunSpec
 
     kw = {"platform": platform, "model": model, "bits": bits, "tokens": tokens,
-          "prompt": prompt or DEFAULT_PROMPT}
+          "prompt": prompt or DEFAULT_PROMPT, "kernels": kernels}
     if "mem_traffic" in {f.name for f in dataclasses.fields(RunSpec)}:
         kw["mem_traffic"] = True
     return RunSpec(**kw)
@@ -100,15 +101,16 @@ def _counts_cache_dir() -> Path:
 
 
 def counts_key(platform: str, *, model: str = "builtin", bits: int = 4, tokens: int = DEFAULT_TOKENS,
-               prompt: str | None = None):
+               prompt: str | None = None, kernels: str | None = None):
     """(cache key, RunSpec, model image sha256, model name) of one generation; the key covers (platform,
     firmware build id, model image hash, bits, tokens, prompt). The twin's counts and the executed
     blocks (calibration.mca) share it."""
     from twin.build import build_firmware
+    from twin.platforms import with_kernels
     from twin.runner import model_image
 
-    spec = _run_spec(platform, model, bits, tokens, prompt)
-    build_id = build_firmware(get_platform(platform)).build_id
+    spec = _run_spec(platform, model, bits, tokens, prompt, kernels)
+    build_id = build_firmware(with_kernels(get_platform(platform), kernels)).build_id
     _, image, name = model_image(spec)
     image_sha = hashlib.sha256(image).hexdigest()
     key_src = json.dumps([COUNTS_VERSION, platform, build_id, image_sha, bits, tokens, spec.prompt])
@@ -117,13 +119,15 @@ def counts_key(platform: str, *, model: str = "builtin", bits: int = 4, tokens: 
 
 
 def twin_counts(platform: str, *, model: str = "builtin", bits: int = 4, tokens: int = DEFAULT_TOKENS,
-                prompt: str | None = None, on_run: Callable[[str], None] | None = None) -> TwinCounts:
+                prompt: str | None = None, on_run: Callable[[str], None] | None = None,
+                kernels: str | None = None) -> TwinCounts:
     """Counts of one generation on the emulated ``platform``; cached in memory and on disk per
     (platform, firmware build id, model image hash, bits, tokens, prompt). ``on_run(platform)`` is
     called before an emulator run (a cache miss), e.g. to show progress."""
     from . import mca
 
-    key, spec, image_sha, name = counts_key(platform, model=model, bits=bits, tokens=tokens, prompt=prompt)
+    key, spec, image_sha, name = counts_key(platform, model=model, bits=bits, tokens=tokens, prompt=prompt,
+                                            kernels=kernels)
     if key in _MEMO:     # the same image may carry another name (a file vs 'builtin'): keep this one's
         STATS["cache_hits"] += 1
         return dataclasses.replace(_MEMO[key], model=name)
@@ -191,6 +195,7 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
                                                         "stack_peak_bytes", "model_image_bytes")},
         matches_reference=bool(report.get("matches_reference", False)),
         fpu=plat.fpu,
+        kernels=report.get("firmware", {}).get("kernels", "ref"),
     )
 
 
@@ -309,10 +314,21 @@ def predict(platform: str, *, model: str = "builtin", bits: int = 4, clock_mhz: 
         from .mca import find_tool
 
         find_tool()                    # and a missing llvm-mca
-    counts = twin_counts(proxy, model=model, bits=bits, tokens=tokens, prompt=prompt, on_run=on_run)
+    counts = twin_counts(proxy, model=model, bits=bits, tokens=tokens, prompt=prompt, on_run=on_run,
+                         kernels=counts_kernels(plat))
     estimate = mca_for_board(plat, model=model, bits=bits, tokens=tokens, prompt=prompt) if mca else None
     return predict_from_counts(plat, counts, clock_mhz=clock_mhz, voltage_v=voltage_v, calibration=cal,
                                mca=estimate)
+
+
+def counts_kernels(plat: Platform) -> str:
+    """The kernel set whose counts stand for ``plat``: its proxy's, when ``plat``'s core can run it
+    (arm_dsp needs the Arm DSP extension); otherwise the portable reference — an M0+ or an Xtensa
+    core predicted from Cortex-M4 counts must not be credited with SMLAD."""
+    proxy = get_platform(plat.counts_platform)
+    if proxy.kernels == "arm_dsp" and not (plat.arch == "arm" and plat.dsp):
+        return "ref"
+    return proxy.kernels
 
 
 def mca_for_board(plat: Platform, **run) -> McaEstimate | str:
@@ -413,7 +429,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         "memory": {"flash_bytes": flash_need, "ram_bytes": ram_need, "flash_available": flash_avail,
                    "ram_available": ram_avail},
         "twin": {"mode": mode.mode, "proxy": proxy, "confidence": mode.confidence,
-                 "cross_core": mode.mode == "none"},
+                 "cross_core": mode.mode == "none", "kernels": counts.kernels},
         "cycles": {"prefill": prefill_cycles, "per_token": token_cycles,
                    "wait_states": ws},
         "counts": {"platform": counts.platform, "build_id": counts.build_id,

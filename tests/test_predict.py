@@ -52,7 +52,8 @@ def test_predict_json_contract(model_file):
     r = _predict_json("--platform", "nucleo-f746zg", "--model", model_file)
     _check_contract(r, "nucleo-f746zg")
     assert r["calibration"] == "prior" and r["clock_mhz"] == 216
-    assert r["twin"] == {"mode": "proxy", "proxy": "mps2-an500", "confidence": "medium", "cross_core": False}
+    assert r["twin"] == {"mode": "proxy", "proxy": "mps2-an500", "confidence": "medium", "cross_core": False,
+                         "kernels": "arm_dsp"}
     assert r["energy_per_token_joules"]["value"] is None          # no power figure for the F746: n/a, said so
     assert any("energy not predicted" in n for n in r["notes"])
     assert r["counts"]["matches_reference"] is True
@@ -76,9 +77,12 @@ def test_boards_sharing_a_proxy_run_the_emulator_once(model_file):
     before = dict(P.STATS)
     results = P.compare(["nrf52840-dk", "nucleo-l4r5zi", "esp32-s3-devkit", "rpi-pico"], model=model_file,
                         tokens=int(TOKENS))
-    assert P.STATS["runs"] - before["runs"] <= 1             # all four count on mps2-an386
-    assert P.STATS["cache_hits"] - before["cache_hits"] >= 3
-    assert len({r["counts"]["build_id"] for r in results}) == 1
+    # all four count on mps2-an386: the two DSP cores on its arm_dsp build, the M0+ and the Xtensa
+    # (no Arm DSP) on its reference build — one run each at most
+    assert P.STATS["runs"] - before["runs"] <= 2
+    assert P.STATS["cache_hits"] - before["cache_hits"] >= 2
+    assert len({r["counts"]["build_id"] for r in results}) == 2
+    assert [r["twin"]["kernels"] for r in results] == ["arm_dsp", "arm_dsp", "ref", "ref"]
 
 
 @pytest.mark.qemu
@@ -129,3 +133,18 @@ def test_unknown_platform_and_bad_clock_fail_in_one_line():
     r = CliRunner().invoke(main, ["predict", "--platform", "nrf52840-dk", "--clock", "500"])
     assert r.exit_code != 0 and "outside 0..64 MHz" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.qemu
+def test_a_core_without_dsp_is_counted_with_the_reference_kernels(model_file):
+    """The M4F proxy builds arm_dsp kernels; an M0+ (rpi-pico) predicted from it must not be credited
+    with SMLAD: its counts come from the proxy built with the reference kernels."""
+    m4 = P.predict("nrf52840-dk", model=model_file, tokens=int(TOKENS))
+    m0 = P.predict("rpi-pico", model=model_file, tokens=int(TOKENS))
+    assert (m4["twin"]["kernels"], m0["twin"]["kernels"]) == ("arm_dsp", "ref")
+    assert m4["counts"]["platform"] == m0["counts"]["platform"] == "mps2-an386"
+    assert m4["counts"]["build_id"] != m0["counts"]["build_id"]
+    ref_counts = P.twin_counts("mps2-an386", model=model_file, tokens=int(TOKENS), kernels="ref")
+    dsp_counts = P.twin_counts("mps2-an386", model=model_file, tokens=int(TOKENS))
+    assert sum(ref_counts.decode.values()) > 1.5 * sum(dsp_counts.decode.values())
+    assert ref_counts.decode["simd"] == 0 < dsp_counts.decode["simd"]

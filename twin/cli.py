@@ -266,22 +266,30 @@ def demo(platform_list: str | None, as_json: bool, **kw) -> None:
 
 def _what_if(reports: list[dict]) -> None:
     """The demo's last answer: the catalog boards these runs stand for, predicted from their counts."""
-    from calibration.predict import PredictError, counts_from_report, predict_from_counts
+    from calibration.predict import PredictError, counts_from_report, counts_kernels, predict_from_counts
 
     from .cli_predict import print_comparison
 
     counts = {r["platform"]: counts_from_report(r) for r in reports}
-    results = []
+    results, other_kernels = [], []
     for plat in all_platforms().values():
-        if plat.counts_platform in counts:
-            try:
-                results.append(predict_from_counts(plat, counts[plat.counts_platform]))
-            except PredictError as exc:
-                click.echo(f"{plat.id}: no prediction: {exc}", err=True)
+        c = counts.get(plat.counts_platform)
+        if c is None:
+            continue
+        if counts_kernels(plat) != c.kernels:      # e.g. an M0+ cannot run the proxy's DSP kernels
+            other_kernels.append(plat.id)
+            continue
+        try:
+            results.append(predict_from_counts(plat, c))
+        except PredictError as exc:
+            click.echo(f"{plat.id}: no prediction: {exc}", err=True)
     if results:
         click.echo("\nWhat if: the catalog boards these runs stand for (prior from published timings; "
                    "`twin calibrate` on a bench narrows the ranges)")
         print_comparison(results)
+    if other_kernels:
+        click.echo(f"(not shown: {', '.join(other_kernels)} — their cores cannot run these runs' kernels; "
+                   "`twin predict --platform ID` counts them with the reference kernels)")
 
 
 @main.command()
