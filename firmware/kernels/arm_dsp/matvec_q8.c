@@ -44,38 +44,17 @@ TW_ALWAYS_INLINE void rows_q8(float *out, const int8_t *xq, const float *xs, con
             x += 8;
             p += 8;
         } while (x != group_end);
-        if (asym) {
-            int32_t sum = *sums++;
-            s0 -= (int32_t)zeros[0] * sum;
-            if (n_rows == 2) s1 -= (int32_t)zeros[ng] * sum;
-            zeros++;
-        }
-        acc0 = acc0 + ((float)s0 * sc[0]) * *xsg;
-        if (n_rows == 2) acc1 = acc1 + ((float)s1 * sc[ng]) * *xsg;
+        int32_t sum = asym ? *sums++ : 0;      /* symmetric 8-bit codes are signed: no zero point */
+        acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 0, sum, sc[0], *xsg);
+        if (n_rows == 2) acc1 = tw_group_step(acc1, s1, asym ? zeros[ng] : 0, sum, sc[ng], *xsg);
         xsg++;
         sc++;
+        if (asym) zeros++;
     } while (x != x_end);
     out[r] = acc0;
     if (n_rows == 2) out[r + 1] = acc1;
 }
 
-TW_ALWAYS_INLINE void chunk_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, int asym,
-                               uint32_t g0, uint32_t n_groups, const int32_t *sums) {
-    uint32_t r = 0, rows = w->rows;
-    for (; r + 2 <= rows; r += 2) rows_q8(out, xq, xs, w, r, 2, asym, g0, n_groups, sums);
-    if (r < rows) rows_q8(out, xq, xs, w, r, 1, asym, g0, n_groups, sums);
-}
-
 void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs;
-    if (w->scheme != TW_SCHEME_ASYMMETRIC) { /* signed codes, no zero point: one pass */
-        chunk_q8(out, xq, xs, w, 0, 0, ng, 0);
-        return;
-    }
-    int32_t sums[TW_CHUNK];
-    for (uint32_t g0 = 0; g0 < ng; g0 += TW_CHUNK) {
-        uint32_t n = ng - g0 < TW_CHUNK ? ng - g0 : TW_CHUNK;
-        tw_group_sums(sums, xq + g0 * gs, n, gs);
-        chunk_q8(out, xq, xs, w, 1, g0, n, sums);
-    }
+    tw_matvec_chunks(out, xq, xs, w, rows_q8, 0);
 }
