@@ -85,11 +85,8 @@ STATS = {"runs": 0, "cache_hits": 0}
 def _run_spec(platform: str, model: str, bits: int, tokens: int, prompt: str | None, kernels: str | None = None):
     from twin.runner import DEFAULT_PROMPT, RunSpec
 
-    kw = {"platform": platform, "model": model, "bits": bits, "tokens": tokens,
-          "prompt": prompt or DEFAULT_PROMPT, "kernels": kernels}
-    if "mem_traffic" in {f.name for f in dataclasses.fields(RunSpec)}:
-        kw["mem_traffic"] = True
-    return RunSpec(**kw)
+    return RunSpec(platform=platform, model=model, bits=bits, tokens=tokens, prompt=prompt or DEFAULT_PROMPT,
+                   kernels=kernels, mem_traffic=True)
 
 
 def _counts_cache_dir() -> Path:
