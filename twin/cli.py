@@ -34,8 +34,13 @@ def _emulated() -> list[str]:
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Digital-twin profiler for quantized tiny LLMs on microcontrollers."""
+    from .procguard import exit_on_signals
+
+    # SIGTERM/SIGHUP become SystemExit, so the emulator's context manager kills it (twin/procguard.py)
+    ctx.call_on_close(exit_on_signals())
 
 
 @main.command()

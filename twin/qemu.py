@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .platforms import Platform
+from .procguard import spawn
 
 
 class EmulatorError(RuntimeError):
@@ -77,8 +78,9 @@ class QemuProcess:
             listener.listen(1)
             self.port = listener.getsockname()[1]
             cmd = qemu_command(self.platform, self.cfg, listener.fileno())
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=self._stderr, pass_fds=(listener.fileno(),))
+            # spawn: QEMU is killed by the kernel if this process dies (twin/procguard.py)
+            self.proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=self._stderr, pass_fds=(listener.fileno(),))
         self.deadline = time.monotonic() + self.cfg.timeout
         return self
 
