@@ -207,12 +207,23 @@ def test_hf_safetensors_round_trip(tmp_path):
     ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, "unsupported architecture.*Mistral"),
     ({"hidden_act": "gelu"}, "unsupported activation 'gelu'"),
     ({"attention_bias": True}, "attention_bias"),
-    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "unsupported RoPE scaling rope_scaling.rope_type 'dynamic'"),
+    ({"architectures": "LlamaForCausalLM"}, r"invalid architectures 'LlamaForCausalLM' \(need a list"),
+    ({"num_attention_heads": 0}, "invalid num_attention_heads 0 "),
+    ({"num_attention_heads": -4}, "invalid num_attention_heads -4 "),
+    ({"hidden_size": 0}, "invalid hidden_size 0 "),
+    ({"num_key_value_heads": 0}, "invalid num_key_value_heads 0 "),
+    ({"num_hidden_layers": -1}, "invalid num_hidden_layers -1 "),
+    ({"intermediate_size": 12.5}, "invalid intermediate_size 12.5 "),
+    ({"vocab_size": "512"}, "invalid vocab_size '512' "),
+    ({"head_dim": 0}, "invalid head_dim 0 "),
+    ({"rms_norm_eps": 0}, "unreadable rms_norm_eps 0 "),
 ])
 def test_hf_unsupported_configs_are_named(tmp_path, extra, message):
     d = _hf_dir(tmp_path, generate_model(SMALL), **extra)
-    with pytest.raises(ModelFileError, match=message):
+    with pytest.raises(ModelFileError, match=message) as info:
         load_model(d)
+    assert "\n" not in str(info.value)
 
 
 def test_hf_unsupported_dtype_is_named(tmp_path):

@@ -47,12 +47,18 @@ def as_f32(a: object, shape: tuple[int, ...], what: str, where: str) -> np.ndarr
     return out
 
 
-def build_model(c: ModelConfig, get, where: str, tokenizer=None) -> FloatModel:
+def build_model(c: ModelConfig, get, where: str, tokenizer=None, rope_freq: np.ndarray | None = None) -> FloatModel:
     """A checked FloatModel from ``get(name, layer)`` -> array (layer None for global tensors):
-    names tok_emb, final_norm, classifier (None if shared) and the LAYER_FIELDS."""
+    names tok_emb, final_norm, classifier (None if shared) and the LAYER_FIELDS. ``rope_freq``: the
+    per-pair RoPE frequencies (head_size/2) when they are not plain θ's (scaled RoPE, twin.importers.rope)."""
     from twin.modelgen import rope_frequencies
 
     check_config(c, where)
+    if rope_freq is None:
+        rope_freq = rope_frequencies(c.head_size, c.rope_theta)
+    rope_freq = as_f32(rope_freq, (c.head_size // 2,), "RoPE frequencies", where)
+    if np.any(rope_freq <= 0):
+        raise ModelFileError(f"{where}: RoPE frequencies must be positive")
     shapes = expected_shapes(c)
     layers = []
     for i in range(c.n_layers):
@@ -64,7 +70,7 @@ def build_model(c: ModelConfig, get, where: str, tokenizer=None) -> FloatModel:
         classifier = as_f32(get("classifier", None), (c.vocab_size, c.dim), "classifier", where)
     return FloatModel(config=c, tok_emb=tok_emb, layers=layers,
                       final_norm=as_f32(get("final_norm", None), (c.dim,), "final norm", where),
-                      rope_freq=rope_frequencies(c.head_size, c.rope_theta), classifier=classifier,
+                      rope_freq=rope_freq, classifier=classifier,
                       tokenizer=tokenizer)
 
 

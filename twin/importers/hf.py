@@ -44,7 +44,26 @@ def permute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, hs // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
+def _dim(cfg: dict, key: str, where: str, default=None) -> int:
+    """A positive integer field (null or absent: ``default``); anything else names the field and value."""
+    v = cfg.get(key)
+    if v is None:
+        if default is None:
+            raise ModelFileError(f"{where}: missing field {key!r}")
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not 0 < v <= 1 << 24:
+        raise ModelFileError(f"{where}: invalid {key} {v!r} (need a positive integer)")
+    return int(v)
+
+
 def read_hf_config(directory: Path) -> ModelConfig:
+    return _read_hf_config(directory)[0]
+
+
+def _read_hf_config(directory: Path) -> tuple[ModelConfig, np.ndarray]:
+    """The config and the per-pair RoPE frequencies (twin.importers.rope.hf_rope)."""
+    from .rope import _number, hf_rope
+
     where = str(directory / "config.json")
     try:
         cfg = json.loads((directory / "config.json").read_text())
@@ -52,7 +71,11 @@ def read_hf_config(directory: Path) -> ModelConfig:
         raise ModelFileError(f"{where}: not readable JSON ({exc})") from None
     if not isinstance(cfg, dict):
         raise ModelFileError(f"{where}: not a JSON object")
-    arch = cfg.get("architectures") or [cfg.get("model_type")]
+    arch = cfg.get("architectures")
+    if arch is not None and (not isinstance(arch, list) or not all(isinstance(a, str) for a in arch)):
+        raise ModelFileError(f"{where}: invalid architectures {arch!r} (need a list of class names, "
+                             f'e.g. ["LlamaForCausalLM"])')
+    arch = arch or [cfg.get("model_type")]
     if cfg.get("model_type") != "llama" or not any(a in SUPPORTED_ARCH for a in arch):
         raise ModelFileError(f"{where}: unsupported architecture {arch} (model_type {cfg.get('model_type')!r}); "
                              f"supported: {', '.join(SUPPORTED_ARCH)}")
@@ -62,24 +85,22 @@ def read_hf_config(directory: Path) -> ModelConfig:
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
             raise ModelFileError(f"{where}: unsupported {key}=true (the twin's layers have no biases)")
-    if cfg.get("rope_scaling"):
-        raise ModelFileError(f"{where}: unsupported rope_scaling {cfg['rope_scaling']!r}")
-    try:
-        dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        head_dim = cfg.get("head_dim") or dim // heads
-        if head_dim * heads != dim:
-            raise ModelFileError(f"{where}: unsupported head_dim {head_dim} != hidden_size / heads")
-        return ModelConfig(
-            dim=dim, hidden_dim=int(cfg["intermediate_size"]), n_layers=int(cfg["num_hidden_layers"]),
-            n_heads=heads, n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            vocab_size=int(cfg["vocab_size"]), seq_len=int(cfg.get("max_position_embeddings", 2048)),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), name=directory.name[:16] or "hf-llama",
-            shared_classifier=bool(cfg.get("tie_word_embeddings", False)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)))
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
-        raise ModelFileError(f"{where}: missing or invalid field {exc}") from None
+    dim, heads = _dim(cfg, "hidden_size", where), _dim(cfg, "num_attention_heads", where)
+    head_dim = _dim(cfg, "head_dim", where, dim // heads)
+    if head_dim * heads != dim:
+        raise ModelFileError(f"{where}: unsupported head_dim {head_dim} != hidden_size {dim} / "
+                             f"num_attention_heads {heads}")
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    c = ModelConfig(
+        dim=dim, hidden_dim=_dim(cfg, "intermediate_size", where), n_layers=_dim(cfg, "num_hidden_layers", where),
+        n_heads=heads, n_kv_heads=_dim(cfg, "num_key_value_heads", where, heads),
+        vocab_size=_dim(cfg, "vocab_size", where), seq_len=_dim(cfg, "max_position_embeddings", where, 2048),
+        norm_eps=_number(eps, "rms_norm_eps", where), name=directory.name[:16] or "hf-llama",
+        shared_classifier=bool(cfg.get("tie_word_embeddings", False)), rope_theta=10000.0)
+    if head_dim % 2:
+        raise ModelFileError(f"{where}: unsupported odd head_dim {head_dim} (RoPE rotates pairs)")
+    theta, freqs = hf_rope(cfg, head_dim, where)
+    return ModelConfig(**{**c.__dict__, "rope_theta": theta}), freqs
 
 
 def _safetensors_header(path: Path) -> dict:
@@ -184,7 +205,7 @@ def load_state(directory: Path) -> dict[str, np.ndarray]:
 def load_hf(directory: str | Path, tokenizer: str | Path | None = None) -> FloatModel:
     """A Hugging Face Llama directory; the tokenizer is ``tokenizer`` or tokenizer.json beside config.json."""
     directory = Path(directory)
-    c = read_hf_config(directory)
+    c, rope_freq = _read_hf_config(directory)
     tok = find_tokenizer(tokenizer, directory / "tokenizer.json", c.vocab_size)
     state = load_state(directory)
     where = str(directory)
@@ -207,4 +228,4 @@ def load_hf(directory: str | Path, tokenizer: str | Path | None = None) -> Float
     extra = sorted(k for k in state if k not in known and not k.endswith("rotary_emb.inv_freq"))
     if extra:
         raise ModelFileError(f"{where}: unsupported tensors for a Llama decoder: {', '.join(extra[:5])}")
-    return build_model(c, get, where, tok)
+    return build_model(c, get, where, tok, rope_freq=rope_freq)

@@ -1,7 +1,8 @@
 """The twin's own compact model file: an .npz of float16 (or float32) weights, the config as JSON and,
 optionally, the tokenizer as JSON tagged with its kind (``format``: the twin's own ``twin-tokenizer-1``
 or a Hugging Face tokenizer.json, ``hf-tokenizers-1``; twin.tokenizer.tokenizer_from_json). Used for the
-built-in models in models/."""
+built-in models in models/. The per-pair RoPE frequencies are stored as float32 (``rope_freq``; files
+without it have plain ``rope_theta`` frequencies)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def save_npz(model: FloatModel, path: str | Path, dtype: type = np.float16) -> N
             arrays[f"layers.{i}.{f}"] = getattr(layer, f)
     meta = {"format": FORMAT, "config": dataclasses.asdict(c)}
     out = {k: np.asarray(v, dtype=dtype) for k, v in arrays.items()}
+    out["rope_freq"] = np.asarray(model.rope_freq, dtype=np.float32)   # float32 always: scaled RoPE too
     out["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     if model.tokenizer is not None:
         out["tokenizer"] = np.frombuffer(model.tokenizer.to_json().encode(), dtype=np.uint8)
@@ -75,5 +77,6 @@ def load_npz(path: str | Path) -> FloatModel:
             raise ModelFileError(f"{where}: missing tensor {key}")
         return files[key]
 
-    return build_model(config, get, where, tokenizer)
+    rope_freq = files.get("rope_freq")   # absent in older files: plain rope_theta
+    return build_model(config, get, where, tokenizer, rope_freq=rope_freq)
 

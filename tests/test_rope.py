@@ -1,0 +1,171 @@
+"""RoPE θ and scaling survive every import path (issue 8): checkpoints saved by the installed
+transformers (which writes ``rope_parameters``, not ``rope_theta``), transformers 4.x-style configs
+(top-level ``rope_theta`` + ``rope_scaling``), ONNX exports, llama2.c tables and the twin's .npz, all at
+a non-default θ; the truth is transformers' / onnxruntime's own output, never the importer's formula.
+Schemes the image cannot carry exactly are refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from twin.importers import ModelFileError, load_model
+from twin.modelgen import rope_frequencies
+from twin.reference import FloatReference
+
+torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -e '.[parity]')")
+transformers = pytest.importorskip("transformers", reason="transformers not installed (parity extra)")
+
+TOKENS = [1, 17, 42, 5, 99, 3, 64, 7, 23, 88, 0, 12, 31, 77, 2, 50]
+TOL = 1e-4
+LLAMA3 = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+LINEAR = {"rope_type": "linear", "rope_theta": 5e5, "factor": 4.0}
+PLAIN = {"rope_type": "default", "rope_theta": 5e5}
+
+
+def _logits(model, tokens=TOKENS) -> np.ndarray:
+    ref = FloatReference(model)
+    return np.stack([ref.forward(t, p) for p, t in enumerate(tokens)])
+
+
+def _rel_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+    return float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+
+
+def _hf_model(rope_parameters, kv_heads=2, seed=0):
+    """A tiny transformers Llama whose attention is sharp enough (large q/k) that RoPE shows in the logits."""
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=32,
+                                   rms_norm_eps=1e-5, rope_parameters=dict(rope_parameters),
+                                   tie_word_embeddings=False)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif "q_proj" in name or "k_proj" in name:
+                p.mul_(12.0)
+    return hf
+
+
+def _hf_logits(hf) -> np.ndarray:
+    with torch.no_grad():
+        return hf(torch.tensor([TOKENS])).logits[0].double().numpy()
+
+
+def _with_freq(model, freq):
+    import dataclasses
+    return dataclasses.replace(model, rope_freq=np.asarray(freq, dtype=np.float32))
+
+
+@pytest.mark.parametrize("params", [PLAIN, LINEAR, LLAMA3], ids=["default", "linear", "llama3"])
+def test_transformers_checkpoint_keeps_theta_and_scaling(tmp_path, params):
+    hf = _hf_model(params)
+    hf.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "rope_parameters" in saved and saved["rope_parameters"]["rope_type"] == params["rope_type"]
+    model = load_model(tmp_path)
+    assert model.config.rope_theta == 5e5
+    theirs = _hf_logits(hf)
+    err = _rel_error(_logits(model), theirs)
+    # the test can fail: the same weights with θ 10000 (what the importer read before), or θ 5e5 without
+    # the scaling, are far off transformers' logits
+    wrong = [_rel_error(_logits(_with_freq(model, rope_frequencies(16, 1e4))), theirs)]
+    if params is not PLAIN:
+        wrong.append(_rel_error(_logits(_with_freq(model, rope_frequencies(16, 5e5))), theirs))
+    print(f"{params['rope_type']}: relative error {err:.2e}; with θ 10000 / unscaled {wrong}")
+    assert err <= TOL < min(wrong) / 10
+
+
+@pytest.mark.parametrize("params", [LINEAR, LLAMA3, {**LLAMA3, "factor": 3.0, "original_max_position_embeddings": 24}],
+                         ids=["linear", "llama3", "llama3-b"])
+def test_frequencies_are_transformers_rope_init_functions(tmp_path, params):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf = _hf_model(params)
+    hf.save_pretrained(tmp_path)
+    inv, attention_factor = ROPE_INIT_FUNCTIONS[params["rope_type"]](hf.config, "cpu")
+    assert attention_factor == 1.0
+    np.testing.assert_allclose(load_model(tmp_path).rope_freq, inv.numpy(), rtol=2e-6)
+    np.testing.assert_allclose(hf.model.rotary_emb.inv_freq.numpy(), inv.numpy(), rtol=1e-7)
+
+
+@pytest.mark.parametrize("scaling", [None, {"type": "linear", "factor": 4.0},
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}],
+                         ids=["theta-only", "linear", "llama3"])
+def test_transformers_4_style_config(tmp_path, scaling):
+    """Top-level rope_theta (+ rope_scaling, with 'type' or 'rope_type') as transformers 4.x wrote them:
+    the installed transformers reads that config too, and its logits are the truth."""
+    _hf_model(PLAIN).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("rope_parameters")
+    cfg["rope_theta"] = 250000.0
+    if scaling is not None:
+        cfg["rope_scaling"] = scaling
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert hf.config.rope_parameters["rope_theta"] == 250000.0
+    model = load_model(tmp_path)
+    assert model.config.rope_theta == 250000.0
+    np.testing.assert_allclose(model.rope_freq, hf.model.rotary_emb.inv_freq.numpy(), rtol=2e-6)
+    assert _rel_error(_logits(model), _hf_logits(hf)) <= TOL
+
+
+def _config_dir(tmp_path, **rope):
+    _hf_model(PLAIN).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("rope_parameters")
+    cfg.update(rope)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def test_nested_per_layer_type_parameters(tmp_path):
+    same = {"full_attention": dict(LINEAR), "sliding_attention": dict(LINEAR)}
+    flat = load_model(_config_dir(tmp_path / "flat", rope_parameters=dict(LINEAR)))
+    nested = load_model(_config_dir(tmp_path / "nested", rope_parameters=same))
+    assert nested.config.rope_theta == 5e5
+    np.testing.assert_array_equal(nested.rope_freq, flat.rope_freq)
+    differ = {"full_attention": dict(LINEAR), "sliding_attention": dict(PLAIN)}
+    with pytest.raises(ModelFileError, match="'full_attention' and 'sliding_attention' different RoPE"):
+        load_model(_config_dir(tmp_path / "differ", rope_parameters=differ))
+
+
+@pytest.mark.parametrize("rope, message", [
+    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 5e5, "factor": 2.0}},
+     r"unsupported RoPE scaling rope_parameters.rope_type 'dynamic'; supported: default .*linear and llama3"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 4.0,
+                          "original_max_position_embeddings": 16}}, r"rope_type 'yarn'; supported"),
+    ({"rope_scaling": {"type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8}},
+     r"rope_scaling.rope_type 'longrope'; supported"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": "5e5"}}, r"unreadable rope_parameters.rope_theta '5e5'"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": None}}, r"unreadable rope_parameters.rope_theta None"),
+    ({"rope_theta": -1}, r"unreadable rope_theta -1"),
+    ({"rope_parameters": "default"}, r"unreadable rope_parameters 'default'"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 5e5}}, r"rope_type 'linear' has no factor"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 5e5, "factor": 0}}, r"unreadable rope_parameters.factor 0"),
+    ({"rope_parameters": {**PLAIN, "partial_rotary_factor": 0.5}}, r"unsupported partial_rotary_factor 0.5"),
+])
+def test_unsupported_or_unreadable_rope_is_named(tmp_path, rope, message):
+    d = _config_dir(tmp_path, **rope)
+    with pytest.raises(ModelFileError, match=message) as info:
+        load_model(d)
+    assert "\n" not in str(info.value)
+
+
+def test_npz_keeps_scaled_frequencies(tmp_path):
+    from twin.importers.npz import save_npz
+
+    hf = _hf_model(LLAMA3)
+    hf.save_pretrained(tmp_path / "hf")
+    model = load_model(tmp_path / "hf")
+    save_npz(model, tmp_path / "m.npz", dtype=np.float32)
+    back = load_model(tmp_path / "m.npz")
+    assert back.config.rope_theta == 5e5
+    np.testing.assert_array_equal(back.rope_freq, model.rope_freq)
+    assert _rel_error(_logits(back), _hf_logits(hf)) <= TOL
