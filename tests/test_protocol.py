@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from twin.protocol import (
     MAX_BODY,
     MAX_ENCODED,
+    PROTO_VERSION,
     SEQ_NONE,
     Bye,
     DeviceError,
@@ -209,15 +210,15 @@ def test_message_round_trip(msg, seq: int) -> None:
 
 def test_message_sizes_match_the_spec() -> None:
     assert len(Info(1, 0, 0, 0, 0, 0, "", "", "", "").pack()) == 100
-    assert len(Phase(0, 0, 0, 0, 0).pack()) == 13
+    assert len(Phase(0, 0, 0, 0, 0).pack()) == 17
     assert len(Result(0, 0, 0, 0, 0).pack()) == 14
     assert len(MemInfo(*[0] * 8).pack()) == 32
     assert len(RunRequest((1, 2), 0, 0, 0.0, 0.0).pack()) == 16 + 4
 
 
 def test_bad_bodies_are_protocol_errors() -> None:
-    with pytest.raises(ProtocolError, match="PHASE body is 12 bytes, expected 13"):
-        Phase.unpack(bytes(12))
+    with pytest.raises(ProtocolError, match="PHASE body is 16 bytes, expected 17"):
+        Phase.unpack(bytes(16))
     with pytest.raises(ProtocolError, match="RUN body"):
         RunRequest.unpack(struct.pack("<HHIff", 3, 1, 1, 0.0, 1.0) + b"\x01\x00")
     with pytest.raises(ProtocolError, match="unknown message type 0x7f"):
@@ -237,7 +238,7 @@ def test_error_sentences() -> None:
 # --------------------------------------------------------------------------- Device over a socket
 
 Script = Callable[["FakeLink"], None]
-INFO = Info(1, 0, 25_000_000, 0x1234ABCD, 4096, 777, "mps2-an386", "cortex-m4", "test-build", "tiny")
+INFO = Info(PROTO_VERSION, 0, 25_000_000, 0x1234ABCD, 4096, 777, "mps2-an386", "cortex-m4", "test-build", "tiny")
 
 
 class FakeLink:

@@ -48,6 +48,19 @@ class Emulator:
 
 
 @dataclass(frozen=True)
+class RtlBoard:
+    """A bench board that is a cycle-exact RTL simulation (twin/rtl.py): our SoC around ``core``
+    (rtl/cores/<core>.sv, the RTL from a PyPI package) with ``config`` options for it, and memory
+    wait states: accesses to the code and model windows cost ``flash_wait_states`` extra cycles, to
+    the RAM window ``ram_wait_states``."""
+    core: str
+    config: dict = field(default_factory=dict, hash=False)
+    flash_wait_states: int = 0
+    ram_wait_states: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Clocks:
     max_hz: int
     default_hz: int
@@ -154,6 +167,7 @@ class Platform:
     power: Power | None = None
     twin: TwinMapping | None = None
     kernels: str = "ref"           # kernel set of the build: firmware/kernels/<kernels>/ over ref
+    rtl: RtlBoard | None = None    # the board is an RTL simulation (`twin bench --port rtl`)
 
     @property
     def has_firmware(self) -> bool:
@@ -385,6 +399,30 @@ def _twin(data: dict, where: str, has_emulator: bool, pid: str) -> TwinMapping |
     return TwinMapping(mode, proxy, confidence, str(t.get("note", "")))
 
 
+RTL_CORES = ("ibex", "cv32e40p")   # rtl/cores/<core>.sv; their build recipes: twin/rtl.py
+
+
+def _rtl(data: dict, where: str, arch: str, counter: str, has_emulator: bool) -> RtlBoard | None:
+    r = _optional(data, "rtl", dict, where)
+    if r is None:
+        return None
+    rw = f"{where}: rtl"
+    if arch != "riscv" or counter != "mcycle" or not has_emulator:
+        raise PlatformError(f"{rw}: an RTL board needs arch: riscv, cycle_counter: mcycle and an 'emulator' "
+                            "section (the QEMU twin that runs the same ELF)")
+    core = _choice(r, "core", RTL_CORES, rw)
+    config = r.get("config", {}) or {}
+    if not isinstance(config, dict):
+        raise PlatformError(f"{rw}: field 'config' must be a mapping of core options")
+    waits = {}
+    for key in ("flash_wait_states", "ram_wait_states"):
+        value = r.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+            raise PlatformError(f"{rw}: field '{key}' must be an int in 0..255, got {value!r}")
+        waits[key] = value
+    return RtlBoard(core, dict(config), **waits, note=str(r.get("note", "")))
+
+
 def _kernels(data: dict, where: str, arch: str, dsp: bool, board: str | None) -> str:
     if "kernels" not in data:
         return "ref"
@@ -493,6 +531,7 @@ def parse_platform(data: object, source: Path) -> Platform:
         power=_power(data, where),
         twin=_twin(data, where, emulator is not None, pid),
         kernels=_kernels(data, where, arch, dsp, board),
+        rtl=_rtl(data, where, arch, counter, emulator is not None),
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar
 
-PROTO_VERSION = 1
+PROTO_VERSION = 2   # 2: PHASE carries the retired-instruction count between its marks
 MAX_PAYLOAD = 1024  # type + seq + body, without the CRC
 HEADER_SIZE = 3  # type:u8 seq:u16
 CRC_SIZE = 4
@@ -434,16 +434,17 @@ class RunRequest:
 @dataclass(frozen=True)
 class Phase:
     TYPE: ClassVar[int] = MsgType.PHASE
-    _S: ClassVar[struct.Struct] = struct.Struct("<BHHII")
+    _S: ClassVar[struct.Struct] = struct.Struct("<BHHIII")
 
     kind: int  # PhaseKind
     index: int
     token: int
     cycles: int
     stack_peak: int
+    instret: int = 0   # retired instructions between the phase's marks (minstret); 0: no such counter
 
     def pack(self) -> bytes:
-        return self._S.pack(self.kind, self.index, self.token, self.cycles, self.stack_peak)
+        return self._S.pack(self.kind, self.index, self.token, self.cycles, self.stack_peak, self.instret)
 
     @classmethod
     def unpack(cls, body: bytes) -> Phase:

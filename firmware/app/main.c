@@ -7,8 +7,9 @@
 #include "proto.h"
 #include "workloads.h"
 
-/* The profiling plugin watches this function's first instruction. noipa: never inlined or dropped. */
-__attribute__((noipa, used)) void twin_mark(void)
+/* The profiling plugin watches this function's first instruction. noipa: never inlined or dropped.
+ * Weak: a core with a retired-instruction counter brings its own (boards/arch/riscv/start.S). */
+__attribute__((noipa, used, weak)) void twin_mark(void)
 {
     __asm__ volatile("" ::: "memory");
     board_marker_toggle();   /* the same boundary on a GPIO, for a power analyzer */
@@ -16,22 +17,24 @@ __attribute__((noipa, used)) void twin_mark(void)
 
 static twin_model model;
 static int model_status;
-static uint32_t validate_cycles;
+static uint32_t validate_cycles, validate_instret;
 
-static void send_phase(uint16_t seq, uint8_t kind, uint16_t index, uint16_t token, uint32_t cycles)
+static void send_phase(uint16_t seq, uint8_t kind, uint16_t index, uint16_t token, uint32_t cycles,
+                       uint32_t instret)
 {
-    uint8_t body[13], *p = body;
+    uint8_t body[17], *p = body;
     p = proto_put_u8(p, kind);
     p = proto_put_u16(p, index);
     p = proto_put_u16(p, token);
     p = proto_put_u32(p, cycles);
     p = proto_put_u32(p, board_stack_peak());
+    p = proto_put_u32(p, instret);
     proto_send(MSG_PHASE, seq, body, (size_t)(p - body));
 }
 
 static void on_hello(uint16_t seq)
 {
-    send_phase(seq, PHASE_VALIDATE, 0, 0, validate_cycles);
+    send_phase(seq, PHASE_VALIDATE, 0, 0, validate_cycles, validate_instret);
     uint8_t body[96], *p = body;
     p = proto_put_u16(p, PROTO_VERSION);
     p = proto_put_u16(p, (uint16_t)model_status);
@@ -81,23 +84,25 @@ static void on_run(uint16_t seq, const uint8_t *b, uint16_t len)
     rng_seed(&rng, seed);
     uint32_t c0 = board_cycles();
     twin_mark();
+    uint32_t i0 = board_mark_instret();
     for (uint32_t i = 0; i + 1 < n_prompt; i++)
         model_forward(&model, proto_get_u16(prompt + 2 * i), (int)pos++);
     twin_mark();
     uint32_t cycles = board_cycles() - c0;
     total += cycles;
-    send_phase(seq, PHASE_PREFILL, 0, 0, cycles);
+    send_phase(seq, PHASE_PREFILL, 0, 0, cycles, board_mark_instret() - i0);
 
     int token = proto_get_u16(prompt + 2 * (n_prompt - 1));
     for (uint32_t k = 0; k < n_tokens; k++) {
         c0 = board_cycles();
         twin_mark();
+        i0 = board_mark_instret();
         const float *logits = model_forward(&model, token, (int)pos++);
         token = model_sample(&model, logits, temperature, topp, &rng);
         twin_mark();
         cycles = board_cycles() - c0;
         total += cycles;
-        send_phase(seq, PHASE_DECODE, (uint16_t)k, (uint16_t)token, cycles);
+        send_phase(seq, PHASE_DECODE, (uint16_t)k, (uint16_t)token, cycles, board_mark_instret() - i0);
     }
 
     uint8_t body[14], *p = body;
@@ -156,10 +161,11 @@ static void on_selftest(uint16_t seq, const uint8_t *b, uint16_t len)
     uint32_t n = proto_get_u32(b);
     uint32_t c0 = board_cycles();
     twin_mark();
+    uint32_t i0 = board_mark_instret();
     uint32_t sum = selftest_loop(n);
     twin_mark();
     uint32_t cycles = board_cycles() - c0;
-    send_phase(seq, PHASE_SELFTEST, 0, 0, cycles);
+    send_phase(seq, PHASE_SELFTEST, 0, 0, cycles, board_mark_instret() - i0);
     uint8_t body[12], *p = body;
     p = proto_put_u32(p, n);
     p = proto_put_u32(p, sum);
@@ -177,10 +183,12 @@ int main(void)
 {
     uint32_t c0 = board_cycles();
     twin_mark();
+    uint32_t i0 = board_mark_instret();
     model_status = model_open(&model, __model_start, (uint32_t)(uintptr_t)__model_size, __arena_start,
                               (uint32_t)(__arena_end - __arena_start));
     twin_mark();
     validate_cycles = board_cycles() - c0;
+    validate_instret = board_mark_instret() - i0;
 
     uint8_t boot[2];
     proto_put_u16(boot, PROTO_VERSION);

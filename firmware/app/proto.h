@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PROTO_VERSION 1
+#define PROTO_VERSION 2   /* 2: PHASE carries instret */
 #define PROTO_MAX_PAYLOAD 1024u                  /* type + seq + body, CRC excluded */
 #define PROTO_HEADER_SIZE 3u
 #define PROTO_MAX_BODY (PROTO_MAX_PAYLOAD - PROTO_HEADER_SIZE)

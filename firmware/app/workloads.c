@@ -582,17 +582,20 @@ void workload_request(uint16_t seq, const uint8_t *body, uint16_t len, uint32_t 
 
     uint32_t c0 = board_cycles();
     twin_mark();
+    uint32_t i0 = board_mark_instret();
     uint32_t value = execute(&job);
     twin_mark();
     uint32_t cycles = board_cycles() - c0;
+    uint32_t instret = board_mark_instret() - i0;
 
     uint32_t checksum = job.result_bytes ? crc32_update(0, job.result, job.result_bytes) : value;
-    uint8_t phase[13], *p = phase;
+    uint8_t phase[17], *p = phase;
     p = proto_put_u8(p, PHASE_WORKLOAD);
     p = proto_put_u16(p, job.id);
     p = proto_put_u16(p, 0);
     p = proto_put_u32(p, cycles);
     p = proto_put_u32(p, board_stack_peak());
+    p = proto_put_u32(p, instret);
     proto_send(MSG_PHASE, seq, phase, (size_t)(p - phase));
     uint8_t done[18], *q = done;
     q = proto_put_u16(q, job.id);

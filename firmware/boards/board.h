@@ -11,6 +11,8 @@ int board_getc(void);               /* next received byte, or -1 when none is wa
 void board_putc(uint8_t c);         /* blocking transmit of one byte */
 uint32_t board_clock_hz(void);      /* the core clock actually configured */
 uint32_t board_cycles(void);        /* free-running cycle counter; 0 where there is none (emulators) */
+uint32_t board_mark_instret(void);  /* retired instructions at the last twin_mark(); 0 where the core
+                                       has no such counter (a phase's count is the delta of two) */
 void board_exit(int code) __attribute__((noreturn));   /* end the run (emulator) or reset (board) */
 
 /* Memory facts from the linker script (firmware/link.ld + the generated memory.ld). */
