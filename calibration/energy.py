@@ -29,8 +29,31 @@ ASSUMED_VOLTAGE_SOURCE = ("assumption: 3.3 V board rail (the figure's voltage wa
                           "file)")
 
 
+SUPPLY_RANGE_V = (0.5, 5.5)   # every MCU supply rail (and core-voltage what-if) lies in here
+
+
 class EnergyModelError(ValueError):
     """The board has no power figures to build an energy estimate from."""
+
+
+class VoltageError(ValueError):
+    """A supply voltage that no microcontroller runs at (NaN, negative, 1000 V)."""
+
+
+def check_voltage(voltage_v: float | None, what: str = "voltage") -> float | None:
+    """``voltage_v`` if it is a plausible supply voltage (finite, within SUPPLY_RANGE_V), None if None;
+    otherwise VoltageError naming the value.  Every path that takes a voltage (predict's DVFS what-if,
+    a bench trace without a voltage column) should call this before any work."""
+    if voltage_v is None:
+        return None
+    lo, hi = SUPPLY_RANGE_V
+    try:
+        v = float(voltage_v)
+    except (TypeError, ValueError):
+        raise VoltageError(f"{what} {voltage_v!r} is not a number (volts)") from None
+    if not (lo <= v <= hi):     # also refuses NaN
+        raise VoltageError(f"{what} {voltage_v!r} V is outside the plausible supply range {lo:g}-{hi:g} V")
+    return v
 
 
 @dataclass(frozen=True)

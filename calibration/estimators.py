@@ -149,7 +149,7 @@ class NonNegativeLinear(RegressorMixin, BaseEstimator):
         norms = np.linalg.norm(A, axis=0)
         norms[norms == 0] = 1.0
         res = lsq_linear(A / norms, b, bounds=(0.0, np.inf), method="bvls" if A.shape[1] <= 64 else "trf")
-        coef = res.x / norms
+        coef = np.maximum(res.x / norms, 0.0)   # the solver's rounding may leave -1e-27: costs are >= 0
         if prior is not None:   # a feature never seen in training keeps its prior cost
             unseen = ~np.any(X != 0, axis=0)
             coef[unseen] = prior[unseen]

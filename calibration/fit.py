@@ -9,6 +9,8 @@ the residual is considered, both models are cross-validated on the same folds an
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from .estimators import (
 from .store import ENERGY_FEATURES, Calibration, FittedModel
 
 LINEAR, WITH_RESIDUAL = "linear", "linear+residual"
+MAPE_WARN_PERCENT = 25.0      # a cross-validated cycle error above this is warned about
+log = logging.getLogger("calibration")
 RESIDUAL_CHOICES = {False: "off", True: "on", "off": "off", "on": "on", "auto": "auto"}
 
 
@@ -37,8 +41,77 @@ def _cv(model, X, y, groups, inner=None) -> dict:
     if len(np.unique(groups)) < 2:
         return {}
     r = cross_validate_grouped(model, X, y, groups, n_splits=10, inner_groups=inner)
-    return {k: r[k] for k in ("mape_percent", "coverage", "mean_interval_width_percent", "n_folds")
-            if k in r}
+    out = {k: r[k] for k in ("mape_percent", "coverage", "mean_interval_width_percent", "n_folds")
+           if k in r}
+    width = out.get("mean_interval_width_percent")
+    if width is not None and not math.isfinite(width):   # folds too small for a bounded interval
+        out["coverage"] = out["mean_interval_width_percent"] = None
+        out["note"] = "intervals unbounded in some folds (too few rows per fold): coverage not measured"
+    return out
+
+
+def _refuse_infinite(df: pd.DataFrame) -> None:
+    """An infinite count or target (``inf`` in a CSV) names its column and row instead of failing deep
+    in the solver ("SVD did not converge")."""
+    for col in df.columns:
+        if pd.api.types.is_float_dtype(df[col]):
+            bad = np.isinf(df[col].to_numpy())
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DatasetError(f"column '{col}' row {i}: {df[col].iloc[i]!r} is not a finite number "
+                                   "(every count, clock and measurement must be finite)")
+
+
+def _finite_interval(fitted, unfitted, X, y, groups, alpha: float, cv: dict, what: str = "cycle") -> float:
+    """The fitted split-conformal half-width, or — when its hold-out is too small for the (1 - alpha)
+    quantile (q = inf: fewer than (1 - alpha)/alpha held-out rows) — the same quantile of the
+    out-of-fold relative errors of all rows (leave-workloads-out, jackknife+ style: coverage >= 1 - 2·alpha
+    guaranteed instead of 1 - alpha).  Refuses when even that has too few rows.  Records the basis in
+    ``cv["interval"]``."""
+    q = float(fitted.q_)
+    n_cal = int(getattr(fitted, "n_calibration_", 0))
+    if math.isfinite(q):
+        cv["interval"] = {"basis": "split-conformal", "n_scores": n_cal}
+        return q
+    need = math.ceil((1 - alpha) / alpha)
+    n_groups = len(np.unique(groups))
+    if len(y) >= need and n_groups >= 2:
+        r = cross_validate_grouped(unfitted, X, y, groups, n_splits=10)
+        p = r["predictions"]
+        scores = np.sort(np.abs(y - p) / np.maximum(p, 1e-12))
+        scores = scores[np.isfinite(scores)]
+        k = math.ceil((len(scores) + 1) * (1 - alpha))
+        if k <= len(scores):
+            cv["interval"] = {"basis": "cross-validated", "n_scores": int(len(scores)),
+                              "note": f"the split-conformal hold-out had {n_cal} rows, fewer than the {need} a "
+                                      f"{1 - alpha:.0%} bound needs: the interval is that quantile of the "
+                                      f"out-of-fold errors of all {len(scores)} rows (coverage >= "
+                                      f"{1 - 2 * alpha:.0%} guaranteed)"}
+            return float(scores[k - 1])
+    raise DatasetError(f"too few measurements for a {1 - alpha:.0%} {what} interval: {len(y)} rows from "
+                       f"{n_groups} workloads, at least {need} rows from 2 or more workloads are needed "
+                       "(`twin bench` measures 13 workloads × 2 phases by default)")
+
+
+def quality_warnings(df: pd.DataFrame, cal: Calibration) -> list[str]:
+    """What makes a fitted calibration weak, one sentence each (empty when nothing does)."""
+    out = []
+    cycles = pd.to_numeric(df["cycles"], errors="coerce")
+    cycles = cycles[cycles > 0]
+    if len(cycles) > 1 and cycles.nunique() == 1:
+        out.append(f"every measured row has the same cycle count ({cycles.iloc[0]:.0f}) although the workloads "
+                   "differ: the cycle counter probably did not run or was read wrong; check the bench")
+    err = (cal.cycles.cv.get("by_workload") or {}).get("mape_percent")
+    if err is not None and err > MAPE_WARN_PERCENT:
+        out.append(f"the cross-validated cycle error is {err:.0f}% (by workload; above {MAPE_WARN_PERCENT}%): "
+                   "the model does not explain these measurements, so predictions from this file are not "
+                   "trustworthy")
+    note = (cal.cycles.cv.get("interval") or {}).get("note")
+    if note:
+        out.append(f"cycle interval: {note}; measure more workloads for the full guarantee")
+    if cal.cycles.cv.get("energy_not_fitted"):
+        out.append(f"no energy model in the file: {cal.cycles.cv['energy_not_fitted']}")
+    return out
 
 
 def _linear_part(est) -> NonNegativeLinear:
@@ -62,6 +135,7 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = 1
     if choice != "off" and residual_model is not None:
         store.check_residual_type(residual_model)
     df = validate_dataset(df)
+    _refuse_infinite(df)
     ok = measured(df, "cycles")
     if not ok.any():
         raise DatasetError("no row has measured cycles (all 0/NaN, e.g. QEMU runs): nothing to calibrate")
@@ -100,9 +174,10 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = 1
         cv["choice"] = why
     model = candidates[chosen]
     model.fit(X, y, groups=df["workload"].to_numpy())
+    q = _finite_interval(model, candidates[chosen], X, y, df["workload"].to_numpy(), alpha, cv)
     block = store.residual_block(model.estimator_.residual_) if chosen == WITH_RESIDUAL else None
     linear_fit = _linear_part(model.estimator_)
-    cycles = FittedModel(coefficients_dict(linear_fit.coef_), alpha, model.q_, cv, residual=block)
+    cycles = FittedModel(store.clamp_coef(coefficients_dict(linear_fit.coef_)), alpha, q, cv, residual=block)
 
     energy = None
     has_energy = measured(df, "energy_j").to_numpy()
@@ -119,8 +194,14 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = 1
                                                      eprior is not None else 0.0), alpha=alpha)
         ecv = {"by_workload": _cv(emodel, Xe, ye, egroups), "n_rows": int(has_energy.sum())}
         emodel.fit(Xe, ye, groups=egroups)
-        energy = FittedModel({f: float(c) for f, c in zip(ENERGY_FEATURES, emodel.estimator_.coef_,
-                                                          strict=True)}, alpha, emodel.q_, ecv)
+        try:
+            eq = _finite_interval(emodel, emodel, Xe, ye, egroups, alpha, ecv, what="energy")
+        except DatasetError as exc:        # the cycles can still be calibrated: no energy model, said so
+            cycles.cv["energy_not_fitted"] = str(exc)
+        else:
+            energy = FittedModel(store.clamp_coef({f: float(c) for f, c in
+                                                   zip(ENERGY_FEATURES, emodel.estimator_.coef_, strict=True)}),
+                                 alpha, eq, ecv)
 
     def column_or(name: str, given: str | None) -> str:
         if given is not None:
@@ -149,14 +230,29 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = 1
 
 
 def fit_calibration(df: pd.DataFrame, out: Path | str, **kw) -> dict:
-    """Fit and save a calibration file (the API `twin calibrate` calls); returns a summary."""
+    """Fit and save a calibration file (the API `twin calibrate` calls); returns a summary whose
+    ``warnings`` (also logged to the ``calibration`` logger, i.e. stderr by default) say what makes the
+    file weak: an interval from few rows, a large cross-validated error, constant cycle counts."""
+    from twin.atomic import OutputPathError, check_output_path
+
+    try:
+        check_output_path(out, "calibration file")    # before fitting: a bad -o is one line
+    except OutputPathError as exc:
+        raise DatasetError(str(exc)) from None
     cal = calibrate(df, **kw)
-    store.save(cal, out)
+    try:
+        store.save(cal, out)
+    except OSError as exc:
+        raise DatasetError(f"cannot write {out}: {exc.strerror or exc}; the previous file, if any, is "
+                           "unchanged") from None
     cv = cal.cycles.cv.get("by_workload", {})
+    warnings = quality_warnings(df, cal)
+    for w in warnings:
+        log.warning("warning: %s", w)
     summary = {"id": cal.id, "core": cal.core, "boards": list(cal.boards), "path": str(out),
                "rows": cal.provenance["n_rows"], "cv_mape_percent": cv.get("mape_percent"),
                "cv_coverage": cv.get("coverage"), "energy": cal.energy is not None,
-               "model": cal.model_kind, "residual": cal.has_residual}
+               "model": cal.model_kind, "residual": cal.has_residual, "warnings": warnings}
     if "candidates" in cal.cycles.cv:   # both cross-validated: side by side, per hold-out kind
         summary["cv_candidates"] = {
             kind: {split: {k: r.get(k) for k in ("mape_percent", "coverage", "mean_interval_width_percent")}

@@ -16,14 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from twin import atomic
 from twin.isa import CLASSES
 from twin.platforms import Platform, get_platform
 
@@ -39,7 +39,7 @@ from .cycles import (
     memory_setup,
     prior_coefficients,
 )
-from .energy import EnergyModelError, power_model
+from .energy import EnergyModelError, VoltageError, check_voltage, power_model
 from .mca import McaEstimate
 from .residual import StoredResidual
 
@@ -144,9 +144,7 @@ def twin_counts(platform: str, *, model: str = "builtin", bits: int = 4, tokens:
     if blocks is not None:
         mca.save_phase_blocks(key, blocks)
     counts = counts_from_report(report, image_sha)
-    tmp = path.with_suffix(f".{os.getpid()}.{time.time_ns()}.tmp")
-    tmp.write_text(json.dumps(counts.to_json()))
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(counts.to_json()))
     _MEMO[key] = counts
     return counts
 
@@ -306,7 +304,8 @@ def predict(platform: str, *, model: str = "builtin", bits: int = 4, clock_mhz: 
     if proxy is None:
         raise PredictError(f"{plat.id} has no twin mapping (twin.proxy): add one to its platform file")
     cal = _resolve_calibration(calibration)
-    _clock(plat, clock_mhz)            # a bad clock fails before any emulator run
+    _clock(plat, clock_mhz)            # a bad clock or voltage fails before any emulator run
+    _voltage(voltage_v)
     if mca:
         from .mca import find_tool
 
@@ -344,11 +343,21 @@ def mca_for_board(plat: Platform, **run) -> McaEstimate | str:
 
 
 def _clock(plat: Platform, clock_mhz: float | None) -> int:
+    if clock_mhz is not None and (not isinstance(clock_mhz, (int, float)) or not math.isfinite(clock_mhz)
+                                  or clock_mhz <= 0):
+        raise PredictError(f"{plat.id}: clock {clock_mhz!r} MHz is not a positive finite number")
     clock_hz = int(round(clock_mhz * 1e6)) if clock_mhz else plat.default_clock_hz
     if clock_hz <= 0 or clock_hz > plat.max_clock_hz:
         raise PredictError(f"{plat.id}: clock {clock_hz / 1e6:g} MHz is outside 0..{plat.max_clock_hz / 1e6:g} "
                            "MHz (see clocks.max_hz in its platform file)")
     return clock_hz
+
+
+def _voltage(voltage_v: float | None) -> float | None:
+    try:
+        return check_voltage(voltage_v, "supply voltage")
+    except VoltageError as exc:
+        raise PredictError(str(exc)) from None
 
 
 def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float | None = None,
@@ -357,6 +366,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     """The prediction for ``plat`` from counts already obtained (no emulator run); with ``mca`` (an
     estimate of calibration.mca, or why there is none) the result has an ``mca`` object too."""
     clock_hz = _clock(plat, clock_mhz)
+    voltage_v = _voltage(voltage_v)
     cal = _resolve_calibration(calibration)
     proxy = counts.platform
     proxy_plat = get_platform(proxy)
@@ -401,6 +411,9 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         except EnergyModelError as exc:
             notes.append(f"energy not predicted: {exc}")
 
+    if bm.rel_low >= 1:
+        notes.append(f"interval: relative error up to {bm.rel_low:.0%}, so the time's lower bound is 0 and "
+                     "tokens/s has no upper bound (null); calibrate on more workloads to narrow it")
     m = counts.memory
     flash_need = int(m["flash_bytes"]) + int(m["model_image_bytes"])
     ram_need = int(m["ram_static_bytes"]) + int(m["arena_bytes"]) + int(m["stack_peak_bytes"])
@@ -419,8 +432,9 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         "ttft_seconds": _interval(ttft_s, bm.rel_low, bm.rel_high),
         "token_seconds": _interval(token_s, bm.rel_low, bm.rel_high),
         # tokens/s is the reciprocal: its low bound comes from the slow end of the time interval
+        # (no upper bound — null — when the interval's time reaches 0: a relative error of 100% or more)
         "tokens_per_second": {"value": tps, "low": 1.0 / (token_s * (1 + bm.rel_high)),
-                              "high": 1.0 / max(token_s * (1 - bm.rel_low), 1e-30)},
+                              "high": 1.0 / (token_s * (1 - bm.rel_low)) if bm.rel_low < 1 else None},
         "energy_per_token_joules": _interval(energy, e_lo, e_hi),
         "fits": flash_need <= flash_avail and ram_need <= ram_avail,
         "memory": {"flash_bytes": flash_need, "ram_bytes": ram_need, "flash_available": flash_avail,
@@ -526,7 +540,12 @@ def chart(results: list[dict], out: Path | str) -> Path:
     fig.suptitle(f"{model}: predicted per board (bars: blue high, orange medium, red low confidence; "
                  f"calibration: {', '.join(sorted({r['calibration'] for r in results}))})", fontsize=9)
     fig.tight_layout()
+    from twin.atomic import atomic_path
+
     out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:       # whole or not at all: the previous chart survives a full disk
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return out

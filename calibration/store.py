@@ -124,12 +124,74 @@ def check_residual_type(estimator) -> None:
         raise CalibrationFileError(str(exc)) from None
 
 
+def clamp_coef(coef: dict[str, float]) -> dict[str, float]:
+    """Non-negative coefficients as a solver returns them, with its rounding noise removed: a negative
+    within 1e-9 of the largest magnitude (e.g. -2.1e-27 from bounded least squares) becomes 0.0.
+    Larger negatives are left for ``validate`` to refuse."""
+    scale = max((abs(float(v)) for v in coef.values() if math.isfinite(float(v))), default=0.0)
+    return {k: (0.0 if (math.isfinite(float(v)) and -1e-9 * scale - 1e-300 <= float(v) < 0) else float(v))
+            for k, v in coef.items()}
+
+
+def _clamped(cal: Calibration) -> Calibration:
+    """``cal`` with ``clamp_coef`` applied; its id recomputed when it was the content's id."""
+    def fix(m: FittedModel | None) -> FittedModel | None:
+        if m is None:
+            return None
+        coef = clamp_coef(m.coef)
+        return m if coef == m.coef else FittedModel(coef, m.alpha, m.q, m.cv, m.residual)
+
+    cycles, energy = fix(cal.cycles), fix(cal.energy)
+    if cycles is cal.cycles and energy is cal.energy:
+        return cal
+    content_id = not cal.id or cal.id == cal.compute_id()
+    out = Calibration(cal.core, cal.boards, cycles, cal.provenance, energy, "" if content_id else cal.id,
+                      cal.version)
+    return out if not content_id else Calibration(out.core, out.boards, out.cycles, out.provenance, out.energy,
+                                                  out.compute_id(), out.version)
+
+
+def _non_finite(obj, where: str = "") -> str | None:
+    """The dotted path of the first NaN/Infinity in ``obj`` (JSON has neither), or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            bad = _non_finite(v, f"{where}.{k}" if where else str(k))
+            if bad:
+                return bad
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            bad = _non_finite(v, f"{where}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
 def save(cal: Calibration, path: Path | str) -> Path:
+    """Write the file atomically (twin/atomic.py: the previous file survives a failed write); it is
+    validated first exactly as ``load`` will read it, so a file save writes always loads."""
+    from twin.atomic import write_text
+
     p = Path(path)
+    cal = _clamped(cal)
     d = cal.to_dict()
+    bad = _non_finite(d)
+    if bad:
+        raise _fail(str(p), f"field '{bad}' is {_at(d, bad)!r}: a calibration file holds finite numbers only "
+                            "(JSON has no NaN/Infinity); not written")
     validate(d, where=str(p))
-    p.write_text(_dumps(d) + "\n")
+    write_text(p, _dumps(d) + "\n")
     return p
+
+
+def _at(d, dotted: str):
+    import re
+
+    cur = d
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
+        cur = cur[int(part[1:-1])] if part.startswith("[") else cur[part]
+    return cur
 
 
 def _dumps(obj, level: int = 0) -> str:
@@ -141,9 +203,9 @@ def _dumps(obj, level: int = 0) -> str:
         return "{\n" + ",\n".join(items) + f"\n{pad}}}"
     if isinstance(obj, list) and obj:
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj):
-            return json.dumps(obj)
+            return json.dumps(obj, allow_nan=False)
         return "[\n" + ",\n".join(f"{inner}{_dumps(v, level + 1)}" for v in obj) + f"\n{pad}]"
-    return json.dumps(obj)
+    return json.dumps(obj, allow_nan=False)
 
 
 def load(path: Path | str) -> Calibration:
@@ -151,9 +213,11 @@ def load(path: Path | str) -> Calibration:
     if not p.is_file():
         raise CalibrationFileError(f"calibration file {p} not found")
     try:
-        d = json.loads(p.read_text())
+        d = json.loads(p.read_text())      # NaN/Infinity are parsed, then refused by field (validate)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CalibrationFileError(f"{p}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CalibrationFileError(f"calibration file {p}: cannot read it ({exc.strerror or exc})") from None
     return from_dict(d, where=str(p))
 
 
@@ -189,14 +253,31 @@ def _check_model(m: object, where: str, features: tuple[str, ...]) -> None:
     if missing:
         raise _fail(where, f"field 'coef' misses features {missing}")
     for k, v in coef.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+        if not _number(v) or v < 0:
             raise _fail(where, f"field 'coef.{k}' must be a finite number >= 0, got {v!r}")
+    if not any(coef[f] > 0 for f in features):
+        raise _fail(where, "field 'coef': every coefficient is 0, which predicts 0 cycles (infinitely fast); "
+                           "fit the file again with `twin calibrate` on measured rows")
     alpha = m.get("alpha")
-    if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+    if not _number(alpha) or not 0 < alpha < 1:
         raise _fail(where, f"field 'alpha' must be in (0, 1), got {alpha!r}")
     q = m.get("q")
-    if not isinstance(q, (int, float)) or q < 0:
-        raise _fail(where, f"field 'q' must be a number >= 0, got {q!r}")
+    if not _number(q) or q < 0:
+        raise _fail(where, f"field 'q' must be a finite number >= 0, got {q!r}")
+    cv = m.get("cv", {})
+    if not isinstance(cv, dict):
+        raise _fail(where, f"field 'cv' must be an object, got {cv!r}")
+    for split, r in cv.items():
+        if split in ("by_workload", "by_board"):
+            if not isinstance(r, dict):
+                raise _fail(where, f"field 'cv.{split}' must be an object, got {r!r}")
+            for key in ("mape_percent", "coverage", "mean_interval_width_percent", "n_folds"):
+                if r.get(key) is not None and not _number(r[key]):
+                    raise _fail(where, f"field 'cv.{split}.{key}' must be a finite number, got {r[key]!r}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def validate(d: object, where: str = "calibration") -> None:
@@ -232,3 +313,7 @@ def validate(d: object, where: str = "calibration") -> None:
     missing = [k for k in PROVENANCE_FIELDS if k not in prov]
     if missing:
         raise _fail(where, f"field 'provenance' misses {missing}")
+    bad = _non_finite(d)
+    if bad:
+        raise _fail(where, f"field '{bad}' is {_at(d, bad)!r}: a calibration file holds finite numbers only "
+                           "(JSON has no NaN/Infinity)")

@@ -21,6 +21,27 @@ class TwinCliError(click.ClickException):
         return self.message
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and ±Infinity (which pass click's FloatRange comparisons)
+    with one line naming the value."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        v = click.types.FloatParamType.convert(self, value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(v, param, ctx)
+
+
+# Shared option types (twin bench's --voltage and --timeout should use these two as well).
+SUPPLY_VOLTAGE = FiniteFloat(0.5, 5.5)                    # V: every MCU supply rail lies in here
+POSITIVE_SECONDS = FiniteFloat(min=0.0, min_open=True)    # a timeout of 0 s can only report a hang
+SEED = click.IntRange(0, 2**32 - 1)                        # the firmware's and reference's 32-bit seed
+
+
 def _fail(exc: Exception) -> TwinCliError:
     return TwinCliError(str(exc))
 
@@ -55,7 +76,10 @@ def platforms(as_json: bool) -> None:
                      "flash_bytes": p.flash.size, "model_bytes": p.model.size, "ram_bytes": p.ram.size,
                      "twin": {"mode": t.mode, "proxy": t.proxy, "confidence": t.confidence},
                      "firmware": p.has_firmware, "chip_flash_bytes": p.code_bytes_available,
-                     "chip_ram_bytes": p.ram_bytes_available})
+                     "chip_ram_bytes": p.ram_bytes_available,
+                     "rtl": None if p.rtl is None else {"core": p.rtl.core, "config": p.rtl.config,
+                                                        "flash_wait_states": p.rtl.flash_wait_states,
+                                                        "ram_wait_states": p.rtl.ram_wait_states}})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -68,8 +92,10 @@ def platforms(as_json: bool) -> None:
             sizes = f"{_human_bytes(r['chip_flash_bytes']):>17} {_human_bytes(r['chip_ram_bytes']):>8}"
         t = r["twin"]
         via = "" if t["mode"] == "exact" else f" via {t['proxy']}"
+        board = (f"; board: RTL {r['rtl']['core']}, {r['rtl']['flash_wait_states']} flash wait states"
+                 if r["rtl"] else "")
         click.echo(f"{r['id']:<17}{r['core']:<18}{r['emulator']:<20}{r['clock_mhz']:>5.0f} MHz  {sizes}  "
-                   f"{t['mode']}{via} ({t['confidence']})")
+                   f"{t['mode']}{via} ({t['confidence']}){board}")
 
 
 @main.command()
@@ -168,10 +194,11 @@ def _run_options(f):
         click.option("--kv-cache", default="f32", show_default=True, type=click.Choice(["f32", "int8"]),
                      help="The firmware's KV-cache element type (the built-in model's image; a given image "
                           "carries its own)."),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0.0)),
-        click.option("--top-p", "topp", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0)),
-        click.option("--timeout", default=120.0, show_default=True, help="Seconds before the emulator is killed."),
+        click.option("--seed", default=0, show_default=True, type=SEED),
+        click.option("--temperature", default=0.0, show_default=True, type=FiniteFloat(0.0)),
+        click.option("--top-p", "topp", default=0.9, show_default=True, type=FiniteFloat(0.0, 1.0)),
+        click.option("--timeout", default=120.0, show_default=True, type=POSITIVE_SECONDS,
+                     help="Seconds before the emulator is killed."),
         click.option("--mem-traffic", is_flag=True,
                      help="Also count loads/stores per memory region (code, model, RAM); slower."),
         click.option("--kernels", default=None, type=click.Choice(["ref", "arm_dsp"]),
@@ -318,9 +345,12 @@ def quantize(model: str, bits_list: str, group_size: str, asymmetric: bool, over
     from pathlib import Path
 
     from . import accuracy
+    from .atomic import atomic_path, check_output_path
     from .image import ImageError, QuantRecipe
 
     try:
+        if chart_path:
+            check_output_path(chart_path, "-o")
         widths = [int(b) for b in bits_list.split(",") if b.strip()]
     except ValueError:
         raise TwinCliError(f"--bits {bits_list!r}: expected comma-separated widths, e.g. 2,3,4,8") from None
@@ -333,7 +363,8 @@ def quantize(model: str, bits_list: str, group_size: str, asymmetric: bool, over
         text = Path(eval_file).read_text(encoding="utf-8", errors="replace")
         results = accuracy.evaluate(float_model, text, recipes, max_tokens=max_tokens)
         if chart_path:
-            accuracy.chart(results, chart_path, title=f"{float_model.config.name} on {Path(eval_file).name}")
+            with atomic_path(chart_path) as tmp:    # whole or not at all (twin/atomic.py)
+                accuracy.chart(results, tmp, title=f"{float_model.config.name} on {Path(eval_file).name}")
     except (ValueError, ImageError, OSError) as exc:
         raise _fail(exc) from None
     if as_json:

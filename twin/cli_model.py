@@ -89,24 +89,37 @@ def _shape_options(f):
 @click.option("--tokenizer", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Tokenizer of the imported model (tokenizer.json, tokenizer.bin, twin JSON) "
                    "[default: the one beside it].")
-@click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of random weights.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def image_cmd(source, context, bits, group_size, kv_cache, tokenizer, seed, output, as_json, **shape) -> None:
     """Write a quantized model image (.twlm): imported, the built-in model, or random weights of any
     shape (--dim/--layers/--heads/--kv-heads/--hidden/--vocab) for performance what-ifs."""
+    from .atomic import OutputPathError, check_output_path, open_atomic
     from .tokenizer import sidecar_path
 
+    tok_path = sidecar_path(output)
+    try:   # before any import or quantization: a bad -o is one line, not a lost run
+        check_output_path(output, "-o")
+        check_output_path(tok_path, "the tokenizer sidecar")
+    except OutputPathError as exc:
+        raise TwinCliError(str(exc)) from None
     model = _float_model(source, shape, seed, context, tokenizer)
     if source not in (None, "builtin") and model.tokenizer is None:
         click.echo(_no_tokenizer_note(Path(source)), err=True)
     data = _image(model, bits, group_size, kv_cache)
-    output.write_bytes(data)
-    tok_path = sidecar_path(output)
-    if model.tokenizer is not None:
-        tok_path.write_text(model.tokenizer.to_json())
-    elif tok_path.exists():
-        tok_path.unlink()
+    try:   # whole files or none: the previous image survives a full disk (twin/atomic.py)
+        with open_atomic(output, "wb") as f:
+            f.write(data)
+            if model.tokenizer is not None:
+                with open_atomic(tok_path, "w") as t:
+                    t.write(model.tokenizer.to_json())
+        if model.tokenizer is None and tok_path.exists():
+            tok_path.unlink()
+    except OSError as exc:
+        raise TwinCliError(f"cannot write {output}: {exc.strerror or exc}; the previous file, if any, "
+                           "is unchanged") from None
     c = model.config
     params = int(model.tok_emb.size) + int(model.final_norm.size) + sum(
         int(getattr(layer, f).size) for layer in model.layers for f in layer.__dataclass_fields__)

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .cli import TwinCliError, _human_bytes, _run_errors
+from .cli import SUPPLY_VOLTAGE, FiniteFloat, TwinCliError, _human_bytes, _run_errors
 from .platforms import all_platforms
 
 
@@ -19,7 +19,9 @@ def _errors() -> tuple[type[Exception], ...]:
     from calibration.predict import PredictError
     from calibration.store import CalibrationFileError
 
-    return (*_run_errors(), PredictError, CycleModelError, CalibrationFileError, DatasetError)
+    from .atomic import OutputPathError
+
+    return (*_run_errors(), PredictError, CycleModelError, CalibrationFileError, DatasetError, OutputPathError)
 
 
 def _progress(as_json: bool):
@@ -32,8 +34,8 @@ def _progress(as_json: bool):
 def _fmt_interval(d: dict, scale: float, unit: str, digits: int = 3) -> str:
     if d["value"] is None:
         return "n/a"
-    return (f"{d['value'] * scale:.{digits}g} {unit} "
-            f"[{d['low'] * scale:.{digits}g}-{d['high'] * scale:.{digits}g}]")
+    high = "unbounded" if d["high"] is None else f"{d['high'] * scale:.{digits}g}"
+    return f"{d['value'] * scale:.{digits}g} {unit} [{d['low'] * scale:.{digits}g}-{high}]"
 
 
 def _common(f):
@@ -53,10 +55,10 @@ def _common(f):
 @click.command("predict")
 @click.option("--platform", required=True, help="Catalog board id (see `twin platforms`).")
 @_common
-@click.option("--clock", "clock_mhz", type=click.FloatRange(min=0.001), default=None,
+@click.option("--clock", "clock_mhz", type=FiniteFloat(min=0.001), default=None,
               help="Core clock in MHz (default: the board's default clock).")
-@click.option("--voltage", "voltage_v", type=click.FloatRange(min=0.1), default=None,
-              help="Supply voltage for a DVFS what-if (default: the board's figure).")
+@click.option("--voltage", "voltage_v", type=SUPPLY_VOLTAGE, default=None,
+              help="Supply voltage for a DVFS what-if, 0.5-5.5 V (default: the board's figure).")
 @click.option("--calibration", "calibration", type=click.Path(dir_okay=False), default=None,
               help="A calibration file (twin calibrate); default: the prior from published timings.")
 @click.option("--mca", "with_mca", is_flag=True,
@@ -125,8 +127,12 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
     from calibration import store
     from calibration.predict import chart, predict
 
+    from .atomic import check_output_path
+
     ids = [p.strip() for p in platform_list.split(",") if p.strip()] if platform_list else list(all_platforms())
     try:
+        if output:
+            check_output_path(output, "-o")
         cals = {c.core: c for c in (store.load(path) for path in calibrations)}
         results = []
         for pid in ids:
@@ -137,7 +143,11 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
     except _errors() as exc:
         raise TwinCliError(str(exc)) from None
     if output:
-        chart(results, output)
+        try:
+            chart(results, output)
+        except OSError as exc:
+            raise TwinCliError(f"cannot write {output}: {exc.strerror or exc}; the previous file, if any, "
+                               "is unchanged") from None
     if as_json:
         click.echo(json.dumps(results))
         return
