@@ -58,6 +58,8 @@ def qemu_command(platform: Platform, cfg: QemuConfig, listen_fd: int) -> list[st
 class QemuProcess:
     """One running QEMU. Use as a context manager; ``url`` is what pyserial opens."""
 
+    name = "QEMU"
+
     def __init__(self, platform: Platform, cfg: QemuConfig):
         self.platform = platform
         self.cfg = cfg

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from .build import ROOT, cache_dir
 from .platforms import Platform
+from .procguard import spawn
+from .qemu import EmulatorError
 
 RTL = ROOT / "rtl"
 SOC = RTL / "soc" / "twin_soc.sv"
@@ -35,7 +37,7 @@ ROM_BASE = 0x1000          # the harness's reset ROM: a jump to the DRAM base (a
 DRAM_SIZE = 16 << 20       # 0x8000_0000 .. 0x80ff_ffff: the code, model and RAM windows of the firmware
 
 
-class RtlError(RuntimeError):
+class RtlError(EmulatorError):
     """The RTL board could not be built, started, or had to be killed."""
 
 
@@ -201,6 +203,7 @@ class RtlProcess:
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self._stderr = tempfile.TemporaryFile()
+        self._final_stats: dict | None = None
         self.deadline = 0.0
 
     @property
@@ -224,7 +227,7 @@ class RtlProcess:
             listener.bind(("127.0.0.1", 0))
             listener.listen(1)
             self.port = listener.getsockname()[1]
-            self.proc = _spawn(self.command(harness, listener.fileno()), stdin=subprocess.DEVNULL,
+            self.proc = spawn(self.command(harness, listener.fileno()), stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=self._stderr, pass_fds=(listener.fileno(),))
         self.deadline = time.monotonic() + self.timeout
         return self
@@ -237,6 +240,8 @@ class RtlProcess:
 
     def stats(self) -> dict | None:
         """The harness's closing figures (simulated cycles, seconds, cycles per second), once it exited."""
+        if self._stderr.closed:
+            return self._final_stats
         self._stderr.seek(0)
         m = _STATS.search(self._stderr.read().decode(errors="replace"))
         if not m:
@@ -267,13 +272,6 @@ class RtlProcess:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+        self._final_stats = self.stats()
         self._stderr.close()
 
-
-def _spawn(cmd: list[str], **kw) -> subprocess.Popen:
-    """Start the harness so that it never outlives this process (twin.procguard where present)."""
-    try:
-        from .procguard import spawn
-    except ImportError:
-        return subprocess.Popen(cmd, **kw)
-    return spawn(cmd, **kw)

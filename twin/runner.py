@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import modelgen
+from . import atomic, modelgen
 from .build import build_firmware, cache_dir
 from .image import QuantRecipe, read_image, write_image
 from .platforms import Platform, get_platform, with_kernels
@@ -20,6 +20,7 @@ from .profile import Dump, SegmentProfile, analyze, parse_dump, plugin_args, sum
 from .protocol import DeviceError, Info, Phase, PhaseKind
 from .qemu import EmulatorError, QemuConfig, QemuProcess
 from .reference import QuantReference
+from .rtl import RtlProcess
 from .transport import Device, DeviceGone, DeviceTimeout
 
 DEFAULT_PROMPT = "Once upon a time"
@@ -70,12 +71,17 @@ def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
         name = path.name
     digest = hashlib.sha256(data).hexdigest()[:16]
     out = cache_dir() / "images" / f"{digest}.twlm"
-    if not out.exists():
+    if not _cached_intact(out, digest):   # missing, torn or corrupted: the name is its content's hash
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{time.time_ns()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(out)
+        atomic.write_bytes(out, data)
     return out, data, name
+
+
+def _cached_intact(path: Path, digest: str) -> bool:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:len(digest)] == digest
+    except OSError:
+        return False
 
 
 def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
@@ -102,36 +108,52 @@ def _check_fits(platform: Platform, image: bytes) -> None:
 
 @dataclass
 class Session:
-    """A running emulator with its firmware, and the device it exposes (already said HELLO)."""
-    qemu: QemuProcess
+    """A running device backend with its firmware, and the device it exposes (already said HELLO).
+    ``backend`` is a QemuProcess or an RtlProcess: the same interface (url, remaining, kill, ...)."""
+    backend: QemuProcess | RtlProcess
     device: Device
     boot_phases: list[Phase]
     info: Info
     segments: list[SegmentProfile] | None = None    # profiled_session: the counts, once QEMU has exited
     dump: Dump | None = None                        # profiled_session: the plugin's per-block counts
 
+    @property
+    def qemu(self) -> QemuProcess | RtlProcess:     # the name older callers use
+        return self.backend
+
 
 @contextmanager
-def emulator_session(platform: Platform, elf: Path, image: Path | None, *, extra_args: tuple[str, ...] = (),
-                     timeout: float = 120.0, reply_timeout: float = 30.0) -> Iterator[Session]:
-    """Start QEMU with ``elf`` (and the model ``image`` at the model address), open its UART through
-    pyserial and say HELLO. On leaving, the firmware is told to EXIT and QEMU must end by itself.
-    A firmware that stops answering, or an emulator that dies, becomes an EmulatorError that says so."""
-    cfg = QemuConfig(elf=elf, image=image, timeout=timeout, extra_args=extra_args)
-    with QemuProcess(platform, cfg) as qemu:
+def backend_session(backend: QemuProcess | RtlProcess, reply_timeout: float = 30.0) -> Iterator[Session]:
+    """Start ``backend``, open its UART through pyserial and say HELLO. On leaving, the firmware is
+    told to EXIT and the backend must end by itself. A firmware that stops answering, or a backend that
+    dies, becomes an EmulatorError that says so (with what the backend wrote to stderr)."""
+    with backend:
         try:
-            with Device.from_url(qemu.url, timeout=reply_timeout, deadline=qemu.remaining()) as dev:
+            with Device.from_url(backend.url, timeout=reply_timeout, deadline=backend.remaining()) as dev:
                 dev.wait_boot()
                 boot_phases, info = dev.hello()
-                yield Session(qemu, dev, boot_phases, info)
+                yield Session(backend, dev, boot_phases, info)
                 dev.exit()
-                status = qemu.wait_exit()   # before closing the socket: QEMU exits at once then
+                status = backend.wait_exit()   # before closing the socket: the backend exits at once then
         except (DeviceTimeout, DeviceGone) as exc:
-            exited = qemu.proc.poll()
-            qemu.kill()
-            raise EmulatorError(_emulator_failure(exc, qemu, exited)) from None
+            exited = backend.proc.poll()
+            backend.kill()
+            raise EmulatorError(_emulator_failure(exc, backend, exited)) from None
         if status != 0:
-            raise EmulatorError(f"QEMU exited with status {status} after the run: {qemu.stderr()}")
+            raise EmulatorError(f"{backend.name} exited with status {status} after the run: {backend.stderr()}")
+
+
+def emulator_session(platform: Platform, elf: Path, image: Path | None, *, extra_args: tuple[str, ...] = (),
+                     timeout: float = 120.0, reply_timeout: float = 30.0):
+    """A QEMU session with ``elf`` (and the model ``image`` at the model address): backend_session."""
+    cfg = QemuConfig(elf=elf, image=image, timeout=timeout, extra_args=extra_args)
+    return backend_session(QemuProcess(platform, cfg), reply_timeout)
+
+
+def rtl_session(platform: Platform, elf: Path, image: Path | None, *, timeout: float = 600.0,
+                reply_timeout: float = 60.0):
+    """A session on the platform's RTL board (twin/rtl.py): backend_session."""
+    return backend_session(RtlProcess(platform, elf, image, timeout=timeout), reply_timeout)
 
 
 @contextmanager
@@ -186,6 +208,15 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
                                       temperature=spec.temperature, topp=spec.topp, on_phase=on_phase)
         mem = s.device.mem()
     segments, info, dump = s.segments, s.info, s.dump
+    board = None
+    if platform.rtl is not None:       # the board is an RTL simulation: the same requests on it
+        with rtl_session(platform, firmware.elf, image_path, timeout=spec.timeout,
+                         reply_timeout=spec.reply_timeout) as b:
+            board_phases, _ = b.device.run(prompt_ids, spec.tokens, seed=spec.seed, temperature=spec.temperature,
+                                           topp=spec.topp)
+        board = _rtl_report(platform, [*b.boot_phases, *board_phases], [*s.boot_phases, *phases], segments,
+                            expected, b.backend.stats())
+        phases = board_phases          # cycles: the board's counter
 
     all_phases = [*s.boot_phases, *phases]
     expected_segments = 2 * len(all_phases) + 1
@@ -208,7 +239,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
         "tokens": tokens,
         "text": tokenizer.decode(tokens) if tokenizer else modelgen.decode(tokens),
         "reference_tokens": expected,
-        "matches_reference": tokens == expected,
+        "matches_reference": tokens == expected and (board is None or board["matches_reference"]),
         "instructions": {
             "total": inference.total,
             "by_class": inference.by_class,
@@ -240,8 +271,33 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
         },
         "firmware": {"build_id": info.build_id, "elf": str(firmware.elf), "kernels": platform.kernels},
         "clock_hz": info.clock_hz,
+        "board": board,
         "wall_seconds": round(time.perf_counter() - started, 3),
     }, dump
+
+
+def _rtl_report(platform: Platform, board: list[Phase], twin: list[Phase], segments: list[SegmentProfile],
+                expected: list[int], stats: dict | None) -> dict:
+    """What the RTL board measured, and the cross-check no other tool has: its retired-instruction
+    counter (minstret between the marks) against the twin's plugin count, phase by phase."""
+    if [(p.kind, p.index) for p in board] != [(p.kind, p.index) for p in twin]:
+        raise RunError("the RTL board and the twin ran different phases: the join by phase fails")
+    twin_counts = [segments[2 * i + 1].total for i in range(len(twin))]
+    instret = [p.instret for p in board]
+    tokens = [p.token for p in board if p.kind == PhaseKind.DECODE]
+    mismatch = [i for i, (a, b) in enumerate(zip(instret, twin_counts, strict=True)) if a != b]
+    return {
+        "kind": "rtl",
+        "core": platform.rtl.core,
+        "flash_wait_states": platform.rtl.flash_wait_states,
+        "tokens": tokens,
+        "matches_reference": tokens == expected,
+        "instret": instret,
+        "twin_instructions": twin_counts,
+        "instret_equals_twin": not mismatch,
+        "instret_mismatches": [{"phase": i, "board": instret[i], "twin": twin_counts[i]} for i in mismatch],
+        "simulation": stats,
+    }
 
 
 def _branches(p) -> dict:
@@ -249,10 +305,10 @@ def _branches(p) -> dict:
             "unresolved": p.branches_unresolved}
 
 
-def _emulator_failure(exc: Exception, qemu: QemuProcess, exited: int | None) -> str:
-    err = qemu.stderr()
-    detail = f" QEMU said: {err}" if err else ""
+def _emulator_failure(exc: Exception, backend: QemuProcess | RtlProcess, exited: int | None) -> str:
+    err = backend.stderr()
+    detail = f" {backend.name} said: {err}" if err else ""
     if isinstance(exc, DeviceTimeout):
-        return f"{exc}. The firmware is hung; QEMU was killed.{detail}"
-    status = f" (QEMU exited with status {exited})" if exited is not None else ""
+        return f"{exc}. The firmware is hung; {backend.name} was killed.{detail}"
+    status = f" ({backend.name} exited with status {exited})" if exited is not None else ""
     return f"{exc}. The emulator stopped unexpectedly{status}.{detail}"
