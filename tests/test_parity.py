@@ -125,16 +125,17 @@ def _llama_module(vocab, dim, n_layers, n_heads, n_kv, hidden, seq_len, rope="in
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-@pytest.mark.parametrize("rope, tied, n_kv, dynamo", [("interleaved", True, 2, False), ("half", False, 4, False),
-                                                      ("half", True, 1, False), ("interleaved", False, 2, True),
-                                                      ("half", True, 2, True)])
-def test_float_reference_equals_onnxruntime(tmp_path, rope, tied, n_kv, dynamo):
+@pytest.mark.parametrize("rope, tied, n_kv, dynamo, theta", [
+    ("interleaved", True, 2, False, 1e4), ("half", False, 4, False, 1e4), ("half", True, 1, False, 1e4),
+    ("interleaved", False, 2, True, 1e4), ("half", True, 2, True, 1e4),
+    ("interleaved", False, 2, False, 5e5), ("half", True, 2, False, 5e5), ("half", False, 4, True, 5e5)])
+def test_float_reference_equals_onnxruntime(tmp_path, rope, tied, n_kv, dynamo, theta):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (parity extra)")
     if dynamo:
         pytest.importorskip("onnxscript", reason="onnxscript not installed (the torch.export-based exporter needs it)")
     torch.manual_seed(1)
     net = _llama_module(vocab=100, dim=64, n_layers=2, n_heads=4, n_kv=n_kv, hidden=96, seq_len=32, rope=rope,
-                        tied=tied)
+                        tied=tied, theta=theta)
     ids = torch.tensor([TOKENS])
     path = tmp_path / "decoder.onnx"
     torch.onnx.export(net, (ids,), str(path), input_names=["ids"], output_names=["logits"], dynamo=dynamo,
@@ -143,11 +144,11 @@ def test_float_reference_equals_onnxruntime(tmp_path, rope, tied, n_kv, dynamo):
     c = model.config
     assert (c.n_heads, c.n_kv_heads, c.n_layers, c.hidden_dim) == (4, n_kv, 2, 96)
     assert c.seq_len in (len(TOKENS), 32)   # the cos table's rows (the tracer may fold its slice)
-    assert c.shared_classifier == tied and c.rope_theta == 10000.0 and c.norm_eps == 1e-5
+    assert c.shared_classifier == tied and c.rope_theta == theta and c.norm_eps == 1e-5
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     theirs = sess.run(None, {"ids": ids.numpy()})[0][0].astype(np.float64)
     err = _rel_error(_reference_logits(model), theirs)
-    print(f"onnxruntime parity ({rope}, tied={tied}, dynamo={dynamo}): relative error {err:.2e}")
+    print(f"onnxruntime parity ({rope}, tied={tied}, dynamo={dynamo}, θ {theta:g}): relative error {err:.2e}")
     assert err <= 1e-4
 
 

@@ -169,3 +169,95 @@ def test_npz_keeps_scaled_frequencies(tmp_path):
     assert back.config.rope_theta == 5e5
     np.testing.assert_array_equal(back.rope_freq, model.rope_freq)
     assert _rel_error(_logits(back), _hf_logits(hf)) <= TOL
+
+
+# --------------------------------------------------------------------- ONNX
+
+
+class _Logits(torch.nn.Module):
+    """transformers' Llama as an exportable function of the token ids (an all-ones attention mask keeps
+    the tracer off the packed-sequence detection, whose aten::diff TorchScript cannot export)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, ids):
+        return self.hf(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                            "ignore:Converting a tensor to a Python boolean")
+@pytest.mark.parametrize("params, dynamo", [(PLAIN, False), (LINEAR, False), (LLAMA3, False), (LLAMA3, True)],
+                         ids=["default", "linear", "llama3", "llama3-dynamo"])
+def test_onnx_export_of_transformers_llama_keeps_rope(tmp_path, params, dynamo):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (parity extra)")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="onnxscript not installed (the torch.export-based exporter needs it)")
+    hf = _hf_model(params, kv_heads=4)
+    ids = torch.tensor([TOKENS])
+    path = tmp_path / "llama.onnx"
+    torch.onnx.export(_Logits(hf).eval(), (ids,), str(path), input_names=["ids"], output_names=["logits"],
+                      dynamo=dynamo, verbose=False)
+    model = load_model(path)
+    assert model.config.rope_theta == 5e5
+    np.testing.assert_allclose(model.rope_freq, hf.model.rotary_emb.inv_freq.numpy(), rtol=1e-5)
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"ids": ids.numpy()})[0][0].astype(np.float64)
+    err = _rel_error(_logits(model), theirs)
+    wrong = _rel_error(_logits(_with_freq(model, rope_frequencies(16, 1e4))), theirs)
+    print(f"onnx {params['rope_type']} (dynamo={dynamo}): relative error {err:.2e}, with θ 10000 {wrong:.2e}")
+    assert err <= TOL < wrong / 10
+
+
+def _torchscript_export(tmp_path, params=PLAIN):
+    hf = _hf_model(params, kv_heads=4)
+    path = tmp_path / "llama.onnx"
+    torch.onnx.export(_Logits(hf).eval(), (torch.tensor([TOKENS]),), str(path), dynamo=False)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                            "ignore:Converting a tensor to a Python boolean")
+def test_onnx_unreadable_or_missing_rope_is_refused(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from twin.importers.onnx_import import load_onnx
+
+    path = _torchscript_export(tmp_path)
+    m = onnx.load(str(path))
+    trig = [n for n in m.graph.node if n.op_type in ("Cos", "Sin")]
+    table = {n.input[0] for n in trig}
+    assert len(table) == 1
+    (name,) = table
+    const = next(n for n in m.graph.node if n.output[0] == name)
+    angle = numpy_helper.to_array(const.attribute[0].t)
+    assert angle.shape == (1, len(TOKENS), 16) and not angle[0, 0].any()
+
+    # positions 3, 4, ... (a table that is not t * inv_freq from 0) is refused, never read as some θ
+    shifted = onnx.load(str(path))
+    c = next(n for n in shifted.graph.node if n.output[0] == name)
+    c.attribute[0].t.CopyFrom(numpy_helper.from_array((angle / np.arange(len(TOKENS))[None, :, None].clip(1)
+                                                       * (3 + np.arange(len(TOKENS)))[None, :, None]
+                                                       ).astype(np.float32), c.attribute[0].t.name))
+    onnx.save(shifted, str(tmp_path / "shifted.onnx"))
+    with pytest.raises(ModelFileError, match=r"constant table \(1, 16, 16\) feeding (Cos|Sin).*cannot read the RoPE"):
+        load_model(tmp_path / "shifted.onnx")
+
+    # angles computed from something that is neither a table nor an inv_freq: refused unless θ is given
+    hidden = onnx.load(str(path))
+    zero = helper.make_node("Constant", [], ["zero_angle"], value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    add = helper.make_node("Add", [name, "zero_angle"], ["angle_plus_zero"])
+    for n in hidden.graph.node:
+        if n.op_type in ("Cos", "Sin"):
+            n.input[0] = "angle_plus_zero"
+    at = next(i for i, n in enumerate(hidden.graph.node) if n.output[0] == name) + 1
+    hidden.graph.node.insert(at, add)
+    hidden.graph.node.insert(at, zero)
+    onnx.save(hidden, str(tmp_path / "hidden.onnx"))
+    with pytest.raises(ModelFileError, match="cannot read the RoPE frequencies off the graph.*pass rope_theta"):
+        load_model(tmp_path / "hidden.onnx")
+    given = load_onnx(tmp_path / "hidden.onnx", rope_theta=5e5)
+    assert given.config.rope_theta == 5e5
+    np.testing.assert_array_equal(given.rope_freq, load_model(path).rope_freq)

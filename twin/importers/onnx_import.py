@@ -12,7 +12,11 @@ Weights are found by the graph's structure, not by initializer names:
   (silu = x·sigmoid(x)) and the other is up; down is the norm-less linear after them; the classifier is
   fed by the final norm (shared when its matrix equals the embedding);
 - head count from the Reshape of q (…, n_heads, head_size), RoPE layout (interleaved pairs or rotate-half)
-  from the slicing around q/k, RoPE theta and context from the cos table, eps from the norm's Add.
+  from the slicing around q/k, eps from the norm's Add;
+- the per-pair RoPE frequencies (θ, or a scaled RoPE's) from a constant angle table feeding Cos/Sin
+  (t * inv_freq, as TorchScript folds transformers' rotary embedding), the inv_freq vector the angles are
+  computed from, or constant cos and sin tables (whose rows also give the context); a graph with none of
+  them is refused unless the caller names rope_theta.
 
 Anything else (biases, LayerNorm, GELU, fused QKV, quantized initializers, unknown ops) is a
 ModelFileError that names it. The tokenizer is a tokenizer.json beside the .onnx file (as Hugging Face
@@ -26,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from twin.modelgen import FloatModel, ModelConfig
+from twin.modelgen import FloatModel, ModelConfig, rope_frequencies
 
 from .common import ModelFileError, build_model, find_tokenizer
 from .hf import unpermute_rope
+from .rope import describe
 
 SUPPORTED_OPS = {
     "Gather", "MatMul", "Gemm", "Mul", "Add", "Sub", "Div", "Pow", "Sqrt", "Reciprocal", "ReduceMean", "Neg",
@@ -271,27 +276,73 @@ def _rope_layout(g: _Graph, outputs: list[str], stop_pos: int, head_size: int) -
     return "interleaved" if interleaved else "half"
 
 
-def _rope_table(g: _Graph, head_size: int) -> tuple[float | None, int | None]:
-    """RoPE theta and context from a constant cos table (rows: positions), or an inv_freq vector."""
-    for v in g.consts.values():
-        if v.dtype.kind != "f":
+def _rope_freqs(g: _Graph, head_size: int) -> tuple[np.ndarray | None, int | None]:
+    """The per-pair RoPE frequencies and the table's rows (positions) from what the graph holds: a constant
+    angle table feeding Cos/Sin (angle[t, i] = t * inv_freq[i], as TorchScript folds transformers' rotary
+    embedding), the inv_freq vector the computed angles come from, or constant cos and sin tables.
+    (None, None) when there is none; anything that is there but does not read as RoPE is a ModelFileError."""
+    from .rope import freqs_from_angles, freqs_from_cos_sin, pair_columns
+
+    n = head_size // 2
+    found: list[tuple[np.ndarray, int | None, str]] = []
+    for node in g.nodes:
+        if node.op_type not in ("Cos", "Sin"):
             continue
-        a = np.asarray(v, dtype=np.float64)
-        if a.ndim == 1 and a.shape[0] == head_size // 2 and a[0] == 1.0 and np.all(np.diff(a) < 0) and a[-1] > 0:
-            return _snap(float(a[1] ** (-head_size / 2.0))), None
-        a = a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a
-        if a.ndim == 2 and a.shape[0] > 2 and a.shape[1] in (head_size // 2, head_size) and np.allclose(a[0], 1.0):
-            row = np.clip(a[1, : head_size // 2], -1, 1)
-            inv = np.arccos(row)
-            if inv[0] > 0.5 and np.all(np.diff(inv) <= 1e-6) and inv[1] > 0:
-                return _snap(float(inv[1] ** (-head_size / 2.0))), int(a.shape[0])
-    return None, None
-
-
-def _snap(theta: float) -> float:
-    """A theta read back from float32 tables, snapped to 3 significant digits when that close (10000)."""
-    r = float(f"{theta:.3g}")
-    return r if abs(r - theta) <= 1e-3 * theta else theta
+        angle = g.const(node.input[0])
+        if angle is not None:
+            a = np.asarray(angle, dtype=np.float64)
+            f = freqs_from_angles(a.reshape(-1, a.shape[-1])) if a.ndim >= 2 else None
+            f = pair_columns(f, head_size) if f is not None else None
+            if f is None:
+                raise ModelFileError(f"{g.where}: the constant table {tuple(a.shape)} feeding {node.op_type} "
+                                     f"{node.name!r} is not angle[t, i] = t * inv_freq[i] for head size {head_size}; "
+                                     "cannot read the RoPE frequencies")
+            found.append((f, int(np.prod(a.shape[:-1])), f"the angle table feeding {node.op_type} {node.name!r}"))
+            continue
+        anc = g.ancestors([node.input[0]])
+        cands = []
+        for m in g.nodes:
+            if id(m) not in anc:
+                continue
+            for i in m.input:
+                v = g.const(i) if i else None
+                if v is None or v.dtype.kind != "f" or v.size not in (n, head_size) or v.size < 2:
+                    continue
+                f = np.asarray(v, dtype=np.float64).reshape(-1)
+                if np.all(np.isfinite(f)) and np.all(f > 0) and np.all(f <= 1.0) and np.all(np.diff(f) <= 0):
+                    f = pair_columns(f, head_size)
+                    if f is not None and not any(np.array_equal(f, c) for c in cands):
+                        cands.append(f)
+        if len(cands) > 1:
+            raise ModelFileError(f"{g.where}: {len(cands)} candidate inv_freq vectors feed {node.op_type} "
+                                 f"{node.name!r}; cannot tell which are the RoPE frequencies")
+        if cands:
+            found.append((cands[0], None, f"the inv_freq vector feeding {node.op_type} {node.name!r}"))
+    if not found:   # no Cos/Sin in the graph: constant cos and sin tables (rows: positions)
+        tables = []
+        for v in g.consts.values():
+            if v.dtype.kind != "f" or v.ndim < 2 or v.shape[-1] not in (n, head_size):
+                continue
+            a = np.asarray(v, dtype=np.float64).reshape(-1, v.shape[-1])
+            if a.shape[0] >= 2 and np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0 + 1e-6):
+                tables.append(a)
+        for cos in (t for t in tables if np.allclose(t[0], 1.0)):
+            sins = [t for t in tables if t.shape == cos.shape and np.allclose(t[0], 0.0)]
+            fs = [f for s in sins if (f := freqs_from_cos_sin(cos, s)) is not None]
+            fs = [f for f in (pair_columns(f, head_size) for f in fs) if f is not None]
+            if fs:
+                found.append((fs[0], cos.shape[0], f"the cos/sin tables {cos.shape}"))
+            else:
+                raise ModelFileError(f"{g.where}: a constant cos table {cos.shape} without a matching sin table "
+                                     "(rows: positions 0, 1, ...); cannot read the RoPE frequencies")
+    if not found:
+        return None, None
+    f0, rows, what = found[0]
+    for f, _, other in found[1:]:
+        if not np.allclose(f, f0, rtol=1e-5, atol=0):
+            raise ModelFileError(f"{g.where}: {what} and {other} give different RoPE frequencies; the twin "
+                                 "applies one RoPE to every layer")
+    return f0, rows
 
 
 def load_onnx(path: str | Path, *, n_heads: int | None = None, n_kv_heads: int | None = None,
@@ -423,12 +474,21 @@ def load_onnx(path: str | Path, *, n_heads: int | None = None, n_kv_heads: int |
     kv_dim = layers[0]["wk"].shape[0]
     kv_heads = n_kv_heads or kv_dim // head_size
     layout = _rope_layout(g, rope_outputs, first_score_pos, head_size)
-    theta, table_len = _rope_table(g, head_size)
+    rope_freq, table_len = _rope_freqs(g, head_size)
+    if rope_theta is not None:   # the caller's θ wins over what the graph holds
+        rope_freq = rope_frequencies(head_size, rope_theta)
+    if rope_freq is None:
+        raise ModelFileError(f"{where}: cannot read the RoPE frequencies off the graph (no constant angle table or "
+                             "cos/sin tables, no inv_freq vector feeding Cos/Sin); pass rope_theta")
+    try:
+        theta, rope_freq = describe(rope_freq, head_size)
+    except ValueError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
     c = ModelConfig(dim=dim, hidden_dim=layers[0]["w1"].shape[0], n_layers=n_layers, n_heads=heads,
                     n_kv_heads=kv_heads, vocab_size=vocab, seq_len=seq_len or table_len or 256,
                     norm_eps=norm_eps or eps or 1e-5, name=Path(where).stem[:16],
                     shared_classifier=bool(np.array_equal(classifier, tok_emb)),
-                    rope_theta=rope_theta or theta or 10000.0)
+                    rope_theta=rope_theta or theta)
     if layout == "half":
         for lw in layers:
             lw["wq"] = unpermute_rope(np.asarray(lw["wq"]), heads)
@@ -440,4 +500,4 @@ def load_onnx(path: str | Path, *, n_heads: int | None = None, n_kv_heads: int |
         return {"tok_emb": tok_emb, "final_norm": final.weight, "classifier": classifier}[name]
 
     tok = find_tokenizer(tokenizer, Path(path).with_name("tokenizer.json"), c.vocab_size)
-    return build_model(c, get, where, tok)
+    return build_model(c, get, where, tok, rope_freq=rope_freq)

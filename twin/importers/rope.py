@@ -112,15 +112,18 @@ def _resolve(d: dict, top: dict, cfg: dict, head_size: int, field: str, where: s
 def describe(freqs: np.ndarray, head_size: int) -> tuple[float, np.ndarray]:
     """(θ, frequencies) for measured frequencies: a plain θ's exact frequencies when they agree with one
     to float32 precision (θ snapped to 3 significant digits when that close), else the measured ones with
-    the θ of their two highest (for linear and llama3: the base θ)."""
+    the θ of their median neighbour ratio (for linear, and llama3 away from its few smoothed pairs: the base θ)."""
     f = np.asarray(freqs, dtype=np.float64)
     n = head_size // 2
     if f.shape != (n,) or not np.all(np.isfinite(f)) or np.any(f <= 0):
         raise ValueError(f"RoPE frequencies must be {n} positive numbers")
-    theta = float((f[0] / f[1]) ** (head_size / 2.0)) if n > 1 and f[0] > f[1] else 10000.0
-    for t in (float(f"{theta:.3g}"), theta):
+    ratio = float(np.median(f[:-1] / f[1:])) if n > 1 else 0.0
+    theta = ratio ** (head_size / 2.0) if ratio > 1 else 10000.0
+    snapped = float(f"{theta:.3g}")
+    for t in (snapped, theta):
         if t > 1 and np.allclose(rope_frequencies(head_size, t), f, rtol=2e-5, atol=0):
             return t, rope_frequencies(head_size, t)
+    theta = snapped if abs(snapped - theta) <= 1e-3 * theta else theta
     return (theta if theta > 1 else 10000.0), f.astype(np.float32)
 
 
