@@ -3,6 +3,7 @@ counts with the twin's instruction counts, and write the bench dataset the calib
 
     rows = bench(BenchSpec(platform="stm32f4-disco", port="/dev/ttyACM0"))   # a real board
     rows = bench(BenchSpec(platform="mps2-an386", port="qemu"))              # the emulator
+    rows = bench(BenchSpec(platform="rtl-ibex", port="rtl"))                 # an RTL-simulated board
     write_dataset(rows, "bench.csv")
 
 A real board gives cycles (its DWT / mcycle counter, per phase); the twin — the SAME ELF in the
@@ -28,11 +29,13 @@ from .image import read_image
 from .platforms import Platform, get_platform
 from .profile import SegmentProfile
 from .protocol import Info, Phase, PhaseKind
+from .rtl import RtlProcess
 from .runner import RunSpec, model_image, profiled_session
 from .transport import Device, DeviceGone, DeviceTimeout
 from .workloads import SuiteItem, default_suite
 
 QEMU_PORTS = ("qemu", "emulate", "emulator")
+RTL_PORT = "rtl"        # the platform's RTL board (twin/rtl.py), started for the bench
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 FEATURE_COLUMNS = tuple(f"n_{c}" for c in isa.CLASSES)
 MEMORY_COLUMNS = ("loads_flash", "loads_sram", "stores_sram")
@@ -222,7 +225,15 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
         counter = "none"                 # QEMU's counters read 0: not a cycle count
     else:
         try:
-            device_run, info = _on_board(spec, platform, fw, suite, model, on_step)
+            if spec.port.lower() == RTL_PORT:
+                if platform.rtl is None:
+                    raise BenchError(f"platform {platform.id} is not an RTL board: --port rtl takes one of "
+                                     "the rtl-* platforms (`twin platforms`)")
+                with RtlProcess(platform, fw.elf, image_path, timeout=spec.timeout) as sim:
+                    device_run, info = _on_board(spec, platform, fw, suite, model, on_step, url=sim.url,
+                                                 fresh=True)
+            else:
+                device_run, info = _on_board(spec, platform, fw, suite, model, on_step)
         except BenchInterrupted as exc:       # keep what the board measured; the twin counts only that
             interrupted, device_run, info = str(exc), exc.measurements, exc.info
             done = {m.workload for m in device_run}
@@ -269,10 +280,14 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
 
 
 def _on_board(spec: BenchSpec, platform: Platform, fw: Firmware, suite: list[SuiteItem],
-              model: tuple[str, list[int], int] | None,
-              on_step: Callable[[str], None] | None) -> tuple[list[Measurement], Info]:
-    with Device.from_url(spec.port, baudrate=spec.baudrate, timeout=spec.reply_timeout,
+              model: tuple[str, list[int], int] | None, on_step: Callable[[str], None] | None,
+              url: str | None = None, fresh: bool = False) -> tuple[list[Measurement], Info]:
+    """Measure on the device at ``url`` (default: the spec's port); ``fresh``: it has just been started,
+    so wait for its BOOT announcement before the first request."""
+    with Device.from_url(url or spec.port, baudrate=spec.baudrate, timeout=spec.reply_timeout,
                          deadline=spec.timeout) as dev:
+        if fresh:
+            dev.wait_boot()
         phases, info = dev.hello()
         if info.board != platform.id:
             raise BenchError(f"the device on {spec.port} is a {info.board!r} firmware, not {platform.id}: "

@@ -19,8 +19,8 @@ def _errors() -> tuple[type[Exception], ...]:
 
 @click.command()
 @click.option("--port", required=True,
-              help="The device: a pyserial URL (/dev/ttyACM0, socket://host:port) or 'qemu' to start the "
-                   "platform's emulator.")
+              help="The device: a pyserial URL (/dev/ttyACM0, socket://host:port), 'rtl' to start the "
+                   "platform's RTL-simulated board (rtl-* platforms), or 'qemu' to start its emulator.")
 @click.option("--emulate", is_flag=True, help="Same as --port qemu.")
 @click.option("--platform", required=True, help="Platform id (see `twin platforms`).")
 @click.option("--board", default=None, help="Board id written to the dataset (default: the platform id).")
