@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_text
 from .platforms import Platform
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,8 +151,10 @@ def build_firmware(platform: Platform, force: bool = False) -> Firmware:
     out = cache_dir() / "firmware" / f"{platform.id}-{build_id}.elf"
     firmware = Firmware(platform, out, build_id, compiler=version.splitlines()[0] if version else "",
                         cflags=" ".join((*platform.cflags, *COMMON_CFLAGS)))
-    if out.exists() and not force:
+    digest_file = out.with_name(out.name + ".sha256")
+    if not force and _elf_intact(out, digest_file):
         return firmware
+    # missing, or not the bytes this build wrote (a torn copy, a flipped bit): build it again
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="twin-build-") as tmp:
         (Path(tmp) / "memory.ld").write_text(memory_script(platform))
@@ -163,9 +166,22 @@ def build_firmware(platform: Platform, force: bool = False) -> Firmware:
             raise BuildError(f"firmware build for {platform.id} failed:\n{proc.stderr.strip()}")
         staging = out.with_suffix(f".{os.getpid()}.tmp")
         shutil.copyfile(elf, staging)
+        digest = hashlib.sha256(staging.read_bytes()).hexdigest()
         os.replace(staging, out)   # atomic: parallel builds of the same key never see half a file
+        write_text(digest_file, digest + "\n")   # checked on every reuse (_elf_intact)
     _prune(out.parent, f"{platform.id}-*.elf", keep=KEEP_BUILDS)
+    for orphan in out.parent.glob(f"{platform.id}-*.elf.sha256"):   # digests of pruned builds
+        if not orphan.with_suffix("").exists():
+            orphan.unlink(missing_ok=True)
     return firmware
+
+
+def _elf_intact(elf: Path, digest_file: Path) -> bool:
+    """The cached ELF is the one its build wrote: its SHA-256 matches the digest stored beside it."""
+    try:
+        return hashlib.sha256(elf.read_bytes()).hexdigest() == digest_file.read_text().strip()
+    except OSError:
+        return False
 
 
 def _prune(directory: Path, pattern: str, keep: int) -> None:
