@@ -261,3 +261,54 @@ def test_onnx_unreadable_or_missing_rope_is_refused(tmp_path):
     given = load_onnx(tmp_path / "hidden.onnx", rope_theta=5e5)
     assert given.config.rope_theta == 5e5
     np.testing.assert_array_equal(given.rope_freq, load_model(path).rope_freq)
+
+
+# ------------------------------------------------------------------ llama2.c
+
+
+def _llama2c_tables(dim: int, end: int, theta: float):
+    """llama2.c's model.py precompute_freqs_cis, verbatim: what export.py writes after the final norm."""
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: (dim // 2)].float() / dim))
+    t = torch.arange(end, device=freqs.device)
+    freqs = torch.outer(t, freqs).float()
+    return torch.cos(freqs).numpy(), torch.sin(freqs).numpy()
+
+
+def _with_tables(blob: bytes, model, cos, sin) -> bytes:
+    c = model.config
+    n = c.seq_len * c.head_size // 2 * 4
+    tail = c.vocab_size * c.dim * 4 if model.classifier is not None else 0
+    start = len(blob) - tail - 2 * n
+    return blob[:start] + cos.astype("<f4").tobytes() + sin.astype("<f4").tobytes() + blob[start + 2 * n:]
+
+
+@pytest.mark.parametrize("theta", [1e4, 5e5])
+def test_llama2c_tables_carry_theta(tmp_path, theta):
+    from twin.importers.llama2c import write_llama2c
+
+    hf = _hf_model({"rope_type": "default", "rope_theta": theta})
+    hf.save_pretrained(tmp_path / "hf")
+    model = load_model(tmp_path / "hf")
+    cos, sin = _llama2c_tables(model.config.head_size, model.config.seq_len, theta)
+    (tmp_path / "m.bin").write_bytes(_with_tables(write_llama2c(model), model, cos, sin))
+    back = load_model(tmp_path / "m.bin")
+    assert back.config.rope_theta == theta
+    np.testing.assert_array_equal(back.rope_freq, rope_frequencies(model.config.head_size, theta))
+    assert _rel_error(_logits(back), _hf_logits(hf)) <= TOL
+
+
+def test_llama2c_scaled_tables_and_corrupt_tables(tmp_path):
+    from twin.importers.llama2c import write_llama2c
+
+    hf = _hf_model(LLAMA3)
+    hf.save_pretrained(tmp_path / "hf")
+    model = load_model(tmp_path / "hf")
+    (tmp_path / "m.bin").write_bytes(write_llama2c(model))
+    back = load_model(tmp_path / "m.bin")
+    np.testing.assert_allclose(back.rope_freq, hf.model.rotary_emb.inv_freq.numpy(), rtol=1e-5)
+    assert _rel_error(_logits(back), _hf_logits(hf)) <= TOL
+    c = model.config
+    zeros = np.zeros((c.seq_len, c.head_size // 2))
+    (tmp_path / "z.bin").write_bytes(_with_tables(write_llama2c(model), model, zeros, zeros))
+    with pytest.raises(ModelFileError, match=r"RoPE tables \(rope_real/rope_imag, 32 positions\) are not cos/sin"):
+        load_model(tmp_path / "z.bin")

@@ -9,7 +9,10 @@ wq (layers, dim, dim); wk, wv (layers, kv_dim, dim); wo (layers, dim, dim); FFN 
 (layers, dim); w1 (layers, hidden, dim); w2 (layers, dim, hidden); w3 (layers, hidden, dim); final
 RMSNorm weights (dim); two RoPE tables (seq_len, head_size / 2) that run.c skips; the classifier
 (vocab, dim) when unshared. llama2.c's RoPE rotates interleaved pairs, as the twin does; run.c uses
-theta 10000 and eps 1e-5, and so does this importer.
+eps 1e-5, and so does this importer. run.c rotates with θ 10000 and skips the tables; the importer reads
+the RoPE frequencies off them (export.py writes the model's own: θ 10000 unless the model said otherwise),
+so a file whose tables hold another θ (or scaled frequencies) is imported with those, and tables that are
+not cos/sin of t × frequency are a ModelFileError, never replaced by 10000.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twin.modelgen import FloatModel, ModelConfig
+from twin.modelgen import FloatModel, ModelConfig, rope_frequencies
 
 from .common import LAYER_FIELDS, ModelFileError, build_model, check_config, find_tokenizer
 
@@ -79,23 +82,53 @@ def load_llama2c(path: str | Path, tokenizer: str | Path | None = None) -> Float
     def get(name: str, layer: int | None) -> np.ndarray:
         return arrays[name] if layer is None else arrays[name][layer]
 
+    theta, rope_freq = _table_frequencies(arrays["rope_real"], arrays["rope_imag"], c.head_size, where)
+    c = ModelConfig(**{**c.__dict__, "rope_theta": theta})
     tok = find_tokenizer(tokenizer, Path(path).with_name("tokenizer.bin"), c.vocab_size)
-    return build_model(c, get, where, tok)
+    return build_model(c, get, where, tok, rope_freq=rope_freq)
+
+
+def _tables(freq: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    ang = np.arange(seq_len)[:, None] * np.asarray(freq, dtype=np.float64)[None, :]
+    return np.cos(ang), np.sin(ang)
+
+
+def _table_frequencies(real: np.ndarray, imag: np.ndarray, head_size: int, where: str) -> tuple[float, np.ndarray]:
+    """(θ, frequencies) of the file's RoPE tables: a plain θ's exact frequencies when the tables are its
+    cos/sin to float32 precision (θ 10000 for what llama2.c's export.py writes), else the tables' own."""
+    from .rope import describe, freqs_from_cos_sin
+
+    def plain(theta: float) -> bool:   # to float32 precision: export.py computes t × freq in float32
+        freq = rope_frequencies(head_size, theta)
+        cos, sin = _tables(freq, real.shape[0])
+        tol = 1e-5 + 4e-7 * (real.shape[0] - 1) * float(freq[0])
+        return max(np.max(np.abs(cos - real)), np.max(np.abs(sin - imag))) <= tol
+
+    if plain(10000.0):
+        return 10000.0, rope_frequencies(head_size, 10000.0)
+    f = freqs_from_cos_sin(real, imag)
+    if f is None:
+        raise ModelFileError(f"{where}: the RoPE tables (rope_real/rope_imag, {real.shape[0]} positions) are not "
+                             "cos/sin of position × frequency; a corrupt file, or not llama2.c's layout")
+    try:
+        theta, freq = describe(f, head_size)
+    except ValueError as exc:
+        raise ModelFileError(f"{where}: the RoPE tables: {exc}") from None
+    return (theta, rope_frequencies(head_size, theta)) if plain(theta) else (theta, freq)
 
 
 def write_llama2c(model: FloatModel) -> bytes:
-    """The legacy checkpoint llama2.c's export.py (version 0) writes, for tests and interchange."""
+    """The legacy checkpoint llama2.c's export.py (version 0) writes, for tests and interchange; the RoPE
+    tables hold the model's frequencies (run.c rotates with θ 10000 whatever they say)."""
     c = model.config
-    if c.rope_theta != 10000.0:
-        raise ValueError("llama2.c's legacy format has RoPE theta 10000 only")
     vocab = c.vocab_size if model.classifier is None else -c.vocab_size
     parts = [HEADER.pack(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, vocab, c.seq_len)]
     parts.append(model.tok_emb.astype("<f4").tobytes())
     for f in LAYER_FIELDS:
         parts.extend(getattr(layer, f).astype("<f4").tobytes() for layer in model.layers)
     parts.append(model.final_norm.astype("<f4").tobytes())
-    ang = np.arange(c.seq_len)[:, None] * model.rope_freq.astype(np.float64)[None, :]
-    parts += [np.cos(ang).astype("<f4").tobytes(), np.sin(ang).astype("<f4").tobytes()]
+    cos, sin = _tables(model.rope_freq, c.seq_len)   # the model's frequencies (run.c itself assumes θ 10000)
+    parts += [cos.astype("<f4").tobytes(), sin.astype("<f4").tobytes()]
     if model.classifier is not None:
         parts.append(model.classifier.astype("<f4").tobytes())
     return b"".join(parts)
