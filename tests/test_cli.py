@@ -115,3 +115,47 @@ def test_kernels_option_compares_a_build_with_the_reference_kernels():
     assert sum(dsp["instructions"]["by_phase"]["decode"]) < sum(ref["instructions"]["by_phase"]["decode"])
     r = invoke("run", "--platform", "riscv32-virt", "--kernels", "arm_dsp")
     assert r.exit_code != 0 and "no Arm DSP extension" in r.output and "\n" not in r.output.strip()
+
+
+def _image(tmp_path, bits: int, overrides=None):
+    from twin import modelgen
+    from twin.image import QuantRecipe, write_image
+
+    recipe = QuantRecipe.make(bits, 32, True, overrides or {})
+    path = tmp_path / f"m{bits}.twlm"
+    path.write_bytes(write_image(modelgen.generate_model(modelgen.ModelConfig(dim=32, hidden_dim=64, n_layers=2,
+                                                                              n_heads=4, n_kv_heads=2,
+                                                                              vocab_size=300, seq_len=32)),
+                                 recipe=recipe))
+    return path
+
+
+@pytest.mark.parametrize("option", [("--bits", "8"), ("--bits", "4"), ("--asymmetric",), ("--group-size", "32"),
+                                    ("--override", "tok_emb=8")])
+def test_run_refuses_quantization_options_with_an_image(tmp_path, option):
+    """--bits 4 is the default, yet given explicitly it is refused too (click's ParameterSource)."""
+    img = _image(tmp_path, 8)
+    r = CliRunner().invoke(main, ["run", "--platform", "mps2-an386", "--model", str(img), *option])
+    assert r.exit_code != 0
+    line = r.output.strip()
+    assert "\n" not in line and option[0] in line and "quantization is fixed" in line and "twin image" in line
+
+
+def test_image_bits_is_what_the_image_holds(tmp_path):
+    from twin.image import read_image
+    from twin.runner import image_bits
+
+    assert image_bits(read_image(_image(tmp_path, 8).read_bytes())) == 8
+    assert image_bits(read_image(_image(tmp_path, 3).read_bytes())) == 3
+    # mixed: the layers' 3 bits hold most weights (2 x 9216), tok_emb (300 x 32) at 8 bits does not
+    assert image_bits(read_image(_image(tmp_path, 3, {"tok_emb": 8}).read_bytes())) == 3
+    assert image_bits(read_image(_image(tmp_path, 2, {"w1": 8, "w2": 8, "w3": 8, "tok_emb": 8}).read_bytes())) == 8
+
+
+@pytest.mark.qemu
+def test_run_json_reports_the_images_bits(tmp_path):
+    img = _image(tmp_path, 8)
+    r = invoke("run", "--platform", "mps2-an386", "--model", str(img), "--tokens", "2", "--prompt", "a", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["bits"] == 8 and out["matches_reference"] is True

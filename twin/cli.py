@@ -231,6 +231,22 @@ def _spec(platform: str, **kw) -> RunSpec:
                    timeout=kw["timeout"], mem_traffic=kw["mem_traffic"], kernels=kw["kernels"])
 
 
+def _refuse_quantization_for_image(kw: dict) -> None:
+    """--bits/--group-size/--asymmetric/--override quantize the built-in model; an image's are fixed."""
+    if kw["model"] == "builtin":
+        return
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = [flag for name, flag in (("bits", "--bits"), ("group_size", "--group-size"),
+                                     ("asymmetric", "--asymmetric"), ("overrides", "--override"))
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
+    if given:
+        raise TwinCliError(f"{'/'.join(given)} with --model {kw['model']}: an image's quantization is fixed when "
+                           "it is written; requantize with `twin image --from MODEL -o IMAGE --bits N ...`, "
+                           "or drop the option")
+
+
 @main.command()
 @click.option("--platform", required=True, help="Platform id (see `twin platforms`).")
 @_run_options
@@ -238,6 +254,7 @@ def run(platform: str, as_json: bool, **kw) -> None:
     """Profile the model on one emulated platform."""
     from .runner import run as do_run
 
+    _refuse_quantization_for_image(kw)
     live = not as_json and sys.stderr.isatty()
 
     def show(phase) -> None:   # stream tokens as the device produces them (terminals only)

@@ -77,6 +77,16 @@ def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
     return out, data, name
 
 
+def image_bits(model) -> int:
+    """The bit width an image holds most of its quantized weights in (by element count; a tie goes to
+    the wider): what a report's "bits" says for a given image, whatever RunSpec.bits was."""
+    count: dict[int, int] = {}
+    for t in model.tensors.values():
+        if t.bits != 32:
+            count[t.bits] = count.get(t.bits, 0) + t.rows * t.cols
+    return max(count, key=lambda b: (count[b], b)) if count else 32
+
+
 def _cached_intact(path: Path, digest: str) -> bool:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:len(digest)] == digest
@@ -233,7 +243,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
     return {
         "platform": platform.id,
         "model": model_name,
-        "bits": spec.bits,
+        "bits": spec.bits if spec.model == "builtin" else image_bits(reference.model),
         "kv_cache": reference.model.kv_cache,
         "prompt_tokens": prompt_ids,
         "tokens": tokens,
