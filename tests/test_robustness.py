@@ -308,3 +308,214 @@ def test_corrupt_cached_model_image_is_rewritten(private_cache):
     again = _run_json()
     assert again["matches_reference"] and again["tokens"] == first["tokens"]
     assert image.read_bytes() != bytes(data)
+
+
+# --------------------------------------------------------------------------- D: one-line errors
+
+
+def _invoke(*args):
+    from click.testing import CliRunner
+
+    from twin.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def _refused(r, *needles: str) -> str:
+    """A non-zero exit with an error line (no traceback) that names each of ``needles``."""
+    assert r.exit_code != 0, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1, r.output
+    for n in needles:
+        assert n in errors[0], r.output
+    return errors[0]
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["run", "--platform", "mps2-an386", "--seed", "-1"], ("--seed", "-1")),
+    (["run", "--platform", "mps2-an386", "--timeout", "0"], ("--timeout", "0")),
+    (["run", "--platform", "mps2-an386", "--timeout", "nan"], ("--timeout", "nan")),
+    (["run", "--platform", "mps2-an386", "--temperature", "nan"], ("--temperature", "nan")),
+    (["image", "--seed", "-1", "-o", "unused.twlm"], ("--seed", "-1")),
+    (["predict", "--platform", "nucleo-f746zg", "--clock", "nan"], ("--clock", "nan")),
+    (["predict", "--platform", "nucleo-f746zg", "--clock", "inf"], ("--clock", "inf")),
+    (["predict", "--platform", "nucleo-f746zg", "--voltage", "nan", "--json"], ("--voltage", "nan")),
+    (["predict", "--platform", "nucleo-f746zg", "--voltage", "1000"], ("--voltage", "1000")),
+    (["predict", "--platform", "nucleo-f746zg", "--voltage", "-3.3"], ("--voltage", "-3.3")),
+])
+def test_bad_numbers_are_refused_in_one_line(args, needles):
+    started = time.monotonic()
+    _refused(_invoke(*args), *needles)
+    assert time.monotonic() - started < 5          # before any emulator run
+
+
+def test_voltage_check_is_shared_api():
+    """The check predict uses; `twin bench --voltage` should use the same (twin.cli.SUPPLY_VOLTAGE)."""
+    from calibration.energy import VoltageError, check_voltage
+    from calibration.predict import PredictError, predict
+
+    assert check_voltage(3.3) == 3.3 and check_voltage(None) is None
+    for bad in (-3.3, 0.0, 1000.0, float("nan"), float("inf"), "x"):
+        with pytest.raises(VoltageError, match="plausible supply range|not a number"):
+            check_voltage(bad)
+    with pytest.raises(PredictError, match="1000"):
+        predict("nucleo-f746zg", voltage_v=1000.0)
+    with pytest.raises(PredictError, match="nan"):
+        predict("nucleo-f746zg", clock_mhz=float("nan"))
+
+
+@pytest.fixture(scope="module")
+def good_calibration() -> dict:
+    from calibration.fit import calibrate
+    from calibration.synthetic import bench_dataset, default_hidden
+
+    df = bench_dataset(default_hidden(seed=3), n_workloads=20, seed=5, boards={"stm32f4-disco": [168_000_000]})
+    return calibrate(df).to_dict()
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda d: d["cycles"].update(coef=dict.fromkeys(d["cycles"]["coef"], 0.0)), "every coefficient is 0"),
+    (lambda d: d["cycles"].update(q="0.05"), "'q'"),
+    (lambda d: d["cycles"]["coef"].update(n_alu="1.0"), "coef.n_alu"),
+    (lambda d: d["cycles"]["cv"]["by_workload"].update(mape_percent="1.2"), "mape_percent"),
+    (lambda d: d["cycles"].update(q=float("inf")), "'q'"),
+])
+def test_broken_calibration_files_are_refused_in_one_line(tmp_path, good_calibration, edit, needle):
+    import copy
+    import json
+
+    d = copy.deepcopy(good_calibration)
+    edit(d)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(d))
+    started = time.monotonic()
+    _refused(_invoke("predict", "--platform", "stm32f4-disco", "--calibration", str(path)), needle, "cal.json")
+    assert time.monotonic() - started < 5
+
+
+def _dataset(tmp_path, *, n_workloads=12, rows=None, edit=None) -> Path:
+    from calibration.dataset import save_dataset
+    from calibration.synthetic import bench_dataset, default_hidden
+
+    df = bench_dataset(default_hidden(seed=3), n_workloads=n_workloads, seed=5,
+                       boards={"stm32f4-disco": [168_000_000]})
+    if rows is not None:
+        df = df.iloc[rows].reset_index(drop=True)
+    if edit is not None:
+        edit(df)
+    path = tmp_path / "bench.csv"
+    save_dataset(df, path)
+    return path
+
+
+def test_infinite_count_names_its_column(tmp_path):
+    def edit(df):
+        df["n_mul"] = df["n_mul"].astype(float)
+        df.loc[4, "n_mul"] = float("inf")
+    ds = _dataset(tmp_path, edit=edit)
+    _refused(_invoke("calibrate", str(ds), "-o", str(tmp_path / "cal.json")), "n_mul", "row 4")
+    assert not (tmp_path / "cal.json").exists()
+
+
+def test_calibrate_refuses_three_rows(tmp_path):
+    ds = _dataset(tmp_path, n_workloads=3, rows=[1, 3, 5])            # three decode rows
+    _refused(_invoke("calibrate", str(ds), "-o", str(tmp_path / "cal.json")), "too few", "3 rows")
+    assert not (tmp_path / "cal.json").exists()
+
+
+def test_calibrate_warns_about_constant_cycles(tmp_path):
+    import json
+
+    def edit(df):
+        df["cycles"] = 123456
+    ds = _dataset(tmp_path, edit=edit)
+    out = tmp_path / "cal.json"
+    r = _invoke("calibrate", str(ds), "-o", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert any("same cycle count" in w for w in summary["warnings"])
+    assert any("cross-validated cycle error" in w for w in summary["warnings"])
+    p = _twin(["calibrate", str(ds), "-o", str(out)])                  # and a person sees them
+    assert p.returncode == 0 and "warning: every measured row has the same cycle count" in p.stderr, p.stderr
+
+
+def test_calibrate_on_a_normal_bench_has_finite_interval_and_predicts_finite(tmp_path):
+    import json
+    import math
+
+    ds = _dataset(tmp_path, n_workloads=13)          # like one `twin bench` (13 workloads, one board)
+    out = tmp_path / "cal.json"
+    r = _invoke("calibrate", str(ds), "-o", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text(), parse_constant=_reject_constant)
+    assert math.isfinite(d["cycles"]["q"]) and d["cycles"]["q"] < 1
+    assert d["cycles"]["cv"]["interval"]["basis"] in ("split-conformal", "cross-validated")
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} in JSON")
+
+
+# ------------------------------------------------------------------- calibration files round-trip
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_coef = st.one_of(st.floats(0.0, 1e3), st.floats(-1e-20, 0.0, exclude_max=True), st.just(-2.1e-27))
+
+
+@st.composite
+def _calibrations(draw):
+    from calibration.cycles import FEATURES
+    from calibration.store import ENERGY_FEATURES, PROVENANCE_FIELDS, Calibration, FittedModel
+
+    coef = {f: draw(_coef) for f in FEATURES}
+    if max(coef.values()) <= 0:
+        coef["n_alu"] = 1.0
+    q = draw(st.floats(0.0, 5.0))
+    cycles = FittedModel(coef, draw(st.floats(0.01, 0.5)), q,
+                         {"by_workload": {"mape_percent": draw(st.floats(0.0, 500.0)), "n_folds": 3}})
+    energy = None
+    if draw(st.booleans()):
+        ecoef = {f: draw(st.one_of(st.floats(0.0, 1e-6), st.floats(-1e-30, 0.0, exclude_max=True)))
+                 for f in ENERGY_FEATURES}
+        ecoef["seconds"] = draw(st.floats(1e-4, 1.0))
+        energy = FittedModel(ecoef, 0.1, draw(st.floats(0.0, 1.0)), {})
+    prov = {k: "x" for k in PROVENANCE_FIELDS}
+    cal = Calibration("cortex-m4f", ("stm32f4-disco",), cycles, prov, energy)
+    return Calibration(cal.core, cal.boards, cal.cycles, prov, energy, cal.compute_id())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cal=_calibrations())
+def test_any_calibration_written_loads_back(tmp_path, cal):
+    """What save writes, load accepts: tiny negative solver noise clamped to 0, the id still matches."""
+    import json
+
+    from calibration import store
+
+    path = store.save(cal, tmp_path / "cal.json")
+    json.loads(path.read_text(), parse_constant=_reject_constant)
+    back = store.load(path)
+    assert back.cycles.coef == store.clamp_coef(cal.cycles.coef)
+    assert all(v >= 0 for v in back.cycles.coef.values())
+    assert back.id == back.compute_id()
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(5, 16), seed=st.integers(0, 50), noise=st.sampled_from([0.0, 0.005, 0.3]),
+       constant=st.booleans(), residual=st.sampled_from(["off", "auto"]))
+def test_any_fitted_calibration_round_trips(tmp_path, n, seed, noise, constant, residual):
+    import dataclasses
+
+    from calibration import fit_calibration, store
+    from calibration.synthetic import bench_dataset, default_hidden
+
+    hidden = dataclasses.replace(default_hidden(seed=seed), noise=noise)
+    df = bench_dataset(hidden, n_workloads=n, seed=seed, boards={"stm32f4-disco": [48_000_000, 168_000_000]})
+    if constant:
+        df["cycles"] = 1000
+    summary = fit_calibration(df, tmp_path / "cal.json", residual=residual)
+    assert store.load(tmp_path / "cal.json").id == summary["id"]
