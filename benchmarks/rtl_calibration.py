@@ -1,0 +1,137 @@
+"""Calibration against a timing truth nobody on this project wrote: the RTL boards.
+
+For each RTL board: bench the workload suite (`twin bench --port rtl`), calibrate on it, then bench
+held-out models the calibration never saw (other shapes, bit widths, KV cache, prompt lengths) and
+compare the measured per-token decode and prefill cycles with (a) the published-timing prior and
+(b) the calibrated prediction from the twin's counts, with the calibrated interval and whether the
+measurement fell inside it. Printed, not asserted (tests/test_rtl.py asserts the CI-sized version).
+
+    .venv/bin/python benchmarks/rtl_calibration.py [--boards rtl-ibex,rtl-cv32e40p] [--scale 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from calibration import store  # noqa: E402
+from calibration.cycles import memory_setup, prior_coefficients  # noqa: E402
+from calibration.dataset import feature_matrix  # noqa: E402
+from calibration.fit import fit_calibration  # noqa: E402
+from twin import modelgen  # noqa: E402
+from twin.bench import BenchSpec, bench, read_datasets, write_dataset  # noqa: E402
+from twin.image import write_image  # noqa: E402
+from twin.platforms import get_platform  # noqa: E402
+from twin.workloads import default_suite  # noqa: E402
+
+BOARDS = ("rtl-ibex", "rtl-ibex-ws2", "rtl-cv32e40p", "rtl-cv32e40p-ws3")
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    name: str
+    config: modelgen.ModelConfig
+    bits: int = 4
+    kv_cache: str = "f32"
+    prompt_tokens: int = 4
+    tokens: int = 3
+    symmetric: bool = True
+
+
+def held_out_models() -> list[HeldOut]:
+    c = modelgen.ModelConfig
+    return [
+        HeldOut("d32 L2 q4", c(dim=32, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256,
+                               seq_len=32, name="h-d32q4")),
+        HeldOut("d48 L2 q8", c(dim=48, hidden_dim=128, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=256,
+                               seq_len=32, name="h-d48q8"), bits=8),
+        HeldOut("d32 L2 q4 kv8", c(dim=32, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256,
+                                   seq_len=32, name="h-kv8"), kv_cache="int8"),
+        HeldOut("d64 L1 q4 p12", c(dim=64, hidden_dim=172, n_layers=1, n_heads=8, n_kv_heads=4, vocab_size=256,
+                                   seq_len=32, name="h-p12"), prompt_tokens=12),
+        HeldOut("d32 L2 q2", c(dim=32, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256,
+                               seq_len=32, name="h-d32q2"), bits=2),
+        HeldOut("d32 L2 q3 asym", c(dim=32, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256,
+                                    seq_len=32, name="h-q3a"), bits=3, symmetric=False),
+    ]
+
+
+def _rows(result) -> pd.DataFrame:
+    """The dataset as `twin calibrate` reads it: through the CSV file."""
+    with tempfile.TemporaryDirectory() as t:
+        write_dataset(result.rows, Path(t) / "bench.csv")
+        return read_datasets([Path(t) / "bench.csv"])
+
+
+def measure_model(board: str, m: HeldOut, tmp: Path) -> pd.DataFrame:
+    path = tmp / f"{m.config.name}.twlm"
+    path.write_bytes(write_image(modelgen.generate_model(m.config, seed=1), bits=m.bits, symmetric=m.symmetric,
+                                 kv_cache=m.kv_cache))
+    r = bench(BenchSpec(platform=board, port="rtl", model=str(path), tokens=m.tokens,
+                        prompt_tokens=m.prompt_tokens, suite=[]))
+    return _rows(r)
+
+
+def pct(pred: float, true: float) -> float:
+    return 100.0 * (pred - true) / true
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--boards", default=",".join(BOARDS))
+    ap.add_argument("--scale", type=float, default=1.0, help="workload iterations × this")
+    args = ap.parse_args()
+    lines = []
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        for board in args.boards.split(","):
+            plat = get_platform(board)
+            t0 = time.perf_counter()
+            train = _rows(bench(BenchSpec(platform=board, port="rtl", model=None, suite=default_suite(args.scale))))
+            bench_s = time.perf_counter() - t0
+            out = tmp / f"{board}.calib.json"
+            summary = fit_calibration(train, out)
+            cal = store.load(out)
+            prior = prior_coefficients(plat.core, memory_setup(plat))
+            print(f"\n{board} ({plat.rtl.core}, {plat.rtl.flash_wait_states} ws): suite bench {bench_s:.1f} s, "
+                  f"{len(train)} rows, CV {summary['cv_mape_percent']:.2f}%", flush=True)
+            print(f"  {'held-out model':<16}{'phase':<9}{'measured':>12}{'prior':>9}{'calibrated':>11}"
+                  f"{'interval':>18}  inside")
+            for m in held_out_models():
+                df = measure_model(board, m, tmp)
+                X = feature_matrix(df)
+                y = df["cycles"].to_numpy(float)
+                p_cal, lo, hi = cal.cycles.predict_interval(X)
+                p_prior = X @ prior
+                for phase, sel in (("prefill", df["phase"] == "prefill"),
+                                   ("decode", df["phase"].str.startswith("decode"))):
+                    k = sel.to_numpy()
+                    true, pc, pp = y[k].mean(), p_cal[k].mean(), p_prior[k].mean()
+                    lo_k, hi_k = lo[k].mean(), hi[k].mean()
+                    inside = bool(np.all((y[k] >= lo[k]) & (y[k] <= hi[k])))
+                    row = (board, m.name, phase, true, pct(pp, true), pct(pc, true), pct(lo_k, true),
+                           pct(hi_k, true), inside)
+                    lines.append(row)
+                    print(f"  {m.name:<16}{phase:<9}{true:>12,.0f}{row[4]:>+8.1f}%{row[5]:>+10.2f}%"
+                          f"   [{row[6]:+6.1f}%, {row[7]:+6.1f}%]  {'yes' if inside else 'NO'}", flush=True)
+    if lines:
+        cal_err = np.abs([r[5] for r in lines])
+        prior_err = np.abs([r[4] for r in lines])
+        cover = np.mean([r[8] for r in lines])
+        print(f"\nall boards × held-out models × phases ({len(lines)}): calibrated |error| mean {cal_err.mean():.2f}% "
+              f"worst {cal_err.max():.2f}%; prior mean {prior_err.mean():.1f}% worst {prior_err.max():.1f}%; "
+              f"measured inside the interval: {cover:.2f} (nominal 0.90)")
+
+
+if __name__ == "__main__":
+    main()
