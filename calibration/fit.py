@@ -63,34 +63,40 @@ def _refuse_infinite(df: pd.DataFrame) -> None:
 
 
 def _finite_interval(fitted, unfitted, X, y, groups, alpha: float, cv: dict, what: str = "cycle") -> float:
-    """The fitted split-conformal half-width, or — when its hold-out is too small for the (1 - alpha)
-    quantile (q = inf: fewer than (1 - alpha)/alpha held-out rows) — the same quantile of the
-    out-of-fold relative errors of all rows (leave-workloads-out, jackknife+ style: coverage >= 1 - 2·alpha
-    guaranteed instead of 1 - alpha).  Refuses when even that has too few rows.  Records the basis in
-    ``cv["interval"]``."""
+    """A finite relative half-width for the file, with its basis recorded in ``cv["interval"]``:
+
+    1. the fitted split-conformal ``q_`` when its hold-out is large enough for the (1 - alpha) quantile;
+    2. else (q = inf: fewer than (1 - alpha)/alpha held-out rows, e.g. one 13-workload bench) the same
+       quantile of the out-of-fold relative errors of all rows (leave workloads out, jackknife+ style:
+       coverage >= 1 - 2·alpha guaranteed instead of 1 - alpha);
+    3. else (fewer rows than that quantile needs) the largest out-of-fold error, with a note that no
+       coverage is guaranteed (``quality_warnings`` says so; predictions cite it).
+    JSON has no Infinity, and an infinite interval would predict "1e+30 tok/s"."""
     q = float(fitted.q_)
     n_cal = int(getattr(fitted, "n_calibration_", 0))
     if math.isfinite(q):
         cv["interval"] = {"basis": "split-conformal", "n_scores": n_cal}
         return q
     need = math.ceil((1 - alpha) / alpha)
-    n_groups = len(np.unique(groups))
-    if len(y) >= need and n_groups >= 2:
-        r = cross_validate_grouped(unfitted, X, y, groups, n_splits=10)
-        p = r["predictions"]
-        scores = np.sort(np.abs(y - p) / np.maximum(p, 1e-12))
-        scores = scores[np.isfinite(scores)]
-        k = math.ceil((len(scores) + 1) * (1 - alpha))
-        if k <= len(scores):
-            cv["interval"] = {"basis": "cross-validated", "n_scores": int(len(scores)),
-                              "note": f"the split-conformal hold-out had {n_cal} rows, fewer than the {need} a "
-                                      f"{1 - alpha:.0%} bound needs: the interval is that quantile of the "
-                                      f"out-of-fold errors of all {len(scores)} rows (coverage >= "
-                                      f"{1 - 2 * alpha:.0%} guaranteed)"}
-            return float(scores[k - 1])
-    raise DatasetError(f"too few measurements for a {1 - alpha:.0%} {what} interval: {len(y)} rows from "
-                       f"{n_groups} workloads, at least {need} rows from 2 or more workloads are needed "
-                       "(`twin bench` measures 13 workloads × 2 phases by default)")
+    r = cross_validate_grouped(unfitted, X, y, groups, n_splits=10)
+    p = r["predictions"]
+    scores = np.sort(np.abs(y - p) / np.maximum(p, 1e-12))
+    scores = scores[np.isfinite(scores)]
+    if not len(scores):
+        raise DatasetError(f"no finite out-of-fold {what} error from {len(y)} rows: cannot size an interval")
+    k = math.ceil((len(scores) + 1) * (1 - alpha))
+    if k <= len(scores):
+        cv["interval"] = {"basis": "cross-validated", "n_scores": int(len(scores)),
+                          "note": f"the split-conformal hold-out had {n_cal} rows, fewer than the {need} a "
+                                  f"{1 - alpha:.0%} bound needs: the interval is that quantile of the "
+                                  f"out-of-fold errors of all {len(scores)} rows (coverage >= "
+                                  f"{1 - 2 * alpha:.0%} guaranteed)"}
+        return float(scores[k - 1])
+    cv["interval"] = {"basis": "largest out-of-fold error", "n_scores": int(len(scores)),
+                      "note": f"only {len(y)} rows: a {1 - alpha:.0%} interval needs at least {need}, so the "
+                              f"interval is the largest out-of-fold error ({scores[-1]:.3g}) with NO coverage "
+                              "guarantee"}
+    return float(scores[-1])
 
 
 def quality_warnings(df: pd.DataFrame, cal: Calibration) -> list[str]:
@@ -108,7 +114,8 @@ def quality_warnings(df: pd.DataFrame, cal: Calibration) -> list[str]:
                    "trustworthy")
     note = (cal.cycles.cv.get("interval") or {}).get("note")
     if note:
-        out.append(f"cycle interval: {note}; measure more workloads for the full guarantee")
+        out.append(f"cycle interval: {note}; measure more workloads (`twin bench` runs 13) for the full "
+                   "guarantee")
     if cal.cycles.cv.get("energy_not_fitted"):
         out.append(f"no energy model in the file: {cal.cycles.cv['energy_not_fitted']}")
     return out

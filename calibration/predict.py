@@ -231,6 +231,9 @@ def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: sto
             energy_coef = np.array([calibration.energy.coef[f] for f in (*FEATURES, "seconds")])
         notes.append(f"calibration {calibration.id} (boards {', '.join(calibration.boards)}; "
                      f"{_cv_summary(calibration.cycles.cv)})")
+        interval_note = (calibration.cycles.cv.get("interval") or {}).get("note")
+        if interval_note:
+            notes.append(f"calibration interval: {interval_note}")
         residual = calibration.cycles.stored_residual
         if residual is not None:
             notes.append(f"cycle model: non-negative linear × (1 + boosted residual on the class mix, "
