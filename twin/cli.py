@@ -104,9 +104,10 @@ def platforms(as_json: bool) -> None:
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: each ELF, its build id, compiler, flags.")
 def build(platform_ids: tuple[str, ...], build_all: bool, quiet: bool, as_json: bool) -> None:
-    """Build the firmware (and the profiling plugin); cached by content hash."""
+    """Build the firmware (and the profiling plugin, and an RTL board's simulation); cached by content hash."""
     from .build import BuildError, build_firmware
     from .profile import ProfileError, build_plugin
+    from .rtl import RtlError, harness_for
 
     ids = _emulated() if build_all else list(platform_ids)
     if not ids:
@@ -114,13 +115,16 @@ def build(platform_ids: tuple[str, ...], build_all: bool, quiet: bool, as_json: 
     builds = []
     try:
         for pid in ids:
-            fw = build_firmware(get_platform(pid))
+            p = get_platform(pid)
+            fw = build_firmware(p)
+            sim = harness_for(p).exe if p.rtl is not None else None
             builds.append({"platform": pid, "elf": str(fw.elf), "build_id": fw.build_id,
-                           "kernels": fw.platform.kernels, "compiler": fw.compiler, "cflags": fw.cflags})
+                           "kernels": fw.platform.kernels, "compiler": fw.compiler, "cflags": fw.cflags,
+                           "rtl_simulation": None if sim is None else str(sim)})
             if not quiet and not as_json:
-                click.echo(f"{pid:<16} {fw.elf}")
+                click.echo(f"{pid:<16} {fw.elf}" + (f"\n{'':<16} {sim}" if sim else ""))
         plugin = build_plugin()
-    except (PlatformError, BuildError, ProfileError) as exc:
+    except (PlatformError, BuildError, ProfileError, RtlError) as exc:
         raise _fail(exc) from None
     if as_json:
         click.echo(json.dumps({"firmware": builds, "plugin": str(plugin)}))

@@ -1,0 +1,166 @@
+"""The RTL bench boards (twin/rtl.py): cycle-exact Verilator simulations of Ibex and CV32E40P.
+
+They are the project's timing truth, so these tests hold them to what no other tool checks: two
+independent machines — QEMU's TCG with our plugin, and the core's RTL with its minstret — agree on
+every instruction of every phase; the board's tokens are bit-exact with the host reference; and a
+calibration fitted on the board's workload suite predicts models it never saw within 3%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twin import modelgen
+from twin.build import build_firmware
+from twin.image import write_image
+from twin.platforms import PlatformError, get_platform, parse_platform
+from twin.qemu import EmulatorError
+from twin.rtl import CORES, CoreRecipe, RtlError, RtlProcess, build_harness, harness_for
+from twin.runner import RunSpec, rtl_session, run
+
+ROOT = Path(__file__).resolve().parent.parent
+TWIN = [str(Path(sys.executable).with_name("twin"))]   # the installed console script
+
+
+def _have_rtl() -> str | None:
+    if shutil.which("verilator") is None:
+        return "verilator not installed (scripts/setup installs it)"
+    try:
+        import pythondata_cpu_cv32e40p  # noqa: F401
+        import pythondata_cpu_ibex  # noqa: F401
+    except ImportError:
+        return "the core RTL packages are not installed (pip install '.[rtl]')"
+    return None
+
+
+_missing = _have_rtl()
+if _missing and os.environ.get("CI"):
+    raise RuntimeError(f"CI must run the RTL boards: {_missing}")
+pytestmark = [pytest.mark.qemu, pytest.mark.skipif(_missing is not None, reason=_missing or "")]
+
+
+def tiny_image(tmp_path: Path, *, bits: int = 4, kv_cache: str = "f32", name: str = "rtl-tiny", **dims) -> Path:
+    cfg = modelgen.ModelConfig(**{"dim": 16, "hidden_dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1,
+                                  "vocab_size": 256, "seq_len": 32, "name": name, **dims})
+    path = tmp_path / f"{name}.twlm"
+    path.write_bytes(write_image(modelgen.generate_model(cfg, seed=3), bits=bits, kv_cache=kv_cache))
+    return path
+
+
+@pytest.mark.parametrize("platform", ["rtl-ibex", "rtl-cv32e40p"])
+def test_minstret_equals_the_twin_and_tokens_are_bit_exact(platform: str, tmp_path: Path) -> None:
+    image = tiny_image(tmp_path)
+    r = run(RunSpec(platform=platform, model=str(image), prompt="ab", tokens=3))
+    b = r["board"]
+    assert b["kind"] == "rtl" and b["core"] == get_platform(platform).rtl.core
+    # every phase (validation, prefill, each token): the core's minstret == the plugin's count
+    assert b["instret_equals_twin"], b["instret_mismatches"]
+    assert b["instret"] == b["twin_instructions"]
+    assert b["instret"][1] == r["instructions"]["by_phase"]["prefill"] > 0
+    assert b["instret"][2:] == r["instructions"]["by_phase"]["decode"]
+    assert b["tokens"] == r["reference_tokens"] == r["tokens"] and r["matches_reference"]
+    # the cycles are the board's own: an in-order core retires at most one instruction a cycle
+    assert r["cycles"]["counter"] == "mcycle"
+    assert r["cycles"]["prefill"] > r["instructions"]["by_phase"]["prefill"]
+    assert all(c > n for c, n in zip(r["cycles"]["decode"], r["instructions"]["by_phase"]["decode"], strict=True))
+    assert b["simulation"]["cycles_per_second"] > 0
+
+
+def test_wait_states_cost_cycles_not_instructions(tmp_path: Path) -> None:
+    image = tiny_image(tmp_path)
+    fast = run(RunSpec(platform="rtl-ibex", model=str(image), prompt="ab", tokens=2))
+    slow = run(RunSpec(platform="rtl-ibex-ws2", model=str(image), prompt="ab", tokens=2))
+    assert slow["board"]["instret"] == fast["board"]["instret"]          # the same code ran
+    n = fast["instructions"]["by_phase"]["decode"][0]
+    extra = slow["cycles"]["decode"][0] - fast["cycles"]["decode"][0]
+    # two wait states on every fetch from the code window (and every weight load): > 1 cycle/instruction
+    assert extra > 1.0 * n, (extra, n)
+
+
+def test_selftest_loop_costs_what_the_cores_docs_say() -> None:
+    """An independent check of the harness's timing: the self-test loop is add, addi and a taken
+    bnez; Ibex's documentation gives 1 + 1 + 3 cycles, CV32E40P's 1 + 1 + 3 as well."""
+    for pid in ("rtl-ibex", "rtl-cv32e40p"):
+        p = get_platform(pid)
+        fw = build_firmware(p)
+        with rtl_session(p, fw.elf, None, timeout=60) as s:
+            a = s.device.selftest(1000)
+            b = s.device.selftest(3000)
+        assert b.cycles - a.cycles == 2000 * 5, (pid, a.cycles, b.cycles)
+
+
+def test_a_simulation_that_dies_reports_the_harness_message(tmp_path: Path) -> None:
+    p = get_platform("rtl-ibex")
+    not_riscv = build_firmware(get_platform("mps2-an386")).elf
+    with pytest.raises(EmulatorError, match="not a RISC-V ELF"):
+        with rtl_session(p, not_riscv, None, timeout=30, reply_timeout=5):
+            pass
+
+
+def test_a_hung_simulation_is_killed_at_the_timeout() -> None:
+    p = get_platform("rtl-ibex")
+    fw = build_firmware(p)
+    started = time.monotonic()
+    with pytest.raises(EmulatorError, match="hung; the RTL simulation was killed") as info:
+        with rtl_session(p, fw.elf, None, timeout=60, reply_timeout=1.5) as s:
+            backend = s.backend
+            s.device.selftest(2_000_000_000)       # ~10^10 cycles: far longer than the reply time-out
+    assert time.monotonic() - started < 30
+    assert not backend.alive(), info.value
+
+
+def test_missing_package_and_bad_options_are_one_line_errors() -> None:
+    ghost = CoreRecipe(name="ghost", package="pythondata-cpu-ghost", module="pythondata_cpu_ghost",
+                       files=(), search=(), include=())
+    with pytest.raises(RtlError, match="install the PyPI package pythondata-cpu-ghost"):
+        build_harness(ghost)
+    with pytest.raises(RtlError, match="unknown rtl.config option 'cache'"):
+        build_harness(CORES["ibex"], {"cache": True})
+    with pytest.raises(RtlError, match="multiplier must be one of"):
+        build_harness(CORES["ibex"], {"multiplier": "quantum"})
+    with pytest.raises(RtlError, match="not an RTL board"):
+        harness_for(get_platform("riscv32-virt"))
+
+
+def test_rtl_platform_files_are_checked() -> None:
+    base = {"id": "rtl-x", "name": "x", "core": "ibex", "isa": "rv32imc", "arch": "riscv", "fpu": "none",
+            "dsp": False, "clock_hz": 50_000_000, "cycle_counter": "mcycle", "board": "riscv_virt",
+            "cflags": ["-march=rv32imc"],
+            "memory": {k: {"origin": 0x80000000 + i * 0x100000, "size": 0x100000}
+                       for i, k in enumerate(("flash", "model", "ram"))},
+            "emulator": {"kind": "qemu", "binary": "qemu-system-riscv32", "package": "qemu-system-misc",
+                         "machine": "virt", "serial": ["uart"]}}
+    ok = parse_platform({**base, "rtl": {"core": "ibex", "flash_wait_states": 2}}, Path("rtl-x.yaml"))
+    assert ok.rtl.flash_wait_states == 2 and ok.rtl.core == "ibex"
+    with pytest.raises(PlatformError, match="rtl: field 'core' must be one of ibex, cv32e40p"):
+        parse_platform({**base, "rtl": {"core": "pentium"}}, Path("rtl-x.yaml"))
+    with pytest.raises(PlatformError, match="flash_wait_states' must be an int in 0..255"):
+        parse_platform({**base, "rtl": {"core": "ibex", "flash_wait_states": -1}}, Path("rtl-x.yaml"))
+    with pytest.raises(PlatformError, match="needs arch: riscv, cycle_counter: mcycle"):
+        parse_platform({**base, "cycle_counter": "none", "rtl": {"core": "ibex"}}, Path("rtl-x.yaml"))
+
+
+def test_cli_lists_rtl_boards_and_refuses_rtl_port_elsewhere(tmp_path: Path) -> None:
+    out = subprocess.run([*TWIN, "platforms", "--json"], capture_output=True, text=True, check=True).stdout
+    rtl = {r["id"]: r["rtl"] for r in json.loads(out) if r["rtl"]}
+    assert {"rtl-ibex", "rtl-ibex-ws2", "rtl-cv32e40p", "rtl-cv32e40p-ws3"} <= set(rtl)
+    assert rtl["rtl-ibex-ws2"]["flash_wait_states"] == 2
+    bad = subprocess.run([*TWIN, "bench", "--port", "rtl", "--platform", "riscv32-virt", "--workloads", "none",
+                          "-o", str(tmp_path / "x.csv")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "is not an RTL board" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rtl_process_url_is_what_pyserial_opens() -> None:
+    p = get_platform("rtl-cv32e40p")
+    with RtlProcess(p, build_firmware(p).elf, None, timeout=30) as sim:
+        assert sim.url.startswith("socket://127.0.0.1:") and sim.alive()
+    assert not sim.alive() and np.isfinite(sim.port)
