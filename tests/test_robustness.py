@@ -218,8 +218,11 @@ def test_bad_output_paths_fail_before_the_work(tmp_path, case):
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
         out = ro / "m.twlm"
+    text = tmp_path / "eval.txt"
+    text.write_text("some text")
     for args in (["image", "-o", str(out)],
-                 ["compare", "--platforms", "nucleo-f746zg", "-o", str(out)]):
+                 ["compare", "--platforms", "nucleo-f746zg", "-o", str(out)],
+                 ["quantize", "--bits", "4", "--eval", str(text), "-o", str(out)]):
         started = time.monotonic()
         r = CliRunner().invoke(main, args)
         assert r.exit_code != 0 and r.exception is None or isinstance(r.exception, SystemExit), r.output
@@ -542,3 +545,10 @@ def test_any_fitted_calibration_round_trips(tmp_path, n, seed, noise, constant, 
         df["cycles"] = 1000
     summary = fit_calibration(df, tmp_path / "cal.json", residual=residual)
     assert store.load(tmp_path / "cal.json").id == summary["id"]
+
+
+@pytest.mark.parametrize("case", ["directory", "missing-parent"])
+def test_calibrate_checks_its_output_path(tmp_path, case):
+    ds = _dataset(tmp_path)
+    out = tmp_path if case == "directory" else tmp_path / "no" / "cal.json"
+    _refused(_invoke("calibrate", str(ds), "-o", str(out)), str(out))

@@ -369,9 +369,12 @@ def quantize(model: str, bits_list: str, group_size: str, asymmetric: bool, over
     from .atomic import atomic_path, check_output_path
     from .image import ImageError, QuantRecipe
 
-    try:
-        if chart_path:
+    if chart_path:
+        try:
             check_output_path(chart_path, "-o")
+        except ValueError as exc:
+            raise _fail(exc) from None
+    try:
         widths = [int(b) for b in bits_list.split(",") if b.strip()]
     except ValueError:
         raise TwinCliError(f"--bits {bits_list!r}: expected comma-separated widths, e.g. 2,3,4,8") from None
