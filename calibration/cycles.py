@@ -6,7 +6,10 @@ Features (``FEATURES``, one value per workload × phase)::
     branches_taken   taken branches counted by the twin (twin/profile.py: derived from block counts
                      or exact edge counts; unresolved conditional ones × taken_fraction, see
                      measured_taken); when a row has none, taken_fraction × n_branch
-    fetch_wait       n_instructions × effective flash wait states (instruction fetch from flash)
+    fetch_wait       flash fetches × effective flash wait states (instruction fetch from flash):
+                     where the core's fetch width is known (cores.yaml fetch_width_bytes) and the twin
+                     counted the executed instruction bytes, fetches = fetch_bytes / width + taken
+                     branches (each transfer refetches); else one fetch per instruction
     flash_load_wait  loads_flash × effective flash wait states (model weights read from flash)
 
     cycles = coef · features
@@ -60,6 +63,7 @@ class CorePrior:
     taken_branch_penalty: Figure | None = None
     fp_divsqrt_cycles: Figure | None = None
     coremark_per_mhz: Figure | None = None
+    fetch_width_bytes: Figure | None = None    # bytes one instruction fetch reads (None: one per instruction)
 
     @property
     def has_timings(self) -> bool:
@@ -73,6 +77,7 @@ class MemorySetup:
     fetch_hit: float
     data_hit: float
     notes: tuple[str, ...] = ()
+    fetch_width: float | None = None     # the core's fetch width in bytes (fetch_wait's unit), None: unknown
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,8 @@ def load_tables(path: Path = CORES_FILE) -> Tables:
             if "fp_divsqrt_cycles" in c else None,
             coremark_per_mhz=_figure(c["coremark_per_mhz"], f"{where}.coremark_per_mhz")
             if "coremark_per_mhz" in c else None,
+            fetch_width_bytes=_figure(c["fetch_width_bytes"], f"{where}.fetch_width_bytes")
+            if "fetch_width_bytes" in c else None,
         )
     memory = data.get("memory", {})
     for key in ("xip_miss_cycles", "taken_fraction", "flash_load_fraction", "fp_divsqrt_fraction"):
@@ -179,12 +186,19 @@ def memory_setup(platform: Platform, clock_hz: int | None = None) -> MemorySetup
                 notes.append(f"{w} wait states from the table row at {ft.table[0][0] / 1e6:g} MHz")
     fetch_hit, n1 = _hit("fetch_hit", platform, tables.memory["fetch_hit"])
     data_hit, n2 = _hit("data_hit", platform, tables.memory["data_hit"])
-    return MemorySetup(ws, fetch_hit, data_hit, (*notes, n1, n2))
+    prior = tables.cores.get(platform.core)
+    width = prior.fetch_width_bytes.value if prior and prior.fetch_width_bytes else None
+    return MemorySetup(ws, fetch_hit, data_hit, (*notes, n1, n2), width)
 
 
 def wait_states_for(board: str, clock_hz: float) -> float:
     """Effective flash wait states of a catalog board at a clock (for dataset rows)."""
     return memory_setup(get_platform(board), int(clock_hz)).wait_states
+
+
+def fetch_width_for(board: str) -> float | None:
+    """The fetch width (bytes) of a catalog board's core, None when cores.yaml does not give one."""
+    return memory_setup(get_platform(board)).fetch_width
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,8 +235,8 @@ def measured_taken(taken: float, unresolved: float = 0.0, taken_fraction: float 
 
 def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
                    loads_flash: float | None = None, branches_taken: float | None = None,
-                   taken_fraction: float | None = None, flash_load_fraction: float | None = None
-                   ) -> np.ndarray:
+                   taken_fraction: float | None = None, flash_load_fraction: float | None = None,
+                   fetch_bytes: float | None = None, fetch_width: float | None = None) -> np.ndarray:
     """The ``FEATURES`` vector of one count set (a phase's instructions by class)."""
     tables = load_tables()
     tf = taken_fraction if taken_fraction is not None else tables.figure("memory", "taken_fraction").value
@@ -234,7 +248,10 @@ def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
         branches_taken = tf * float(by_class.get("branch", 0))
     if loads_flash is None or (isinstance(loads_flash, float) and math.isnan(loads_flash)):
         loads_flash = ff * float(by_class.get("load", 0))
-    return np.array([*counts, branches_taken, n_total * wait_states, loads_flash * wait_states])
+    fetches = n_total
+    if fetch_width and fetch_bytes is not None and not (isinstance(fetch_bytes, float) and math.isnan(fetch_bytes)):
+        fetches = float(fetch_bytes) / fetch_width + float(branches_taken)
+    return np.array([*counts, branches_taken, fetches * wait_states, loads_flash * wait_states])
 
 
 def predict_cycles(coef: np.ndarray, features: np.ndarray) -> np.ndarray | float:

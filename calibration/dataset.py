@@ -14,10 +14,10 @@ import pandas as pd
 
 from twin.isa import CLASSES
 
-from .cycles import CLASS_FEATURES, FEATURES, feature_vector, wait_states_for
+from .cycles import CLASS_FEATURES, FEATURES, feature_vector, fetch_width_for, wait_states_for
 
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
-OPTIONAL_FEATURES = ("loads_flash", "loads_sram", "stores_sram", "branches_taken")
+OPTIONAL_FEATURES = ("loads_flash", "loads_sram", "stores_sram", "branches_taken", "fetch_bytes")
 TARGETS = ("cycles", "energy_j")
 OPTIONAL_COLUMNS = ("energy_j", "cycle_counter", "flash_wait_states", "compiler", "cflags", "bench_date")
 REQUIRED_COLUMNS = (*ID_COLUMNS, *CLASS_FEATURES, "cycles")
@@ -104,6 +104,7 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
     """The cycle model's ``FEATURES`` for every row (wait states from the catalog or the row)."""
     ws_col = df["flash_wait_states"] if "flash_wait_states" in df.columns else None
     cache: dict[tuple[str, float], float] = {}
+    widths: dict[str, float | None] = {}
     rows = []
     for i, r in enumerate(df.itertuples(index=False)):
         d = r._asdict()
@@ -118,9 +119,16 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
                                        "column") from None
             ws = cache[key]
         by_class = {c: d[f"n_{c}"] for c in CLASSES}
+        board = str(d["board"])
+        if board not in widths:
+            try:
+                widths[board] = fetch_width_for(board)
+            except ValueError:
+                widths[board] = None
         rows.append(feature_vector(by_class, wait_states=float(ws),
                                    loads_flash=_opt(d.get("loads_flash")),
                                    branches_taken=_opt(d.get("branches_taken")),
+                                   fetch_bytes=_opt(d.get("fetch_bytes")), fetch_width=widths[board],
                                    taken_fraction=taken_fraction, flash_load_fraction=flash_load_fraction))
     return np.array(rows, dtype=float).reshape(len(rows), len(FEATURES))
 

@@ -73,6 +73,8 @@ class TwinCounts:
     prefill_branches_taken: float | None = None   # taken branches counted by the profiler (None: unknown)
     decode_branches_taken: float | None = None    # per token
     kernels: str = "ref"              # the kernel set of the build that ran (firmware/kernels)
+    prefill_fetch_bytes: float | None = None      # instruction bytes executed (None: not counted)
+    decode_fetch_bytes: float | None = None       # per token
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -175,6 +177,7 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
 
     dec_loads = flash_loads("decode")
     dec_taken = taken("decode")
+    fetch = ins.get("by_phase_fetch_bytes") or {}
     plat = get_platform(report["platform"])
     return TwinCounts(
         platform=report["platform"], model=report["model"], build_id=report["firmware"]["build_id"],
@@ -191,6 +194,8 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
         matches_reference=bool(report.get("matches_reference", False)),
         fpu=plat.fpu,
         kernels=report.get("firmware", {}).get("kernels", "ref"),
+        prefill_fetch_bytes=None if "prefill" not in fetch else float(fetch["prefill"]),
+        decode_fetch_bytes=None if "decode" not in fetch else float(fetch["decode"]) / n_dec,
     )
 
 
@@ -274,9 +279,11 @@ def _cv_summary(cv: dict) -> str:
 
 
 def _cycles(bm: BoardModel, by_class: dict[str, float], loads_flash: float | None, ws: float,
-            branches_taken: float | None) -> tuple[float, float]:
+            branches_taken: float | None, fetch_bytes: float | None = None,
+            fetch_width: float | None = None) -> tuple[float, float]:
     """(cycles, residual factor 1 + r): the factor is 1 without a residual."""
-    x = feature_vector(by_class, wait_states=ws, loads_flash=loads_flash, branches_taken=branches_taken)
+    x = feature_vector(by_class, wait_states=ws, loads_flash=loads_flash, branches_taken=branches_taken,
+                       fetch_bytes=fetch_bytes, fetch_width=fetch_width)
     linear = float(x @ bm.coef)
     factor = 1.0 + float(bm.residual.correction(x[None, :])[0]) if bm.residual is not None else 1.0
     return linear * factor * bm.factor + bm.extra_per_fp * by_class.get("fp", 0.0), factor
@@ -375,13 +382,15 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     proxy_plat = get_platform(proxy)
     try:
         bm = board_model(plat, clock_hz, counts.fpu, cal, proxy_plat.core)
-        ws = memory_setup(plat, clock_hz).wait_states
+        msetup = memory_setup(plat, clock_hz)
+        ws = msetup.wait_states
     except CycleModelError as exc:
         raise PredictError(str(exc)) from None
+    width = msetup.fetch_width if proxy_plat.isa == plat.isa else None   # fetch bytes of the same code
     prefill_cycles, prefill_factor = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws,
-                                             counts.prefill_branches_taken)
+                                             counts.prefill_branches_taken, counts.prefill_fetch_bytes, width)
     token_cycles, token_factor = _cycles(bm, counts.decode, counts.decode_loads_flash, ws,
-                                         counts.decode_branches_taken)
+                                         counts.decode_branches_taken, counts.decode_fetch_bytes, width)
     token_s = token_cycles / clock_hz
     ttft_s = (prefill_cycles + token_cycles) / clock_hz
     notes = list(bm.notes)
@@ -398,7 +407,8 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     energy, e_lo, e_hi = None, 0.0, 0.0
     if bm.energy_coef is not None:
         x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash,
-                           branches_taken=counts.decode_branches_taken)
+                           branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
+                           fetch_width=width)
         energy = float(np.append(x, token_s) @ bm.energy_coef)
         e_lo = e_hi = float(bm.energy_q or 0.0)
         notes.append(f"energy from calibration {bm.source}")

@@ -39,7 +39,7 @@ RTL_PORT = "rtl"        # the platform's RTL board (twin/rtl.py), started for th
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 FEATURE_COLUMNS = tuple(f"n_{c}" for c in isa.CLASSES)
 MEMORY_COLUMNS = ("loads_flash", "loads_sram", "stores_sram")
-COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "branches_taken", "instructions", "cycles",
+COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "branches_taken", "fetch_bytes", "instructions", "cycles",
            "cycle_counter", "energy_j", "size", "iterations", "checksum", "compiler", "cflags", "bench_date")
 UNMEASURED_MESSAGE = ("{n} rows have no measured cycles (cycle_counter none / QEMU) — calibrate needs a "
                       "real board's counter")
@@ -178,9 +178,10 @@ def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list
 def _features(p: SegmentProfile | None) -> dict:
     if p is None:
         return {**dict.fromkeys(FEATURE_COLUMNS, ""), **dict.fromkeys(MEMORY_COLUMNS, ""), "instructions": "",
-                "branches_taken": ""}
+                "branches_taken": "", "fetch_bytes": ""}
     out = {f"n_{c}": p.by_class.get(c, 0) for c in isa.CLASSES}
     out["instructions"] = p.total
+    out["fetch_bytes"] = p.fetch_bytes
     # Taken branches derived from the TB counts (profile.py); unresolved conditional branches are
     # charged at the prior taken fraction, so the column stays a full count.
     from calibration.cycles import measured_taken

@@ -318,6 +318,9 @@ class SegmentProfile:
     branches_taken: int = field(default=0)
     branches_not_taken: int = field(default=0)
     branches_unresolved: int = field(default=0)
+    # Bytes of instructions executed (Σ executions × encoded size): what the fetch unit had to read,
+    # e.g. half as many words for compressed RISC-V code as its instruction count suggests.
+    fetch_bytes: int = field(default=0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -410,6 +413,7 @@ def analyze(dump: Dump, elf: Path | str, arch: str,
     flat_class = uniq_class[flat_to_uniq]
     flat_func = uniq_func[flat_to_uniq]
     flat_undecoded = (~decoded[flat_to_uniq]).astype(np.int64)
+    flat_size = np.array([i.size if i else 0 for i in uniq_insns], dtype=np.int64)[flat_to_uniq]
     tb_len = np.diff(dump.tb_offsets)
 
     profiles = []
@@ -432,6 +436,7 @@ def analyze(dump: Dump, elf: Path | str, arch: str,
             branches_taken=taken,
             branches_not_taken=not_taken,
             branches_unresolved=unresolved,
+            fetch_bytes=int((flat_size[flat_idx] * weights).sum()),
         ))
     return profiles
 
@@ -448,7 +453,7 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
     """Add segment profiles (e.g. all segments of one token, or a whole run)."""
     total = 0
     undecoded = 0
-    taken = not_taken = unresolved = 0
+    taken = not_taken = unresolved = fetch_bytes = 0
     by_class = dict.fromkeys(isa.CLASSES, 0)
     by_function: dict[str, int] = {}
     mem: dict[str, dict[str, int]] | None = None
@@ -458,6 +463,7 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
         taken += p.branches_taken
         not_taken += p.branches_not_taken
         unresolved += p.branches_unresolved
+        fetch_bytes += p.fetch_bytes
         for c, n in p.by_class.items():
             by_class[c] = by_class.get(c, 0) + n
         for f, n in p.by_function.items():
@@ -468,7 +474,7 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
                 acc = mem.setdefault(r, {"loads": 0, "stores": 0})
                 acc["loads"] += d["loads"]
                 acc["stores"] += d["stores"]
-    return SegmentProfile(total, by_class, by_function, mem, undecoded, taken, not_taken, unresolved)
+    return SegmentProfile(total, by_class, by_function, mem, undecoded, taken, not_taken, unresolved, fetch_bytes)
 
 
 # ---------------------------------------------------------------------------------------------

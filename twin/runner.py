@@ -263,6 +263,8 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
             # are in neither taken nor not_taken.
             "branches": _branches(inference),
             "by_phase_branches": {"prefill": _branches(prefill_sum), "decode": _branches(decode_sum)},
+            # bytes of instructions executed: what a fetch unit reads (compressed code: fewer words)
+            "by_phase_fetch_bytes": {"prefill": prefill_sum.fetch_bytes, "decode": decode_sum.fetch_bytes},
         },
         "functions": [{"name": k, "instructions": v} for k, v in ranked if v > 0],
         "memory_traffic": {"prefill": prefill_sum.mem, "decode": decode_sum.mem} if spec.mem_traffic else None,
