@@ -44,7 +44,7 @@ from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 3
+COUNTS_VERSION = 4
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
@@ -88,7 +88,7 @@ def _run_spec(platform: str, model: str, bits: int, tokens: int, prompt: str | N
     from twin.runner import DEFAULT_PROMPT, RunSpec
 
     return RunSpec(platform=platform, model=model, bits=bits, tokens=tokens, prompt=prompt or DEFAULT_PROMPT,
-                   kernels=kernels, mem_traffic=True)
+                   kernels=kernels, mem_traffic=True, board=False)   # counts: the twin alone
 
 
 def _counts_cache_dir() -> Path:

@@ -164,3 +164,38 @@ def test_rtl_process_url_is_what_pyserial_opens() -> None:
     with RtlProcess(p, build_firmware(p).elf, None, timeout=30) as sim:
         assert sim.url.startswith("socket://127.0.0.1:") and sim.alive()
     assert not sim.alive() and np.isfinite(sim.port)
+
+
+def test_calibration_on_the_suite_predicts_unseen_models_within_3_percent(tmp_path: Path) -> None:
+    """The CI-sized version of benchmarks/rtl_calibration.py, on the harder board (2 flash wait
+    states): calibrate on the workload suite alone, then predict models the calibration never saw
+    (another shape at 8 bits, an int8 KV cache) from the twin's counts, against the RTL board's mcycle."""
+    from calibration import store
+    from calibration.dataset import feature_matrix
+    from calibration.fit import fit_calibration
+    from twin.bench import BenchSpec, bench, read_datasets, write_dataset
+    from twin.workloads import default_suite
+
+    board = "rtl-ibex-ws2"
+
+    def dataset(result, name: str):
+        write_dataset(result.rows, tmp_path / f"{name}.csv")
+        return read_datasets([tmp_path / f"{name}.csv"])
+
+    suite = dataset(bench(BenchSpec(platform=board, port="rtl", model=None, suite=default_suite(0.5))), "suite")
+    assert (suite["cycle_counter"] == "mcycle").all() and (suite["cycles"] > suite["instructions"]).all()
+    summary = fit_calibration(suite, tmp_path / "cal.json")
+    cal = store.load(tmp_path / "cal.json")
+    assert np.isfinite(cal.cycles.q) and summary["rows"] == len(suite)
+    for name, kw in (("d48q8", {"dim": 48, "hidden_dim": 128, "n_layers": 2, "n_heads": 6, "n_kv_heads": 2, "bits": 8}),
+                     ("kv8", {"dim": 32, "hidden_dim": 96, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+                              "kv_cache": "int8"})):
+        image = tiny_image(tmp_path, name=name, **kw)
+        df = dataset(bench(BenchSpec(platform=board, port="rtl", model=str(image), tokens=2, suite=[])), name)
+        pred, lo, hi = cal.cycles.predict_interval(feature_matrix(df))
+        y = df["cycles"].to_numpy(float)
+        for phase in ("prefill", "decode"):
+            k = df["phase"].str.startswith(phase).to_numpy()
+            err = abs(pred[k].sum() / y[k].sum() - 1)
+            assert err < 0.03, (name, phase, f"{100 * err:.2f}%")
+        assert np.all((lo <= y) & (y <= hi)) and np.all(np.isfinite(hi))

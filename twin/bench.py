@@ -335,9 +335,11 @@ def _energies(spec: BenchSpec, n_phases: int) -> list[float | None]:
 
 def write_dataset(rows: list[dict], path: Path | str) -> None:
     """Write the rows as CSV with the columns of :data:`COLUMNS` (in that order)."""
+    from .atomic import open_atomic
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w", newline="") as f:
+    with open_atomic(p, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)

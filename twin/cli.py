@@ -50,8 +50,9 @@ def _human_bytes(n: int) -> str:
     return f"{n / 1024:.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.0f} MiB"
 
 
-def _emulated() -> list[str]:
-    return [p.id for p in all_platforms().values() if p.emulator is not None]
+def _emulated(rtl: bool = False) -> list[str]:
+    """The emulated MCUs (the demo's); ``rtl``: with the RTL bench boards (their twin is emulated too)."""
+    return [p.id for p in all_platforms().values() if p.emulator is not None and (rtl or p.rtl is None)]
 
 
 @click.group()
@@ -109,7 +110,7 @@ def build(platform_ids: tuple[str, ...], build_all: bool, quiet: bool, as_json: 
     from .profile import ProfileError, build_plugin
     from .rtl import RtlError, harness_for
 
-    ids = _emulated() if build_all else list(platform_ids)
+    ids = _emulated(rtl=True) if build_all else list(platform_ids)
     if not ids:
         raise TwinCliError("name a platform with --platform ID, or use --all")
     builds = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import TwinCliError, _run_errors
+from .cli import POSITIVE_SECONDS, SUPPLY_VOLTAGE, TwinCliError, _run_errors
 
 
 def _errors() -> tuple[type[Exception], ...]:
@@ -43,8 +43,8 @@ def _errors() -> tuple[type[Exception], ...]:
 @click.option("--trace-channel", default=None, help="The trace's digital marker channel (e.g. D0, in0).")
 @click.option("--trace-windows", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV of start_s,end_s phase windows (instead of a marker channel).")
-@click.option("--voltage", type=float, default=None, help="Supply voltage when the trace has none (PPK2).")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds for the whole run.")
+@click.option("--voltage", type=SUPPLY_VOLTAGE, default=None, help="Supply voltage when the trace has none (PPK2).")
+@click.option("--timeout", default=600.0, show_default=True, type=POSITIVE_SECONDS, help="Seconds for the whole run.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def bench(port: str, emulate: bool, platform: str, board: str | None, model: str, bits: str, tokens: int,
           workloads: str | None, scale: float, output: str, baudrate: int, no_mem_traffic: bool,

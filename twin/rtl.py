@@ -35,6 +35,7 @@ SOC = RTL / "soc" / "twin_soc.sv"
 HARNESS = RTL / "harness" / "main.cc"
 ROM_BASE = 0x1000          # the harness's reset ROM: a jump to the DRAM base (at +0 and +0x80)
 DRAM_SIZE = 16 << 20       # 0x8000_0000 .. 0x80ff_ffff: the code, model and RAM windows of the firmware
+RTL_SLOWDOWN = 20          # a run's time-outs on an RTL board: the QEMU ones × this (2-5 M cycles/s vs ~1 G instr/s)
 
 
 class RtlError(EmulatorError):

@@ -20,7 +20,7 @@ from .profile import Dump, SegmentProfile, analyze, parse_dump, plugin_args, sum
 from .protocol import DeviceError, Info, Phase, PhaseKind
 from .qemu import EmulatorError, QemuConfig, QemuProcess
 from .reference import QuantReference
-from .rtl import RtlProcess
+from .rtl import RTL_SLOWDOWN, RtlProcess
 from .transport import Device, DeviceGone, DeviceTimeout
 
 DEFAULT_PROMPT = "Once upon a time"
@@ -48,6 +48,7 @@ class RunSpec:
     reply_timeout: float = 30.0      # no byte from the firmware for this long = hung
     mem_traffic: bool = False        # count loads/stores per memory region (costs emulator speed)
     kernels: str | None = None       # kernel set of the build (firmware/kernels); None: the platform's
+    board: bool = True               # an RTL platform: also run the requests on its RTL board (slow)
 
 
 def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
@@ -219,9 +220,9 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
         mem = s.device.mem()
     segments, info, dump = s.segments, s.info, s.dump
     board = None
-    if platform.rtl is not None:       # the board is an RTL simulation: the same requests on it
-        with rtl_session(platform, firmware.elf, image_path, timeout=spec.timeout,
-                         reply_timeout=spec.reply_timeout) as b:
+    if platform.rtl is not None and spec.board:   # the board is an RTL simulation: the same requests on it
+        with rtl_session(platform, firmware.elf, image_path, timeout=spec.timeout * RTL_SLOWDOWN,
+                         reply_timeout=spec.reply_timeout * RTL_SLOWDOWN) as b:
             board_phases, _ = b.device.run(prompt_ids, spec.tokens, seed=spec.seed, temperature=spec.temperature,
                                            topp=spec.topp)
         board = _rtl_report(platform, [*b.boot_phases, *board_phases], [*s.boot_phases, *phases], segments,
