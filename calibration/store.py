@@ -126,10 +126,11 @@ def check_residual_type(estimator) -> None:
 
 def clamp_coef(coef: dict[str, float]) -> dict[str, float]:
     """Non-negative coefficients as a solver returns them, with its rounding noise removed: a negative
-    within 1e-9 of the largest magnitude (e.g. -2.1e-27 from bounded least squares) becomes 0.0.
-    Larger negatives are left for ``validate`` to refuse."""
+    within 1e-9 of the largest magnitude, or above -1e-12 (a millionth of a millionth of a cycle per
+    count: e.g. -2.1e-27 from bounded least squares), becomes 0.0. Larger negatives are left for
+    ``validate`` to refuse."""
     scale = max((abs(float(v)) for v in coef.values() if math.isfinite(float(v))), default=0.0)
-    return {k: (0.0 if (math.isfinite(float(v)) and -1e-9 * scale - 1e-300 <= float(v) < 0) else float(v))
+    return {k: (0.0 if (math.isfinite(float(v)) and -max(1e-9 * scale, 1e-12) <= float(v) < 0) else float(v))
             for k, v in coef.items()}
 
 
