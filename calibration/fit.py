@@ -62,9 +62,28 @@ def _refuse_infinite(df: pd.DataFrame) -> None:
                                    "(every count, clock and measurement must be finite)")
 
 
-def _finite_interval(fitted, unfitted, X, y, groups, alpha: float, cv: dict, what: str = "cycle") -> float:
+def representative_rows(df: pd.DataFrame) -> np.ndarray:
+    """Rows like the phases a calibration predicts: the LLM kernels of the suite (matvecs, norms,
+    softmax, attention, ...) and model phases — not the microbenchmarks, whose errors (a chain of
+    taken branches, a divide loop) say little about a decoded token's."""
+    from twin.workloads import BY_NAME, KERNEL
+
+    def like(label: str) -> bool:
+        if label.startswith("model:"):
+            return True
+        w = BY_NAME.get(label.split("@")[0])
+        return w is not None and w.family == KERNEL
+
+    return np.array([like(str(w)) for w in df["workload"]], dtype=bool)
+
+
+def _finite_interval(fitted, unfitted, X, y, groups, alpha: float, cv: dict, what: str = "cycle",
+                     representative: np.ndarray | None = None) -> float:
     """A finite relative half-width for the file, with its basis recorded in ``cv["interval"]``:
 
+    0. with ``representative`` rows (kernels and model phases, :func:`representative_rows`) enough for
+       the (1 - alpha) quantile: that quantile of their out-of-fold relative errors (leave workloads
+       out): the interval is sized by rows like the phases it will be applied to;
     1. the fitted split-conformal ``q_`` when its hold-out is large enough for the (1 - alpha) quantile;
     2. else (q = inf: fewer than (1 - alpha)/alpha held-out rows, e.g. one 13-workload bench) the same
        quantile of the out-of-fold relative errors of all rows (leave workloads out, jackknife+ style:
@@ -72,12 +91,21 @@ def _finite_interval(fitted, unfitted, X, y, groups, alpha: float, cv: dict, wha
     3. else (fewer rows than that quantile needs) the largest out-of-fold error, with a note that no
        coverage is guaranteed (``quality_warnings`` says so; predictions cite it).
     JSON has no Infinity, and an infinite interval would predict "1e+30 tok/s"."""
+    need = math.ceil((1 - alpha) / alpha)
+    if representative is not None and int(representative.sum()) >= need and len(np.unique(groups)) >= 2:
+        r = cross_validate_grouped(unfitted, X, y, groups, n_splits=10)
+        p = r["predictions"]
+        scores = np.abs(y - p) / np.maximum(p, 1e-12)
+        scores = np.sort(scores[representative & np.isfinite(scores)])
+        k = math.ceil((len(scores) + 1) * (1 - alpha))
+        if k <= len(scores):
+            cv["interval"] = {"basis": "cross-validated, kernel and model rows", "n_scores": int(len(scores))}
+            return float(scores[k - 1])
     q = float(fitted.q_)
     n_cal = int(getattr(fitted, "n_calibration_", 0))
     if math.isfinite(q):
         cv["interval"] = {"basis": "split-conformal", "n_scores": n_cal}
         return q
-    need = math.ceil((1 - alpha) / alpha)
     r = cross_validate_grouped(unfitted, X, y, groups, n_splits=10)
     p = r["predictions"]
     scores = np.sort(np.abs(y - p) / np.maximum(p, 1e-12))
@@ -181,7 +209,8 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = 1
         cv["choice"] = why
     model = candidates[chosen]
     model.fit(X, y, groups=df["workload"].to_numpy())
-    q = _finite_interval(model, candidates[chosen], X, y, df["workload"].to_numpy(), alpha, cv)
+    q = _finite_interval(model, candidates[chosen], X, y, df["workload"].to_numpy(), alpha, cv,
+                         representative=representative_rows(df))
     block = store.residual_block(model.estimator_.residual_) if chosen == WITH_RESIDUAL else None
     linear_fit = _linear_part(model.estimator_)
     cycles = FittedModel(store.clamp_coef(coefficients_dict(linear_fit.coef_)), alpha, q, cv, residual=block)

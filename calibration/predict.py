@@ -218,6 +218,31 @@ class BoardModel:
     kind: str = "prior"                      # "prior", "linear" or "linear+residual"
 
 
+def calibration_distance(calibration: store.Calibration | None, plat: Platform, clock_hz: int) -> dict:
+    """How far a calibration is from the board asked for: ``kind`` one of "prior" (none), "same board",
+    "same board, another clock", "same core, another board" (with the wait states of both), and a
+    sentence. (Another core is refused by board_model.)"""
+    if calibration is None:
+        return {"kind": "prior", "detail": "no calibration: published timings of the core"}
+    clocks = [int(c) for c in calibration.provenance.get("clocks_hz", [])]
+    if plat.id in calibration.boards:
+        if not clocks or clock_hz in clocks:
+            return {"kind": "same board", "detail": f"calibrated on {plat.id} at this clock"}
+        return {"kind": "same board, another clock",
+                "detail": f"calibrated on {plat.id} at {', '.join(f'{c / 1e6:g}' for c in clocks)} MHz, asked at "
+                          f"{clock_hz / 1e6:g} MHz: the wait-state terms carry the difference"}
+    ws_here = memory_setup(plat, clock_hz).wait_states
+    theirs = []
+    for b in calibration.boards:
+        try:
+            theirs.append(f"{b} {memory_setup(get_platform(b)).wait_states:g}")
+        except (CycleModelError, ValueError):
+            theirs.append(f"{b} ?")
+    return {"kind": "same core, another board",
+            "detail": f"calibrated on {', '.join(calibration.boards)} (same core {plat.core}); flash wait states "
+                      f"there: {', '.join(theirs)}, here {ws_here:g}: the memory terms are extrapolated"}
+
+
 def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: store.Calibration | None,
                 proxy_core: str) -> BoardModel:
     mode = plat.twin_mode
@@ -440,6 +465,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         "calibration": bm.source,
         # which cycle model the calibration cited above used (the residual's factor 1 + r per phase)
         "calibration_info": {"id": bm.source, "model": bm.kind, "residual": bm.residual is not None,
+                             "distance": calibration_distance(cal, plat, clock_hz),
                              "residual_factor": ({"prefill": prefill_factor, "per_token": token_factor}
                                                  if bm.residual is not None else None)},
         "ttft_seconds": _interval(ttft_s, bm.rel_low, bm.rel_high),

@@ -137,7 +137,8 @@ def test_predict_json_says_whether_a_residual_was_used(nonlinear, linear_cal, tm
         assert f"calibration {c.id} ({c.model_kind})" in human.output
     r = P.predict_from_counts(get_platform("stm32f4-disco"), _counts())
     assert r["calibration"] == "prior" and r["calibration_info"] == {
-        "id": "prior", "model": "prior", "residual": False, "residual_factor": None}
+        "id": "prior", "model": "prior", "residual": False, "residual_factor": None,
+        "distance": {"kind": "prior", "detail": "no calibration: published timings of the core"}}
 
 
 # ------------------------------------------------------------------------------- the command

@@ -187,6 +187,15 @@ def test_calibration_on_the_suite_predicts_unseen_models_within_3_percent(tmp_pa
     summary = fit_calibration(suite, tmp_path / "cal.json")
     cal = store.load(tmp_path / "cal.json")
     assert np.isfinite(cal.cycles.q) and summary["rows"] == len(suite)
+    # the interval is sized by the rows like an LLM phase (kernels), not by the microbenchmarks
+    assert cal.cycles.cv["interval"]["basis"] == "cross-validated, kernel and model rows"
+    assert cal.cycles.q < 0.15, cal.cycles.q
+    from calibration.predict import calibration_distance
+
+    assert calibration_distance(cal, get_platform(board), 50_000_000)["kind"] == "same board"
+    assert calibration_distance(cal, get_platform(board), 25_000_000)["kind"] == "same board, another clock"
+    other = calibration_distance(cal, get_platform("rtl-ibex"), 50_000_000)
+    assert other["kind"] == "same core, another board" and "there: rtl-ibex-ws2 2, here 0" in other["detail"]
     for name, kw in (("d48q8", {"dim": 48, "hidden_dim": 128, "n_layers": 2, "n_heads": 6, "n_kv_heads": 2, "bits": 8}),
                      ("kv8", {"dim": 32, "hidden_dim": 96, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
                               "kv_cache": "int8"})):

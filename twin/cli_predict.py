@@ -85,6 +85,8 @@ def predict_cmd(platform: str, model: str, bits: str, tokens: int, prompt: str |
     kind = f" ({info['model']})" if info.get("model") not in (None, "prior") else ""
     click.echo(f"{r['platform']} · {r['model']} · {r['clock_mhz']:g} MHz · counts from {t['proxy']} "
                f"({t['mode']}, {t['confidence']} confidence) · calibration {r['calibration']}{kind}{mark}")
+    if info.get("distance"):
+        click.echo(f"  calibration          {info['distance']['kind']}: {info['distance']['detail']}")
     click.echo(f"  time to first token  {_fmt_interval(r['ttft_seconds'], 1e3, 'ms')}")
     click.echo(f"  time per token       {_fmt_interval(r['token_seconds'], 1e3, 'ms')}")
     click.echo(f"  tokens per second    {_fmt_interval(r['tokens_per_second'], 1, 'tok/s')}")
