@@ -30,8 +30,11 @@ from calibration.dataset import feature_matrix  # noqa: E402
 from calibration.fit import fit_calibration  # noqa: E402
 from twin import modelgen  # noqa: E402
 from twin.bench import BenchSpec, bench, read_datasets, write_dataset  # noqa: E402
+from twin.build import build_firmware  # noqa: E402
 from twin.image import write_image  # noqa: E402
 from twin.platforms import get_platform  # noqa: E402
+from twin.rtl import RtlProcess  # noqa: E402
+from twin.runner import backend_session  # noqa: E402
 from twin.workloads import default_suite  # noqa: E402
 
 BOARDS = ("rtl-ibex", "rtl-ibex-ws2", "rtl-cv32e40p", "rtl-cv32e40p-ws3")
@@ -86,12 +89,39 @@ def pct(pred: float, true: float) -> float:
     return 100.0 * (pred - true) / true
 
 
+def harness_speed(board: str, iterations: int = 4_000_000) -> dict:
+    """Simulated cycles per second of the board's harness, on the self-test loop (5 cycles/iteration)."""
+    plat = get_platform(board)
+    sim = RtlProcess(plat, build_firmware(plat).elf, None, timeout=600)
+    with backend_session(sim, reply_timeout=600) as s:
+        s.device.selftest(iterations)
+    return sim.stats() or {}
+
+
+def phase_errors(cal, df: pd.DataFrame, prior: np.ndarray | None = None) -> list[tuple]:
+    """(phase, measured, prior %, calibrated %, low %, high %, inside) for prefill and decode."""
+    X = feature_matrix(df)
+    y = df["cycles"].to_numpy(float)
+    p_cal, lo, hi = cal.cycles.predict_interval(X)
+    out = []
+    for phase in ("prefill", "decode"):
+        k = df["phase"].str.startswith(phase).to_numpy()
+        true = y[k].mean()
+        pp = pct((X[k] @ prior).mean(), true) if prior is not None else float("nan")
+        inside = bool(np.all((y[k] >= lo[k]) & (y[k] <= hi[k])))
+        out.append((phase, true, pp, pct(p_cal[k].mean(), true), pct(lo[k].mean(), true),
+                    pct(hi[k].mean(), true), inside))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boards", default=",".join(BOARDS))
     ap.add_argument("--scale", type=float, default=1.0, help="workload iterations × this")
     args = ap.parse_args()
     lines = []
+    cals: dict = {}
+    measured_here: dict = {}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         for board in args.boards.split(","):
@@ -105,25 +135,36 @@ def main() -> None:
             prior = prior_coefficients(plat.core, memory_setup(plat))
             print(f"\n{board} ({plat.rtl.core}, {plat.rtl.flash_wait_states} ws): suite bench {bench_s:.1f} s, "
                   f"{len(train)} rows, CV {summary['cv_mape_percent']:.2f}%", flush=True)
+            speed = harness_speed(board)
+            print(f"  harness: {speed.get('cycles_per_second', 0) / 1e6:.2f} M simulated cycles/s; interval "
+                  f"±{100 * cal.cycles.q:.1f}% ({cal.cycles.cv.get('interval', {}).get('basis')})", flush=True)
             print(f"  {'held-out model':<16}{'phase':<9}{'measured':>12}{'prior':>9}{'calibrated':>11}"
                   f"{'interval':>18}  inside")
+            measured_here[board] = []
             for m in held_out_models():
                 df = measure_model(board, m, tmp)
-                X = feature_matrix(df)
-                y = df["cycles"].to_numpy(float)
-                p_cal, lo, hi = cal.cycles.predict_interval(X)
-                p_prior = X @ prior
-                for phase, sel in (("prefill", df["phase"] == "prefill"),
-                                   ("decode", df["phase"].str.startswith("decode"))):
-                    k = sel.to_numpy()
-                    true, pc, pp = y[k].mean(), p_cal[k].mean(), p_prior[k].mean()
-                    lo_k, hi_k = lo[k].mean(), hi[k].mean()
-                    inside = bool(np.all((y[k] >= lo[k]) & (y[k] <= hi[k])))
-                    row = (board, m.name, phase, true, pct(pp, true), pct(pc, true), pct(lo_k, true),
-                           pct(hi_k, true), inside)
-                    lines.append(row)
-                    print(f"  {m.name:<16}{phase:<9}{true:>12,.0f}{row[4]:>+8.1f}%{row[5]:>+10.2f}%"
-                          f"   [{row[6]:+6.1f}%, {row[7]:+6.1f}%]  {'yes' if inside else 'NO'}", flush=True)
+                measured_here[board].append((m, df))
+                for phase, true, pp, pc, lo, hi, inside in phase_errors(cal, df, prior):
+                    lines.append((board, m.name, phase, true, pp, pc, lo, hi, inside))
+                    print(f"  {m.name:<16}{phase:<9}{true:>12,.0f}{pp:>+8.1f}%{pc:>+10.2f}%"
+                          f"   [{lo:+6.1f}%, {hi:+6.1f}%]  {'yes' if inside else 'NO'}", flush=True)
+            cals[board] = cal
+        # held-out boards: a calibration of one board, asked for another board of the same core
+        cross = []
+        for a, cal in cals.items():
+            for b, runs in measured_here.items():
+                if a == b or get_platform(a).core != get_platform(b).core:
+                    continue
+                for m, df in runs:
+                    for phase, _true, _pp, pc, _lo, _hi, inside in phase_errors(cal, df):
+                        cross.append((a, b, m.name, phase, pc, inside))
+        if cross:
+            print("\nheld-out boards (calibrated on one board, predicting another of the same core):")
+            for a, b in sorted({(r[0], r[1]) for r in cross}):
+                rows = [r for r in cross if r[0] == a and r[1] == b]
+                err = np.abs([r[4] for r in rows])
+                print(f"  {a} -> {b}: |error| mean {err.mean():.2f}% worst {err.max():.2f}%, inside the "
+                      f"interval {np.mean([r[5] for r in rows]):.2f}")
     if lines:
         cal_err = np.abs([r[5] for r in lines])
         prior_err = np.abs([r[4] for r in lines])
