@@ -17,6 +17,7 @@ docs/calibration.md.
 from __future__ import annotations
 
 import csv
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,9 +53,10 @@ class BenchError(RuntimeError):
 class BenchInterrupted(BenchError):
     """The device stopped answering part-way: ``measurements`` holds what it measured before."""
 
-    def __init__(self, message: str, measurements: list[Measurement]):
+    def __init__(self, message: str, measurements: list[Measurement], info: Info | None = None):
         super().__init__(message)
         self.measurements = measurements
+        self.info = info
 
 
 @dataclass
@@ -162,17 +164,38 @@ def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list
           on_step: Callable[[str], None] | None, model_name: str | None = None) -> _TwinRun:
     """Run the plan in the emulator with the profiling plugin: per-phase counts (and the emulator's
     own replies: cycles 0)."""
+    name = model_name if model_name is not None else (model[0] if model else "")
     with profiled_session(platform, fw.elf, image_path, mem_traffic=spec.mem_traffic, timeout=spec.timeout,
                           reply_timeout=spec.reply_timeout) as s:
-        plan = run_plan(s.device, suite, model, on_step)
+        try:
+            plan = run_plan(s.device, suite, model, on_step)
+        except BenchInterrupted as exc:       # as from a board: what it answered, validation first
+            try:                              # a lost link is usually a dead emulator: say how it ended
+                status = s.backend.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                status = None
+            said = s.backend.stderr()
+            why = "" if status is None else (f"; {s.backend.name} exited with status {status}" if status >= 0 else
+                                             f"; {s.backend.name} was killed by {_signal_name(-status)}")
+            why += f"; it said: {said}" if said else ""
+            raise BenchInterrupted(f"{exc}{why}", [_validation(name, s.boot_phases, s.info),
+                                                   *exc.measurements], info=s.info) from None
     boot, info, segments = s.boot_phases, s.info, s.segments
     expected = 2 * (1 + len(plan)) + 1       # boot | validate | io | phase | io | ... | io
     if len(segments) != expected:
         raise BenchError(f"the twin's profile has {len(segments)} segments, {expected} expected for "
                          f"{len(plan)} phases: the phase markers and the protocol disagree")
-    name = model_name if model_name is not None else (model[0] if model else "")
     return _TwinRun([_validation(name, boot, info), *plan], [segments[1 + 2 * k] for k in range(len(plan) + 1)],
                     info)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _features(p: SegmentProfile | None) -> dict:
@@ -215,44 +238,56 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
         model = (name, _prompt(image, spec.prompt_tokens, spec.tokens), spec.tokens)
     notes: list[str] = []
     emulated = is_emulated_port(spec.port)
+    if emulated and platform.emulator is None:
+        raise BenchError(f"platform {platform.id} has no emulator model: give the board's serial port "
+                         "with --port")
+    if spec.port.lower() == RTL_PORT and platform.rtl is None:
+        raise BenchError(f"platform {platform.id} is not an RTL board: --port rtl takes one of "
+                         "the rtl-* platforms (`twin platforms`)")
     twin: _TwinRun | None = None
     interrupted, remaining, validation_name = None, [], None
+    # One path for every device (QEMU, an RTL board, a real board): measure the plan; when the device
+    # stops part-way keep what it measured, name the rest, and count exactly the finished workloads
+    # in a fresh, complete twin run (a killed QEMU leaves no plugin dump: no counts without one).
+    try:
+        if emulated:                          # the twin is the device: one session gives both
+            twin = _twin(platform, fw, image_path, suite, model, spec, on_step)
+            device_run, info = twin.measurements, twin.info
+        elif spec.port.lower() == RTL_PORT:
+            with RtlProcess(platform, fw.elf, image_path, timeout=spec.timeout) as sim:
+                device_run, info = _on_board(spec, platform, fw, suite, model, on_step, url=sim.url, fresh=True)
+        else:
+            device_run, info = _on_board(spec, platform, fw, suite, model, on_step)
+    except BenchInterrupted as exc:           # keep what the device measured; the twin counts only that
+        interrupted, device_run, info = str(exc), exc.measurements, exc.info
+        done = {m.workload for m in device_run}
+        remaining = [item.label for item in suite if item.label not in done]
+        suite = [item for item in suite if item.label in done]
+        if model is not None:                 # the generation is the plan's last step: not measured
+            remaining.append(f"model:{model[0]}")
+            validation_name, model = model[0], None
     if emulated:
-        if platform.emulator is None:
-            raise BenchError(f"platform {platform.id} has no emulator model: give the board's serial port "
-                             "with --port")
-        twin = _twin(platform, fw, image_path, suite, model, spec, on_step)
-        device_run, info = twin.measurements, twin.info
-        counter = "none"                 # QEMU's counters read 0: not a cycle count
+        counter = "none"                      # QEMU's counters read 0: not a cycle count
     else:
-        try:
-            if spec.port.lower() == RTL_PORT:
-                if platform.rtl is None:
-                    raise BenchError(f"platform {platform.id} is not an RTL board: --port rtl takes one of "
-                                     "the rtl-* platforms (`twin platforms`)")
-                with RtlProcess(platform, fw.elf, image_path, timeout=spec.timeout) as sim:
-                    device_run, info = _on_board(spec, platform, fw, suite, model, on_step, url=sim.url,
-                                                 fresh=True)
-            else:
-                device_run, info = _on_board(spec, platform, fw, suite, model, on_step)
-        except BenchInterrupted as exc:       # keep what the board measured; the twin counts only that
-            interrupted, device_run, info = str(exc), exc.measurements, exc.info
-            done = {m.workload for m in device_run}
-            remaining = [item.label for item in suite if item.label not in done]
-            suite = [item for item in suite if item.label in done]
-            if model is not None:             # the generation is the plan's last step: not measured
-                remaining.append(f"model:{model[0]}")
-                validation_name, model = model[0], None
         counter = platform.cycle_counter
         if counter != "none" and not any(m.cycles for m in device_run):
             notes.append(f"every cycle count is 0: {platform.id}'s counter ({counter}) did not run — "
                          "the dataset says cycle_counter none")
             counter = "none"
-        if platform.emulator is None:
-            notes.append(f"{platform.id} has no emulator model: the rows have no instruction counts")
-        else:
+    if platform.emulator is None:
+        notes.append(f"{platform.id} has no emulator model: the rows have no instruction counts")
+    elif twin is None:                        # a board's run, or an emulated one that died part-way
+        try:
             twin = _twin(platform, fw, image_path, suite, model, spec, None, model_name=validation_name)
-            _check_join(device_run, twin.measurements)
+        except BenchInterrupted as exc:
+            again = f"{interrupted}; then " if interrupted else ""
+            raise BenchError(f"{again}the twin (QEMU with the profiling plugin) stopped while counting the "
+                             f"{len(device_run)} phases measured: {exc}. No rows written: without the twin "
+                             "they have no instruction counts") from None
+        _check_join(device_run, twin.measurements)
+        if emulated:
+            notes.append(f"the emulator stopped part-way; the {len(suite)} workloads it finished were "
+                         "counted again in a complete twin run (a killed QEMU leaves no profile)")
     energies = _energies(spec, len(device_run) - 1) if spec.trace else None
     bench_date = datetime.now(timezone.utc).date().isoformat()
     rows = []

@@ -29,7 +29,8 @@ def _errors() -> tuple[type[Exception], ...]:
 @click.option("--bits", default=4, show_default=True, type=click.Choice(["4", "8"]))
 @click.option("--tokens", default=8, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workloads", default=None,
-              help="Comma-separated workload names (default: the whole suite; 'none': the model only).")
+              help="Comma-separated workload names (every size) or suite labels such as matvec_q8@64x172 "
+                   "(that size) (default: the whole suite; 'none': the model only).")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
               help="Multiply every workload's iteration count (longer runs for slow power monitors).")
 @click.option("-o", "--output", "output", default="bench.csv", show_default=True, type=click.Path(),
@@ -69,12 +70,7 @@ def bench(port: str, emulate: bool, platform: str, board: str | None, model: str
     except _errors() as exc:
         raise TwinCliError(str(exc).strip("'\"")) from None
     if result.interrupted:
-        rest = list(dict.fromkeys(r.split("@")[0] for r in result.remaining if not r.startswith("model:")))
-        again = f"--workloads {','.join(rest)}" if rest else "--workloads none"
-        model_note = " (and the model's generation)" if len(rest) < len(result.remaining) else ""
-        raise TwinCliError(f"{result.interrupted}. The {len(result.rows)} rows measured before are in {output}; "
-                           f"check the cable and power, then measure the rest{model_note} into another file "
-                           f"with {again} (calibrate takes several datasets)")
+        raise TwinCliError(_interrupted_message(result, spec.port, output))
     summary = {"platform": platform, "port": spec.port, "rows": len(result.rows), "output": output,
                "cycle_counter": result.cycle_counter, "build_id": result.info.build_id,
                "wall_seconds": result.wall_seconds, "notes": result.notes}
@@ -85,6 +81,20 @@ def bench(port: str, emulate: bool, platform: str, board: str | None, model: str
         click.echo(f"note: {note}", err=True)
     click.echo(f"{len(result.rows)} rows -> {output} (cycles: {result.cycle_counter}; "
                f"{result.wall_seconds:.1f} s)")
+
+
+def _interrupted_message(result, port: str, output: str) -> str:
+    """The device stopped part-way: where the rows measured before are, and the --workloads that
+    measure exactly the missing ones (suite labels: 'matvec_q8@172x64', not every size of matvec_q8)."""
+    from .bench import is_emulated_port
+
+    rest = [r for r in result.remaining if not r.startswith("model:")]
+    again = f"--workloads {','.join(rest)}" if rest else "--workloads none"
+    model_note = " (and the model's generation)" if len(rest) < len(result.remaining) else ""
+    check = ("they were counted in a complete twin run; see why the emulator stopped (killed, out of memory, "
+             "--timeout)" if is_emulated_port(port) else "check the cable and power")
+    return (f"{result.interrupted}. The {len(result.rows)} rows measured before are in {output}; {check}, then "
+            f"measure the rest{model_note} into another file with {again} (calibrate takes several datasets)")
 
 
 @click.command()

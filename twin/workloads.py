@@ -127,7 +127,24 @@ class SuiteItem:
 
 def default_suite(scale: float = 1.0, names: tuple[str, ...] | None = None) -> list[SuiteItem]:
     """Every workload at its default sizes; ``scale`` multiplies the iteration counts (a real board
-    whose power monitor samples slowly wants longer runs)."""
-    chosen = [get_workload(n) for n in names] if names else list(WORKLOADS)
-    return [SuiteItem(w, size, max(1, round(w.default_iterations * scale)))
-            for w in chosen for size in w.default_sizes]
+    whose power monitor samples slowly wants longer runs). ``names``: workload names (all their
+    sizes) or suite labels ('matvec_q8@64x172': that size only), in the order given."""
+    items: list[SuiteItem] = []
+    for entry in names or [w.name for w in WORKLOADS]:
+        name, at, size_text = entry.partition("@")
+        w = get_workload(name)
+        sizes = w.default_sizes
+        if at:
+            labels = {size_label(w, s): s for s in w.default_sizes}
+            if w.family != KERNEL:             # its label carries no size (alu, load_sram)
+                raise ValueError(f"workload {entry!r}: {w.name} has one size in the suite; give it as {w.name}")
+            try:
+                size = parse_size(w, size_text)
+            except ValueError:
+                size = None
+            if size not in w.default_sizes:
+                raise ValueError(f"workload {entry!r}: {w.name}'s suite sizes are "
+                                 f"{', '.join(f'{w.name}@{k}' for k in labels)}")
+            sizes = (size,)
+        items += [SuiteItem(w, size, max(1, round(w.default_iterations * scale))) for size in sizes]
+    return list({item.label: item for item in items}.values())   # each label once, where it came first
