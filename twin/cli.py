@@ -189,7 +189,10 @@ def _run_options(f):
     for opt in reversed([
         click.option("--model", default="builtin", show_default=True,
                      help="'builtin' or the path of a model image."),
-        click.option("--prompt", default=None, help="Prompt text (the model's tokenizer; byte-level without one)."),
+        click.option("--prompt", default=None,
+                     help="Prompt text (the model's tokenizer; byte-level without one; '' is BOS alone) "
+                          "[default: \"Once upon a time\"; folded into a byte-level vocabulary too small for it, "
+                          "and said so]."),
         click.option("--tokens", default=16, show_default=True, type=click.IntRange(1, 4096)),
         click.option("--bits", default=4, show_default=True, type=click.Choice(["2", "3", "4", "8"])),
         click.option("--group-size", default=32, show_default=True, type=click.Choice(["32", "64", "128"])),
@@ -231,7 +234,7 @@ def _spec(platform: str, **kw) -> RunSpec:
 
     return RunSpec(platform=platform, model=kw["model"], bits=int(kw["bits"]),
                    group_size=int(kw["group_size"]), symmetric=not kw["asymmetric"],
-                   overrides=_overrides(kw["overrides"]), kv_cache=kw["kv_cache"], prompt=kw["prompt"] or DEFAULT_PROMPT,
+                   overrides=_overrides(kw["overrides"]), kv_cache=kw["kv_cache"], prompt=DEFAULT_PROMPT if kw["prompt"] is None else kw["prompt"],
                    tokens=kw["tokens"], seed=kw["seed"], temperature=kw["temperature"], topp=kw["topp"],
                    timeout=kw["timeout"], mem_traffic=kw["mem_traffic"], kernels=kw["kernels"])
 
@@ -275,6 +278,8 @@ def run(platform: str, as_json: bool, **kw) -> None:
     if as_json:
         click.echo(json.dumps(report))
     else:
+        if report.get("prompt_note"):
+            click.echo(f"note: {report['prompt_note']}", err=True)
         _print_report(report)
     if not report["matches_reference"]:
         sys.exit(3)
@@ -299,6 +304,8 @@ def demo(platform_list: str | None, as_json: bool, **kw) -> None:
             raise _fail(exc) from None
         reports.append(report)
         if not as_json:
+            if report.get("prompt_note") and len(reports) == 1:     # the same prompt on every platform
+                click.echo(f"note: {report['prompt_note']}", err=True)
             _print_report(report)
             click.echo()
     if as_json:

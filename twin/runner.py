@@ -182,6 +182,50 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
         session.segments = analyze(session.dump, elf, platform.arch)
 
 
+def prompt_tokens(text: str, tokenizer, vocab_size: int) -> tuple[list[int], str | None]:
+    """The prompt's token ids for a model, and a note when they are not simply the text's encoding.
+
+    * An empty text is BOS alone (where the tokenizer adds one; noted); a tokenizer that adds no BOS
+      gives no token at all, and a model needs one: refused.
+    * Byte-level models (no tokenizer; byte b is id b + 3) whose vocabulary is too small for some of
+      the text's bytes (random-weight what-ifs, ``twin image --vocab 64``): a prompt given by the
+      user is refused, naming the bytes that fit; the default prompt is folded into the vocabulary
+      (BOS, then id 3 + byte mod (vocab − 3): as many tokens as the text, so the same prefill work) and
+      noted. A tokenizer whose ids exceed the vocabulary is not the model's: refused.
+    """
+    ids = tokenizer.encode(text) if tokenizer else modelgen.encode(text)
+    note = None
+    if not ids:
+        raise RunError("an empty prompt gives no token with this model's tokenizer (it adds no BOS), and a "
+                       "model needs at least one: give --prompt TEXT")
+    if text == "":
+        note = f"empty prompt: BOS alone (id {ids[0]})"
+    over = [t for t in ids if not 0 <= t < vocab_size]
+    if not over:
+        return ids, note
+    if tokenizer is not None:
+        raise RunError(f"the model's tokenizer ({getattr(tokenizer, 'name', None) or 'sidecar'}) gives ids up to {max(over)} for "
+                       f"the prompt, beyond the model's vocabulary of {vocab_size}: it is not this model's "
+                       "tokenizer (`twin image` writes the right one beside the image)")
+    fits = vocab_size - 1 - modelgen.BYTE_OFFSET         # the largest byte with an id in the vocabulary
+    if text != DEFAULT_PROMPT:
+        printable = [chr(b) for b in range(32, min(fits, 126) + 1)]
+        which = (f"printable: {printable[0]!r} to {printable[-1]!r}" if printable else "no printable character")
+        holds = f"holds only bytes 0..{fits} ({which})" if fits >= 0 else "holds no byte (BOS only: --prompt '')"
+        raise RunError(f"--prompt {text!r}: this model has no tokenizer, so the prompt is byte-level (byte b is "
+                       f"id b+{modelgen.BYTE_OFFSET}), and its vocabulary of {vocab_size} {holds}; give a prompt "
+                       "of those bytes, or an image with a larger vocabulary")
+    body = [modelgen.BYTE_OFFSET + b % (fits + 1) for b in text.encode("utf-8")] if fits >= 0 else []
+    ids = ids[:1] + body
+    shown = f"ids {modelgen.BYTE_OFFSET}..{vocab_size - 1} (id = {modelgen.BYTE_OFFSET} + byte mod {fits + 1})" \
+        if body else "nothing (no byte fits)"
+    note = (f"the default prompt {text!r} does not fit this byte-level model's vocabulary of {vocab_size}: "
+            f"ran BOS + its bytes folded into {shown}; --prompt with bytes 0..{max(fits, 0)} chooses the text"
+            if body else f"the default prompt {text!r} does not fit this model's vocabulary of {vocab_size}: "
+            "ran BOS alone")
+    return ids, note
+
+
 def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     """Profile one generation on one emulated platform; returns the report (see ``twin run --json``)."""
     return run_with_dump(spec, on_phase)[0]
@@ -203,7 +247,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
     _check_fits(platform, image)
     reference = QuantReference(read_image(image))
     tokenizer = model_tokenizer(spec.model)
-    prompt_ids = tokenizer.encode(spec.prompt) if tokenizer else modelgen.encode(spec.prompt)
+    prompt_ids, prompt_note = prompt_tokens(spec.prompt, tokenizer, reference.config.vocab_size)
     seq_len = reference.config.seq_len
     if len(prompt_ids) + spec.tokens > seq_len:
         raise RunError(f"prompt ({len(prompt_ids)} tokens) + {spec.tokens} new tokens exceed the model's "
@@ -247,6 +291,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
         "bits": spec.bits if spec.model == "builtin" else image_bits(reference.model),
         "kv_cache": reference.model.kv_cache,
         "prompt_tokens": prompt_ids,
+        "prompt_note": prompt_note,      # None, or how the prompt given became these tokens
         "tokens": tokens,
         "text": tokenizer.decode(tokens) if tokenizer else modelgen.decode(tokens),
         "reference_tokens": expected,
