@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twin import modelgen  # noqa: E402
-from twin.build import build_firmware  # noqa: E402
-from twin.image import write_image  # noqa: E402
+from twin.device.build import build_firmware  # noqa: E402
+from twin.model import modelgen  # noqa: E402
+from twin.model.image import write_image  # noqa: E402
 from twin.platforms import get_platform  # noqa: E402
-from twin.profile import analyze, parse_dump, plugin_args  # noqa: E402
+from twin.profile.counts import analyze, parse_dump, plugin_args  # noqa: E402
 from twin.runner import emulator_session, memory_regions  # noqa: E402
 
 BENCH_MODEL = modelgen.ModelConfig(dim=192, hidden_dim=512, n_layers=6, n_heads=6, n_kv_heads=3,

@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twin import modelgen  # noqa: E402
-from twin.build import build_firmware  # noqa: E402
-from twin.image import read_image  # noqa: E402
+from twin.device.build import build_firmware  # noqa: E402
+from twin.device.protocol import PhaseKind  # noqa: E402
+from twin.model import modelgen  # noqa: E402
+from twin.model.image import read_image  # noqa: E402
+from twin.model.reference import QuantReference  # noqa: E402
 from twin.platforms import all_platforms  # noqa: E402
-from twin.profile import sum_profiles  # noqa: E402
-from twin.protocol import PhaseKind  # noqa: E402
-from twin.reference import QuantReference  # noqa: E402
+from twin.profile.counts import sum_profiles  # noqa: E402
 from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session  # noqa: E402
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fixtures import programs  # noqa: E402
 
-from twin.profile import analyze, build_plugin, parse_dump, plugin_args, sum_profiles  # noqa: E402
+from twin.profile.counts import analyze, build_plugin, parse_dump, plugin_args, sum_profiles  # noqa: E402
 
 
 def timed_run(cmd: list[str], timeout: float) -> float:

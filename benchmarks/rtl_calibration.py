@@ -26,16 +26,16 @@ sys.path.insert(0, str(ROOT))
 
 from calibration import store  # noqa: E402
 from calibration.cycles import memory_setup, prior_coefficients  # noqa: E402
-from calibration.dataset import feature_matrix  # noqa: E402
+from calibration.dataset import feature_matrix, read_datasets  # noqa: E402
 from calibration.fit import fit_calibration  # noqa: E402
-from twin import modelgen  # noqa: E402
-from twin.bench import BenchSpec, bench, read_datasets, write_dataset  # noqa: E402
-from twin.build import build_firmware  # noqa: E402
-from twin.image import write_image  # noqa: E402
+from twin.bench.workflow import BenchSpec, bench, write_dataset  # noqa: E402
+from twin.bench.workloads import default_suite  # noqa: E402
+from twin.device.build import build_firmware  # noqa: E402
+from twin.device.rtl import RtlProcess  # noqa: E402
+from twin.model import modelgen  # noqa: E402
+from twin.model.image import write_image  # noqa: E402
 from twin.platforms import get_platform  # noqa: E402
-from twin.rtl import RtlProcess  # noqa: E402
 from twin.runner import backend_session  # noqa: E402
-from twin.workloads import default_suite  # noqa: E402
 
 BOARDS = ("rtl-ibex", "rtl-ibex-ws2", "rtl-cv32e40p", "rtl-cv32e40p-ws3")
 

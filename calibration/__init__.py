@@ -6,13 +6,23 @@
 - ``estimators``: scikit-learn estimators (non-negative linear, boosted residual, conformal intervals)
 - ``fit`` / ``store``: calibration files with provenance; ``residual``: their optional boosted residual as plain trees
 - ``predict``: ``twin predict`` / ``twin compare``
+
+The public API below is imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 
-def fit_calibration(df, out, **kw) -> dict:
-    """Fit and save a calibration file from a bench DataFrame (see calibration.fit)."""
-    from .fit import fit_calibration as fit
+_API = {"fit_calibration": "calibration.fit", "calibrate_files": "calibration.fit", "calibrate": "calibration.fit",
+        "predict": "calibration.predict", "predict_from_counts": "calibration.predict",
+        "load": "calibration.store", "save": "calibration.store"}
+__all__ = sorted(_API)
 
-    return fit(df, out, **kw)
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'calibration' has no attribute {name!r}")

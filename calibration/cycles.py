@@ -2,8 +2,8 @@
 
 Features (``FEATURES``, one value per workload × phase)::
 
-    n_<class>        instructions of each class of twin.isa.CLASSES
-    branches_taken   taken branches counted by the twin (twin/profile.py: derived from block counts
+    n_<class>        instructions of each class of twin.profile.isa.CLASSES
+    branches_taken   taken branches counted by the twin (twin/profile/counts.py: derived from block counts
                      or exact edge counts; unresolved conditional ones × taken_fraction, see
                      measured_taken); when a row has none, taken_fraction × n_branch
     fetch_wait       flash fetches × effective flash wait states (instruction fetch from flash):
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from twin.isa import CLASSES
 from twin.platforms import Platform, get_platform
+from twin.profile.isa import CLASSES
 
 CORES_FILE = Path(__file__).resolve().parent / "cores.yaml"
 

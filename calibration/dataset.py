@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twin.isa import CLASSES
+from twin.profile.isa import CLASSES
 
-from .cycles import CLASS_FEATURES, FEATURES, feature_vector, fetch_width_for, wait_states_for
+from .cycles import CLASS_FEATURES, FEATURES, feature_vector, fetch_width_for, measured_taken, wait_states_for
 
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
-OPTIONAL_FEATURES = ("loads_flash", "loads_sram", "stores_sram", "branches_taken", "fetch_bytes")
+OPTIONAL_FEATURES = ("loads_flash", "loads_sram", "stores_sram", "branches_taken", "branches_unresolved",
+                     "fetch_bytes")
 TARGETS = ("cycles", "energy_j")
 OPTIONAL_COLUMNS = ("energy_j", "cycle_counter", "flash_wait_states", "compiler", "cflags", "bench_date")
 REQUIRED_COLUMNS = (*ID_COLUMNS, *CLASS_FEATURES, "cycles")
@@ -25,6 +26,26 @@ REQUIRED_COLUMNS = (*ID_COLUMNS, *CLASS_FEATURES, "cycles")
 
 class DatasetError(ValueError):
     """The dataset breaks the schema; the message names the column (and row) and what to do."""
+
+
+UNMEASURED_ROWS = ("{n} rows have no measured cycles (cycle_counter none / QEMU) — calibrate needs a "
+                   "real board's counter")
+
+
+def read_datasets(paths: list[Path | str]) -> pd.DataFrame:
+    """Load, validate and concatenate bench datasets (twin bench writes them)."""
+    if not paths:
+        raise DatasetError("no dataset given")
+    return pd.concat([load_dataset(p) for p in paths], ignore_index=True)
+
+
+def unmeasured(df: pd.DataFrame) -> pd.Series:
+    """Rows whose cycles were not measured: cycles 0 / empty, or cycle_counter none."""
+    cycles = pd.to_numeric(df["cycles"], errors="coerce")
+    bad = cycles.isna() | (cycles <= 0)
+    if "cycle_counter" in df.columns:
+        bad |= df["cycle_counter"].astype(str).str.lower().isin(["none", "nan", ""])
+    return bad
 
 
 def load_dataset(path: Path | str) -> pd.DataFrame:
@@ -125,9 +146,12 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
                 widths[board] = fetch_width_for(board)
             except ValueError:
                 widths[board] = None
+        taken, unresolved = _opt(d.get("branches_taken")), _opt(d.get("branches_unresolved"))
+        if taken is not None and unresolved is not None:     # the split the profiler could not derive
+            taken = measured_taken(taken, unresolved, taken_fraction)
         rows.append(feature_vector(by_class, wait_states=float(ws),
                                    loads_flash=_opt(d.get("loads_flash")),
-                                   branches_taken=_opt(d.get("branches_taken")),
+                                   branches_taken=taken,
                                    fetch_bytes=_opt(d.get("fetch_bytes")), fetch_width=widths[board],
                                    taken_fraction=taken_fraction, flash_load_fraction=flash_load_fraction))
     return np.array(rows, dtype=float).reshape(len(rows), len(FEATURES))

@@ -20,7 +20,16 @@ from twin.platforms import get_platform
 
 from . import store
 from .cycles import FEATURES, coefficients_dict, memory_setup
-from .dataset import DatasetError, dataset_hash, feature_matrix, measured, validate_dataset
+from .dataset import (
+    UNMEASURED_ROWS,
+    DatasetError,
+    dataset_hash,
+    feature_matrix,
+    measured,
+    read_datasets,
+    unmeasured,
+    validate_dataset,
+)
 from .energy import EnergyModelError, energy_features, power_model, prior_energy_coefficients
 from .estimators import (
     ConformalInterval,
@@ -66,7 +75,7 @@ def representative_rows(df: pd.DataFrame) -> np.ndarray:
     """Rows like the phases a calibration predicts: the LLM kernels of the suite (matvecs, norms,
     softmax, attention, ...) and model phases — not the microbenchmarks, whose errors (a chain of
     taken branches, a divide loop) say little about a decoded token's."""
-    from twin.workloads import BY_NAME, KERNEL
+    from twin.bench.workloads import BY_NAME, KERNEL
 
     def like(label: str) -> bool:
         if label.startswith("model:"):
@@ -296,3 +305,17 @@ def fit_calibration(df: pd.DataFrame, out: Path | str, **kw) -> dict:
             for kind, c in cal.cycles.cv["candidates"].items()}
         summary["choice"] = cal.cycles.cv.get("choice")
     return summary
+
+
+def calibrate_files(paths: list[Path | str], out: Path | str, *, skip_unmeasured: bool = False, **fit_kw) -> dict:
+    """`twin calibrate`: load bench datasets, refuse rows without measured cycles (or drop them with
+    ``skip_unmeasured``), fit and write the calibration file; ``fit_kw`` e.g. ``residual="on"``."""
+    df = read_datasets(list(paths))
+    bad = unmeasured(df)
+    n = int(bad.sum())
+    if n:
+        if not skip_unmeasured or n == len(df):
+            raise DatasetError(UNMEASURED_ROWS.format(n=n))
+        df = df[~bad].reset_index(drop=True)
+    result = fit_calibration(df, Path(out), **fit_kw)
+    return {"rows": len(df), "skipped": n, "out": str(out), "result": result}

@@ -6,7 +6,7 @@ This module asks LLVM's scheduling model instead, block by block::
     cycles(phase) = sum over blocks  executions(block, phase) x mca_cycles(block)
                   + sum over unparsed instructions  executions x class-prior cost of its class
 
-Blocks are the translated blocks (TBs) the QEMU plugin counted (``twin.profile.Dump``: start address,
+Blocks are the translated blocks (TBs) the QEMU plugin counted (``twin.profile.counts.Dump``: start address,
 instruction addresses, executions per segment), merged by their instruction addresses and summed
 over the segments of each phase (prefill, decode).  Their instructions come from ``llvm-objdump`` of
 the very ELF that ran (LLVM's own syntax, so they assemble back); branch targets become a local label.
@@ -24,7 +24,7 @@ llvm-objdump did not decode its address) is removed from its block and charged i
 cost (``cores.yaml`` ``mca.class_prior``); how many were so handled is reported, never dropped.
 
 Results are cached per (ELF content hash, triple, cpu, attributes, llvm-mca binary) under
-``<cache>/mca`` (``twin.build.cache_dir``: ``$TWIN_CACHE``, else ``$XDG_CACHE_HOME/tinyllm-twin``);
+``<cache>/mca`` (``twin.device.build.cache_dir``: ``$TWIN_CACHE``, else ``$XDG_CACHE_HOME/tinyllm-twin``);
 a block already in the cache never reaches llvm-mca again.  Per-block execution counts of a run are
 cached next to the twin's counts (``<cache>/blocks``, the same key as ``calibration.predict``).
 
@@ -51,9 +51,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from twin import isa
-from twin.isa import CLASSES
 from twin.platforms import get_platform
+from twin.profile import isa
+from twin.profile.isa import CLASSES
 
 from .cycles import CORES_FILE, FEATURES, CycleModelError, MemorySetup, feature_vector, prior_coefficients
 
@@ -396,7 +396,7 @@ def _sha256_file(path: Path | str) -> str:
 
 def mca_cache_dir() -> Path:
     """``<cache>/mca``: llvm-mca's cycles per block, one file per (ELF content, target, llvm-mca)."""
-    from twin.build import cache_dir
+    from twin.device.build import cache_dir
 
     d = cache_dir() / "mca"
     d.mkdir(parents=True, exist_ok=True)
@@ -511,7 +511,7 @@ class PhaseBlocks:
 def blocks_from_dump(dump, phase_segments: Mapping[str, Sequence[int]]) -> tuple[
         tuple[tuple[int, ...], ...], dict[str, dict[int, int]]]:
     """Distinct blocks (merged by instruction addresses: QEMU may translate a block more than once)
-    and executions per phase, summed over the phase's segments of a ``twin.profile.Dump``."""
+    and executions per phase, summed over the phase's segments of a ``twin.profile.counts.Dump``."""
     index: dict[tuple[int, ...], int] = {}
     blocks: list[tuple[int, ...]] = []
     phases: dict[str, dict[int, int]] = {}
@@ -563,7 +563,7 @@ def run_recording_blocks(spec, on_phase: Callable | None = None, *, strict: bool
 
 
 def _phase_blocks_of_run(report: dict, dump, phases: Sequence) -> PhaseBlocks:
-    from twin.protocol import PhaseKind
+    from twin.device.protocol import PhaseKind
 
     # segments: boot | phase | io | phase | ... ; the boot phases (validate) come before the run's
     n_boot = (dump.n_segments - 1) // 2 - len(phases)
@@ -584,7 +584,7 @@ def _phase_blocks_of_run(report: dict, dump, phases: Sequence) -> PhaseBlocks:
 
 
 def _blocks_cache_dir() -> Path:
-    from twin.build import cache_dir
+    from twin.device.build import cache_dir
 
     d = cache_dir() / "blocks"
     d.mkdir(parents=True, exist_ok=True)

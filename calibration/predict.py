@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from twin import atomic
-from twin.isa import CLASSES
 from twin.platforms import Platform, get_platform
+from twin.profile.isa import CLASSES
 
 from . import store
 from .cycles import (
@@ -92,7 +92,7 @@ def _run_spec(platform: str, model: str, bits: int, tokens: int, prompt: str | N
 
 
 def _counts_cache_dir() -> Path:
-    from twin.build import cache_dir
+    from twin.device.build import cache_dir
 
     d = cache_dir() / "counts"
     d.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def counts_key(platform: str, *, model: str = "builtin", bits: int = 4, tokens: 
     """(cache key, RunSpec, model image sha256, model name) of one generation; the key covers (platform,
     firmware build id, model image hash, bits, tokens, prompt). The twin's counts and the executed
     blocks (calibration.mca) share it."""
-    from twin.build import build_firmware
+    from twin.device.build import build_firmware
     from twin.platforms import with_kernels
     from twin.runner import model_image
 

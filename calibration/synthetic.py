@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from twin.isa import CLASSES
+from twin.profile.isa import CLASSES
 
 from .cycles import FEATURES, wait_states_for
 

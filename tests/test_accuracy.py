@@ -1,4 +1,4 @@
-"""Accuracy of quantization schemes (twin/accuracy.py and `twin quantize`): the float batch path, the
+"""Accuracy of quantization schemes (twin/model/accuracy.py and `twin quantize`): the float batch path, the
 metrics against a direct per-token computation, the ordering of schemes, the CLI contract."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from twin import accuracy as acc
-from twin.cli import main
-from twin.image import QuantRecipe, write_image
-from twin.modelgen import BOS, builtin_model
-from twin.reference import FloatReference, QuantReference
+from twin.cli.main import main
+from twin.model import accuracy as acc
+from twin.model.image import QuantRecipe, write_image
+from twin.model.modelgen import BOS, builtin_model
+from twin.model.reference import FloatReference, QuantReference
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "models" / "heldout.txt"

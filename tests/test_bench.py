@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from twin import isa, modelgen
-from twin.bench import COLUMNS, UNMEASURED_MESSAGE, BenchError, BenchSpec, bench, write_dataset
-from twin.build import build_firmware
-from twin.cli import main
-from twin.image import write_image
+from calibration.dataset import UNMEASURED_ROWS as UNMEASURED_MESSAGE
+from twin.bench.workflow import COLUMNS, BenchError, BenchSpec, bench, write_dataset
+from twin.bench.workloads import default_suite
+from twin.cli.main import main
+from twin.device.build import build_firmware
+from twin.device.qemu import QemuConfig, QemuProcess
+from twin.model import modelgen
+from twin.model.image import write_image
 from twin.platforms import get_platform
-from twin.qemu import QemuConfig, QemuProcess
+from twin.profile import isa
 from twin.runner import RunSpec, model_image
-from twin.workloads import default_suite
 
 WORKLOADS = "alu,load_sram,store_sram,matvec_q4"
 TOKENS = 3
@@ -121,7 +123,7 @@ def test_unplugged_board_keeps_what_it_measured(image):
 def test_bench_cli_writes_the_measured_rows_and_says_what_is_missing(tmp_path, image, monkeypatch):
     """Through the CLI: the board's link breaks at the second workload (a fault injected in the
     transport); the dataset holds what was measured and the error says how to measure the rest."""
-    from twin import transport
+    from twin.device import transport
 
     real, calls = transport.Device.workload, []
 
@@ -161,7 +163,7 @@ def _synthetic_dataset(path: Path) -> None:
 
 
 def test_calibrate_hands_measured_rows_to_the_fitting_api(tmp_path, monkeypatch):
-    import calibration
+    import calibration.fit
 
     ds = tmp_path / "synthetic.csv"
     _synthetic_dataset(ds)
@@ -172,7 +174,7 @@ def test_calibrate_hands_measured_rows_to_the_fitting_api(tmp_path, monkeypatch)
         Path(out).write_text("{}")
         return {"ok": True}
 
-    monkeypatch.setattr(calibration, "fit_calibration", fake_fit, raising=False)
+    monkeypatch.setattr(calibration.fit, "fit_calibration", fake_fit)
     out = tmp_path / "cal.json"
     r = CliRunner().invoke(main, ["calibrate", str(ds), "-o", str(out)])
     assert r.exit_code == 0, r.output
@@ -304,7 +306,7 @@ def test_emulator_killed_mid_suite_keeps_its_rows_and_names_exactly_the_rest(tmp
     workload writes the rows measured before — counted by a complete twin run of exactly those — and
     exits non-zero with a hint naming exactly the missing workloads (sizes included: matvec_q8@64x64
     was measured, its other two sizes were not); running the hint measures exactly those."""
-    from twin import bench as bench_mod
+    from twin.bench import workflow as bench_mod
 
     real_twin, killed = bench_mod._twin, []
 

@@ -35,8 +35,8 @@ from calibration.estimators import (
 from calibration.fit import calibrate
 from calibration.predict import TwinCounts, predict_from_counts
 from calibration.synthetic import bench_dataset, default_hidden
-from twin.isa import CLASSES
 from twin.platforms import get_platform
+from twin.profile.isa import CLASSES
 
 
 @pytest.fixture(scope="module")

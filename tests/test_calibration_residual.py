@@ -24,7 +24,7 @@ from calibration.estimators import predict_interval
 from calibration.fit import calibrate
 from calibration.residual import INPUT_NAMES, ResidualBlockError, StoredResidual, check_block, mix_inputs
 from calibration.synthetic import bench_dataset, default_hidden
-from twin.cli import main
+from twin.cli.main import main
 from twin.platforms import get_platform
 
 BOARDS = {"stm32f4-disco": [48_000_000, 168_000_000]}

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from twin.build import BuildError, build_firmware
-from twin.cli import _emulated, main
+from twin.cli.main import _emulated, main
+from twin.device.build import BuildError, build_firmware
 from twin.platforms import PLATFORM_DIR, PlatformError, all_platforms, get_platform, load_platform_file
 
 CATALOG = {  # id: (twin mode, proxy, confidence)

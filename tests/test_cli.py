@@ -3,10 +3,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from twin.build import BuildError, require_tool
-from twin.cli import main
+from twin.cli.main import main
+from twin.device.build import BuildError, require_tool
+from twin.device.qemu import EmulatorError, qemu_binary
 from twin.platforms import Emulator, get_platform
-from twin.qemu import EmulatorError, qemu_binary
 
 
 def invoke(*args):
@@ -24,7 +24,7 @@ def test_platforms_lists_every_spine_platform():
 
 
 def test_build_json_names_each_elf_and_its_build_id():
-    from twin.build import build_firmware
+    from twin.device.build import build_firmware
 
     r = invoke("build", "--platform", "riscv32-virt", "--platform", "mps2-an386", "--json")
     assert r.exit_code == 0, r.output
@@ -118,8 +118,8 @@ def test_kernels_option_compares_a_build_with_the_reference_kernels():
 
 
 def _image(tmp_path, bits: int, overrides=None):
-    from twin import modelgen
-    from twin.image import QuantRecipe, write_image
+    from twin.model import modelgen
+    from twin.model.image import QuantRecipe, write_image
 
     recipe = QuantRecipe.make(bits, 32, True, overrides or {})
     path = tmp_path / f"m{bits}.twlm"
@@ -142,7 +142,7 @@ def test_run_refuses_quantization_options_with_an_image(tmp_path, option):
 
 
 def test_image_bits_is_what_the_image_holds(tmp_path):
-    from twin.image import read_image
+    from twin.model.image import read_image
     from twin.runner import image_bits
 
     assert image_bits(read_image(_image(tmp_path, 8).read_bytes())) == 8

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import serial
 
-from twin import modelgen
-from twin.build import build_firmware
-from twin.image import fix_crc, write_image
+from twin.device.build import build_firmware
+from twin.device.protocol import DeviceError, ErrorCode, FrameDecoder, MsgType, encode_frame
+from twin.device.qemu import EmulatorError
+from twin.model import modelgen
+from twin.model.image import fix_crc, write_image
 from twin.platforms import get_platform
-from twin.profile import analyze, parse_dump, plugin_args
-from twin.protocol import DeviceError, ErrorCode, FrameDecoder, MsgType, encode_frame
-from twin.qemu import EmulatorError
+from twin.profile.counts import analyze, parse_dump, plugin_args
 from twin.runner import RunSpec, emulator_session, model_image, run
 
 pytestmark = pytest.mark.qemu
@@ -150,7 +150,7 @@ def test_runner_reports_bad_image_in_one_sentence(tmp_path):
     image = write_image(modelgen.builtin_model(), bits=8)
     path = tmp_path / "broken.twlm"
     path.write_bytes(image[:100] + bytes([image[100] ^ 1]) + image[101:])
-    from twin.image import ImageError
+    from twin.model.image import ImageError
     with pytest.raises(ImageError, match="CRC"):
         run(RunSpec(platform="mps2-an386", model=str(path)))
 

@@ -10,13 +10,13 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from twin import modelgen
-from twin.build import build_firmware
-from twin.cli import main
-from twin.fit import arena_bytes, fit_platform
-from twin.image import read_image, write_image
+from twin.cli.main import main
+from twin.device.build import build_firmware
+from twin.device.protocol import ErrorCode, PhaseKind
+from twin.model import modelgen
+from twin.model.fit import arena_bytes, fit_platform
+from twin.model.image import read_image, write_image
 from twin.platforms import get_platform
-from twin.protocol import ErrorCode, PhaseKind
 from twin.runner import RunError, _check_fits, emulator_session
 
 
@@ -110,7 +110,7 @@ def test_image_command_random_shape(tmp_path):
 
 
 def test_image_command_imports_and_keeps_the_tokenizer(tmp_path):
-    from twin.importers.llama2c import write_llama2c
+    from twin.model.importers.llama2c import write_llama2c
     from twin.runner import model_tokenizer
 
     src = tmp_path / "m.bin"
@@ -150,7 +150,7 @@ def test_image_command_imports_and_keeps_the_tokenizer(tmp_path):
 def test_int8_kv_cache_runs_a_context_that_f32_cannot(tmp_path):
     """The point of the int8 KV cache: on stm32f4-disco a context too long for the f32 cache opens and
     generates the reference's tokens with the int8 cache."""
-    from twin.reference import QuantReference
+    from twin.model.reference import QuantReference
 
     p = get_platform("stm32f4-disco")
     fw = build_firmware(p)

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin.importers import ModelFileError, detect_format, load_model
-from twin.importers.hf import permute_rope, unpermute_rope
-from twin.importers.llama2c import write_llama2c
-from twin.importers.npz import load_npz, save_npz
-from twin.modelgen import ModelConfig, generate_model
-from twin.reference import FloatReference
-from twin.tokenizer import TokenizerError, byte_level_tokenizer, load_llama2c_tokenizer
+from twin.model.importers import ModelFileError, detect_format, load_model
+from twin.model.importers.hf import permute_rope, unpermute_rope
+from twin.model.importers.llama2c import write_llama2c
+from twin.model.importers.npz import load_npz, save_npz
+from twin.model.modelgen import ModelConfig, generate_model
+from twin.model.reference import FloatReference
+from twin.model.tokenizer import TokenizerError, byte_level_tokenizer, load_llama2c_tokenizer
 
 SMALL = ModelConfig(dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40, seq_len=16,
                     name="small")
@@ -308,7 +308,7 @@ def test_hf_real_bf16_file_is_widened(tmp_path):
 @settings(max_examples=80, deadline=None)
 @given(text=st.text(max_size=60))
 def test_bpe_tokenizer_round_trips_any_text(text):
-    from twin.tokenizer import Tokenizer
+    from twin.model.tokenizer import Tokenizer
 
     pieces = [b"", b"", b""] + [bytes([b]) for b in range(256)] + [b" t", b"he", b" the", b"\n\n", b"in", b"ing"]
     tok = Tokenizer(pieces=pieces, scores=[0.0] * 259 + [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0],

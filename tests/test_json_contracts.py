@@ -37,7 +37,7 @@ def twin_json(*args: str, cwd: Path | None = None):
 
 
 def _verbs_with_json() -> set[str]:
-    from twin.cli import main
+    from twin.cli.main import main
 
     out = subprocess.run([TWIN, "--help"], capture_output=True, text=True, check=True).stdout
     listed = out.split("Commands:", 1)[1].splitlines()
@@ -75,7 +75,7 @@ def calibration_file(work, bench_csv) -> Path:
     """The bench rows with cycles from a hidden per-class cost model (QEMU's counter reads 0)."""
     import csv
 
-    from twin import isa
+    from twin.profile import isa
 
     hidden = {"alu": 1.0, "load": 2.2, "store": 1.1, "mul": 1.0, "div": 7.0, "branch": 2.6, "fp": 1.3,
               "simd": 1.0, "other": 1.0}

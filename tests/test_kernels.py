@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from twin import build, modelgen
 from twin import platforms as plat
-from twin.build import BuildError, build_firmware, firmware_sources, kernel_sources, runtime_sources
-from twin.image import read_image
-from twin.isa import disassemble
+from twin.device import build
+from twin.device.build import BuildError, build_firmware, firmware_sources, kernel_sources, runtime_sources
+from twin.device.protocol import PhaseKind
+from twin.model import modelgen
+from twin.model.image import read_image
+from twin.model.reference import QuantReference
 from twin.platforms import PLATFORM_DIR, PlatformError, all_platforms, get_platform, load_platform_file
-from twin.profile import sum_profiles
-from twin.protocol import PhaseKind
-from twin.reference import QuantReference
+from twin.profile.counts import sum_profiles
+from twin.profile.isa import disassemble
 from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session
 
 ARM_DSP = ["mps2-an386", "mps2-an500", "mps2-an505", "stm32f4-disco"]

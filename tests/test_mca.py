@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from calibration import mca
 from calibration import predict as P
 from calibration.cycles import load_tables
-from twin.cli import main
-from twin.profile import Dump
+from twin.cli.main import main
+from twin.profile.counts import Dump
 
 HAVE_MCA = any(shutil.which(t) for t in mca.MCA_TOOLS)
 needs_mca = pytest.mark.skipif(not HAVE_MCA, reason="llvm-mca not installed (Debian package llvm; scripts/setup)")

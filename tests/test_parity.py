@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twin.importers import load_model
-from twin.reference import FloatReference
+from twin.model.importers import load_model
+from twin.model.reference import FloatReference
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -e '.[parity]')")
 
@@ -154,7 +154,7 @@ def test_float_reference_equals_onnxruntime(tmp_path, rope, tied, n_kv, dynamo, 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_truncated_export_is_a_clear_error(tmp_path):
-    from twin.importers import ModelFileError
+    from twin.model.importers import ModelFileError
 
     torch.manual_seed(2)
     net = _llama_module(vocab=50, dim=32, n_layers=1, n_heads=4, n_kv=2, hidden=48, seq_len=16)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from twin.build import memory_script
+from twin.device.build import memory_script
 from twin.platforms import PLATFORM_DIR, PlatformError, all_platforms, get_platform, load_platform_file
 
 SPINE = ["mps2-an386", "mps2-an500", "mps2-an505", "riscv32-virt", "stm32f4-disco"]
@@ -69,7 +69,7 @@ def test_memory_script_follows_the_data():
 def test_stale_builds_are_pruned(tmp_path):
     import os
 
-    from twin.build import _prune
+    from twin.device.build import _prune
     for i in range(5):
         p = tmp_path / f"mps2-an386-{i:012x}.elf"
         p.write_bytes(b"x")

@@ -10,9 +10,9 @@ from calibration import predict as P
 from calibration import store
 from calibration.fit import calibrate
 from calibration.synthetic import bench_dataset
-from twin import modelgen
-from twin.cli import main
-from twin.image import write_image
+from twin.cli.main import main
+from twin.model import modelgen
+from twin.model.image import write_image
 
 TOKENS = "2"
 INTERVAL_KEYS = ("ttft_seconds", "token_seconds", "tokens_per_second", "energy_per_token_joules")

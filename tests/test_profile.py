@@ -15,8 +15,8 @@ import pytest
 from fixtures import programs  # tests/ is on sys.path under pytest (no __init__.py)
 from fixtures.programs import Target
 
-from twin import isa
-from twin.profile import (
+from twin.profile import isa
+from twin.profile.counts import (
     ProfileError,
     SegmentProfile,
     analyze,
@@ -241,7 +241,7 @@ def test_plugin_args(target, plugin, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Classifier
 # ---------------------------------------------------------------------------------------------
-# Mnemonics of the fixtures allowed to be "other" (all documented in twin/isa.py).
+# Mnemonics of the fixtures allowed to be "other" (all documented in twin/profile/isa.py).
 DOCUMENTED_OTHER = {".word", ".short", ".byte", "bkpt", "dsb", "isb", "dmb", "nop", "csrrs", "c.nop"}
 
 
@@ -250,7 +250,7 @@ def test_classifier_covers_fixture_mnemonics(target):
     insns = isa.disassemble(elf, t.arch)
     assert insns
     unknown = sorted({i.mnemonic for i in insns.values() if not i.known})
-    assert unknown == [], f"add these to the tables in twin/isa.py: {unknown}"
+    assert unknown == [], f"add these to the tables in twin/profile/isa.py: {unknown}"
     other = {i.mnemonic for i in insns.values() if i.cls == "other"}
     assert {m for m in other if not m.startswith("it")} <= DOCUMENTED_OTHER
 
@@ -356,8 +356,8 @@ def derived_fixed_taken(arch: str) -> int:
 @pytest.mark.qemu
 @pytest.mark.parametrize("platform_id", ["mps2-an386", "riscv32-virt"])
 def test_derived_branches_match_edges_on_the_model(platform_id, tmp_path):
-    from twin import modelgen
-    from twin.build import build_firmware
+    from twin.device.build import build_firmware
+    from twin.model import modelgen
     from twin.platforms import get_platform
     from twin.runner import RunSpec, emulator_session, model_image
 

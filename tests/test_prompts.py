@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from twin import modelgen
 from twin.cli import main
+from twin.model import modelgen
 from twin.runner import DEFAULT_PROMPT, RunError, prompt_tokens
 
 

@@ -1,4 +1,4 @@
-"""firmware/app/proto.c compiled natively: frames must round-trip bit-exactly with twin/protocol.py.
+"""firmware/app/proto.c compiled natively: frames must round-trip bit-exactly with twin/device/protocol.py.
 
 tests/native/proto_host.c is an echo device on stdin/stdout: a valid frame comes back as
 type | 0x80 with the same seq and body; a corrupt frame gives ERROR E_FRAME with seq 0xFFFF.
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twin.protocol import (
+from twin.device.protocol import (
     MAX_BODY,
     SEQ_NONE,
     ErrorCode,

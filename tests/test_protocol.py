@@ -1,4 +1,4 @@
-"""Tests of twin/protocol.py (framing, messages) and twin/transport.py (Device over sockets)."""
+"""Tests of twin/device/protocol.py (framing, messages) and twin/device/transport.py (Device over sockets)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin.protocol import (
+from twin.device.protocol import (
     MAX_BODY,
     MAX_ENCODED,
     PROTO_VERSION,
@@ -43,7 +43,7 @@ from twin.protocol import (
     describe_error,
     encode_frame,
 )
-from twin.transport import Device, DeviceGone, DeviceTimeout
+from twin.device.transport import Device, DeviceGone, DeviceTimeout
 
 types = st.integers(0, 0xFF)
 seqs = st.integers(0, 0xFFFF)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin import image as im
-from twin.modelgen import ModelConfig, generate_model
+from twin.model import image as im
+from twin.model.modelgen import ModelConfig, generate_model
 
 BITS = [2, 3, 4, 8]
 GROUPS = [32, 64, 128]

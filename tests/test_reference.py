@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin import image as im
-from twin.modelgen import (
+from twin.model import image as im
+from twin.model.modelgen import (
     BOS,
     ModelConfig,
     builtin_model,
@@ -19,7 +19,7 @@ from twin.modelgen import (
     generate_model,
     rope_frequencies,
 )
-from twin.reference import (
+from twin.model.reference import (
     FloatReference,
     QuantReference,
     Rng,

@@ -97,7 +97,7 @@ def test_spawn_child_dies_with_parent(tmp_path):
     caller's preexec_fn still work."""
     script = (
         "import subprocess, sys, time\n"
-        "from twin.procguard import spawn\n"
+        "from twin.device.procguard import spawn\n"
         "p = spawn(['sleep', '60'], process_group=0, preexec_fn=lambda: None)\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(60)\n")
@@ -206,7 +206,7 @@ def test_calibration_file_on_a_full_disk_keeps_the_previous_file(tmp_path):
 def test_bad_output_paths_fail_before_the_work(tmp_path, case):
     from click.testing import CliRunner
 
-    from twin.cli import main
+    from twin.cli.main import main
 
     if case == "directory":
         out = tmp_path
@@ -262,7 +262,7 @@ def private_cache(tmp_path, monkeypatch):
     """A cache of its own (TWIN_CACHE) with the shared cache's plugin, so corrupting it hurts nobody."""
     import shutil
 
-    from twin.build import cache_dir
+    from twin.device.build import cache_dir
 
     shared = cache_dir()
     cache = tmp_path / "cache"
@@ -278,7 +278,7 @@ def _run_json(*args) -> dict:
 
     from click.testing import CliRunner
 
-    from twin.cli import main
+    from twin.cli.main import main
 
     r = CliRunner().invoke(main, ["run", "--platform", "mps2-an386", "--tokens", "2", "--json", *args])
     assert r.exit_code == 0, r.output
@@ -319,7 +319,7 @@ def test_corrupt_cached_model_image_is_rewritten(private_cache):
 def _invoke(*args):
     from click.testing import CliRunner
 
-    from twin.cli import main
+    from twin.cli.main import main
 
     return CliRunner().invoke(main, list(args))
 
@@ -358,7 +358,7 @@ def test_bad_numbers_are_refused_in_one_line(args, needles):
 
 
 def test_voltage_check_is_shared_api():
-    """The check predict uses; `twin bench --voltage` should use the same (twin.cli.SUPPLY_VOLTAGE)."""
+    """The check predict uses; `twin bench --voltage` should use the same (twin.cli.main.SUPPLY_VOLTAGE)."""
     from calibration.energy import VoltageError, check_voltage
     from calibration.predict import PredictError, predict
 

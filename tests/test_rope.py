@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from twin.importers import ModelFileError, load_model
-from twin.modelgen import rope_frequencies
-from twin.reference import FloatReference
+from twin.model.importers import ModelFileError, load_model
+from twin.model.modelgen import rope_frequencies
+from twin.model.reference import FloatReference
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -e '.[parity]')")
 transformers = pytest.importorskip("transformers", reason="transformers not installed (parity extra)")
@@ -159,7 +159,7 @@ def test_unsupported_or_unreadable_rope_is_named(tmp_path, rope, message):
 
 
 def test_npz_keeps_scaled_frequencies(tmp_path):
-    from twin.importers.npz import save_npz
+    from twin.model.importers.npz import save_npz
 
     hf = _hf_model(LLAMA3)
     hf.save_pretrained(tmp_path / "hf")
@@ -223,7 +223,7 @@ def test_onnx_unreadable_or_missing_rope_is_refused(tmp_path):
     import onnx
     from onnx import helper, numpy_helper
 
-    from twin.importers.onnx_import import load_onnx
+    from twin.model.importers.onnx_import import load_onnx
 
     path = _torchscript_export(tmp_path)
     m = onnx.load(str(path))
@@ -284,7 +284,7 @@ def _with_tables(blob: bytes, model, cos, sin) -> bytes:
 
 @pytest.mark.parametrize("theta", [1e4, 5e5])
 def test_llama2c_tables_carry_theta(tmp_path, theta):
-    from twin.importers.llama2c import write_llama2c
+    from twin.model.importers.llama2c import write_llama2c
 
     hf = _hf_model({"rope_type": "default", "rope_theta": theta})
     hf.save_pretrained(tmp_path / "hf")
@@ -298,7 +298,7 @@ def test_llama2c_tables_carry_theta(tmp_path, theta):
 
 
 def test_llama2c_scaled_tables_and_corrupt_tables(tmp_path):
-    from twin.importers.llama2c import write_llama2c
+    from twin.model.importers.llama2c import write_llama2c
 
     hf = _hf_model(LLAMA3)
     hf.save_pretrained(tmp_path / "hf")

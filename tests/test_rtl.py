@@ -1,4 +1,4 @@
-"""The RTL bench boards (twin/rtl.py): cycle-exact Verilator simulations of Ibex and CV32E40P.
+"""The RTL bench boards (twin/device/rtl.py): cycle-exact Verilator simulations of Ibex and CV32E40P.
 
 They are the project's timing truth, so these tests hold them to what no other tool checks: two
 independent machines — QEMU's TCG with our plugin, and the core's RTL with its minstret — agree on
@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twin import modelgen
-from twin.build import build_firmware
-from twin.image import write_image
+from twin.device.build import build_firmware
+from twin.device.qemu import EmulatorError
+from twin.device.rtl import CORES, CoreRecipe, RtlError, RtlProcess, build_harness, harness_for
+from twin.model import modelgen
+from twin.model.image import write_image
 from twin.platforms import PlatformError, get_platform, parse_platform
-from twin.qemu import EmulatorError
-from twin.rtl import CORES, CoreRecipe, RtlError, RtlProcess, build_harness, harness_for
 from twin.runner import RunSpec, rtl_session, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,10 +171,10 @@ def test_calibration_on_the_suite_predicts_unseen_models_within_3_percent(tmp_pa
     states): calibrate on the workload suite alone, then predict models the calibration never saw
     (another shape at 8 bits, an int8 KV cache) from the twin's counts, against the RTL board's mcycle."""
     from calibration import store
-    from calibration.dataset import feature_matrix
+    from calibration.dataset import feature_matrix, read_datasets
     from calibration.fit import fit_calibration
-    from twin.bench import BenchSpec, bench, read_datasets, write_dataset
-    from twin.workloads import default_suite
+    from twin.bench.workflow import BenchSpec, bench, write_dataset
+    from twin.bench.workloads import default_suite
 
     board = "rtl-ibex-ws2"
 

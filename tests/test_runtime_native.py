@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twin import image as im
-from twin.build import KERNELS, runtime_sources
-from twin.modelgen import builtin_model, encode
-from twin.reference import QuantReference, tw_expf, tw_sincosf, tw_sqrtf
+from twin.device.build import KERNELS, runtime_sources
+from twin.model import image as im
+from twin.model.modelgen import builtin_model, encode
+from twin.model.reference import QuantReference, tw_expf, tw_sincosf, tw_sqrtf
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "firmware" / "runtime"

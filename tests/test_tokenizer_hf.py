@@ -1,4 +1,4 @@
-"""Hugging Face tokenizer.json files (twin.tokenizer_hf): the ids are the `tokenizers` library's own, BOS
+"""Hugging Face tokenizer.json files (twin.model.tokenizer_hf): the ids are the `tokenizers` library's own, BOS
 and EOS come from the file (and tokenizer_config.json), HF / ONNX / llama2.c imports pick the file up,
 .npz files and image sidecars keep it, and broken files are clear errors. Every tokenizer here is trained
 inside the test with the `tokenizers` library."""
@@ -15,12 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 
-from twin.importers import ModelFileError, load_model
-from twin.importers.llama2c import write_llama2c
-from twin.importers.npz import load_npz, save_npz
-from twin.modelgen import ModelConfig, generate_model
-from twin.tokenizer import Tokenizer, TokenizerError, load_tokenizer, sidecar_tokenizer, tokenizer_from_json
-from twin.tokenizer_hf import HFTokenizer
+from twin.model.importers import ModelFileError, load_model
+from twin.model.importers.llama2c import write_llama2c
+from twin.model.importers.npz import load_npz, save_npz
+from twin.model.modelgen import ModelConfig, generate_model
+from twin.model.tokenizer import (
+    Tokenizer,
+    TokenizerError,
+    load_tokenizer,
+    sidecar_tokenizer,
+    tokenizer_from_json,
+)
+from twin.model.tokenizer_hf import HFTokenizer
 
 CORPUS = ["It is a truth universally acknowledged, that a single man in possession of a good fortune",
           "must be in want of a wife.", "Emma Woodhouse, handsome, clever, and rich, with a comfortable home",
@@ -314,7 +320,7 @@ def test_old_npz_and_twin_tokenizer_json_load_unchanged():
 def test_twin_image_sidecar_keeps_the_tokenizer(tmp_path, llama_tok):
     """`twin image --from <HF dir>` writes the tokenizer beside the image; `twin run --model` reads it."""
     pytest.importorskip("safetensors", reason="safetensors not installed (parity extra)")
-    from twin.cli import main
+    from twin.cli.main import main
     from twin.runner import model_tokenizer
 
     vocab = llama_tok.get_vocab_size(with_added_tokens=True)
@@ -337,7 +343,7 @@ def test_twin_image_sidecar_keeps_the_tokenizer(tmp_path, llama_tok):
 def test_twin_run_prompt_uses_the_imported_tokenizer(tmp_path, llama_tok):
     """The `twin run --prompt` path end to end: the prompt ids are the tokenizers library's (one BOS)."""
     pytest.importorskip("safetensors", reason="safetensors not installed (parity extra)")
-    from twin.cli import main
+    from twin.cli.main import main
 
     vocab = llama_tok.get_vocab_size(with_added_tokens=True)
     d = _hf_dir(tmp_path / "hf", generate_model(_config(_padded(vocab)), seed=5))

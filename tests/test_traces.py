@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from twin.traces import (
+from twin.bench.traces import (
     TraceError,
     energy,
     marker_windows,

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from twin.build import build_firmware
+from twin.bench.workloads import MICRO, SOFT_FLOAT_HELPERS, WORKLOADS, get_workload, target_classes
+from twin.device.build import build_firmware
+from twin.device.protocol import DeviceError, ErrorCode, WorkloadDone, WorkloadRequest
 from twin.platforms import get_platform
-from twin.profile import analyze, parse_dump, plugin_args
-from twin.protocol import DeviceError, ErrorCode, WorkloadDone, WorkloadRequest
+from twin.profile.counts import analyze, parse_dump, plugin_args
 from twin.runner import emulator_session
-from twin.workloads import MICRO, SOFT_FLOAT_HELPERS, WORKLOADS, get_workload, target_classes
 
 PLATFORMS = ["mps2-an386", "riscv32-virt"]
 STEPS = (1, 2, 3)            # iterations N, 2N, 3N of every workload

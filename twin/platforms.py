@@ -19,8 +19,9 @@ from pathlib import Path
 
 import yaml
 
-PLATFORM_DIR = Path(__file__).resolve().parent.parent / "platforms"
-KERNELS_DIR = Path(__file__).resolve().parent.parent / "firmware" / "kernels"
+ROOT = Path(__file__).resolve().parent.parent      # the repository: firmware/, platforms/, models/, rtl/
+PLATFORM_DIR = ROOT / "platforms"
+KERNELS_DIR = ROOT / "firmware" / "kernels"
 
 
 class PlatformError(ValueError):
@@ -49,7 +50,7 @@ class Emulator:
 
 @dataclass(frozen=True)
 class RtlBoard:
-    """A bench board that is a cycle-exact RTL simulation (twin/rtl.py): our SoC around ``core``
+    """A bench board that is a cycle-exact RTL simulation (twin/device/rtl.py): our SoC around ``core``
     (rtl/cores/<core>.sv, the RTL from a PyPI package) with ``config`` options for it, and memory
     wait states: accesses to the code and model windows cost ``flash_wait_states`` extra cycles, to
     the RAM window ``ram_wait_states``."""
@@ -399,7 +400,7 @@ def _twin(data: dict, where: str, has_emulator: bool, pid: str) -> TwinMapping |
     return TwinMapping(mode, proxy, confidence, str(t.get("note", "")))
 
 
-RTL_CORES = ("ibex", "cv32e40p")   # rtl/cores/<core>.sv; their build recipes: twin/rtl.py
+RTL_CORES = ("ibex", "cv32e40p")   # rtl/cores/<core>.sv; their build recipes: twin/device/rtl.py
 
 
 def _rtl(data: dict, where: str, arch: str, counter: str, has_emulator: bool) -> RtlBoard | None:

@@ -12,16 +12,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, modelgen
-from .build import build_firmware, cache_dir
-from .image import QuantRecipe, read_image, write_image
-from .platforms import Platform, get_platform, with_kernels
-from .profile import Dump, SegmentProfile, analyze, parse_dump, plugin_args, sum_profiles
-from .protocol import DeviceError, Info, Phase, PhaseKind
-from .qemu import EmulatorError, QemuConfig, QemuProcess
-from .reference import QuantReference
-from .rtl import RTL_SLOWDOWN, RtlProcess
-from .transport import Device, DeviceGone, DeviceTimeout
+from twin import atomic
+from twin.device.build import build_firmware, cache_dir
+from twin.device.protocol import DeviceError, Info, Phase, PhaseKind
+from twin.device.qemu import EmulatorError, QemuConfig, QemuProcess
+from twin.device.rtl import RTL_SLOWDOWN, RtlProcess
+from twin.device.transport import Device, DeviceGone, DeviceTimeout
+from twin.model import modelgen
+from twin.model.image import QuantRecipe, read_image, write_image
+from twin.model.reference import QuantReference
+from twin.platforms import Platform, get_platform, with_kernels
+from twin.profile.counts import Dump, SegmentProfile, analyze, parse_dump, plugin_args, sum_profiles
 
 DEFAULT_PROMPT = "Once upon a time"
 
@@ -95,16 +96,28 @@ def _cached_intact(path: Path, digest: str) -> bool:
         return False
 
 
+# Memory-mapped I/O by architecture: the Cortex-M peripheral region and private peripheral bus (the
+# Armv7-M/Armv8-M memory map; a GPIO marker, the UART, the DWT), and on RV32 everything below the
+# firmware's DRAM (QEMU virt and the RTL boards: the UART, the test finisher, the reset ROM).
+PERIPHERAL_WINDOWS = {"arm": (("peripherals", 0x4000_0000, 0x6000_0000), ("system", 0xE000_0000, 0xE010_0000)),
+                      "riscv": (("peripherals", 0x0000_0000, 0x8000_0000),)}
+
+
 def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
-    """The regions whose loads and stores the profiler counts: code, model partition, RAM."""
-    return {name: (r.origin, r.end) for name, r in
-            (("code", platform.flash), ("model", platform.model), ("ram", platform.ram))}
+    """The regions whose loads and stores the profiler counts: code, model partition, RAM, and the
+    architecture's peripheral windows (accesses anywhere else are counted as "?")."""
+    regions = {name: (r.origin, r.end) for name, r in
+               (("code", platform.flash), ("model", platform.model), ("ram", platform.ram))}
+    for name, start, end in PERIPHERAL_WINDOWS.get(platform.arch, ()):
+        if all(end <= a or start >= b for a, b in regions.values()):     # never over the memory windows
+            regions[name] = (start, end)
+    return regions
 
 
 def model_tokenizer(model: str):
     """The tokenizer for a RunSpec.model: the built-in model's, an image's sidecar ``<image>.tokenizer.json``
     (written by `twin image`), or None (byte-level)."""
-    from .tokenizer import sidecar_tokenizer
+    from twin.model.tokenizer import sidecar_tokenizer
 
     if model == "builtin":
         return modelgen.builtin_model().tokenizer
@@ -163,7 +176,7 @@ def emulator_session(platform: Platform, elf: Path, image: Path | None, *, extra
 
 def rtl_session(platform: Platform, elf: Path, image: Path | None, *, timeout: float = 600.0,
                 reply_timeout: float = 60.0):
-    """A session on the platform's RTL board (twin/rtl.py): backend_session."""
+    """A session on the platform's RTL board (twin/device/rtl.py): backend_session."""
     return backend_session(RtlProcess(platform, elf, image, timeout=timeout), reply_timeout)
 
 
@@ -305,7 +318,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
                 "decode": [s.total for s in decode],
             },
             "by_phase_class": {"prefill": prefill_sum.by_class, "decode": decode_sum.by_class},
-            # Control transfers (twin/profile.py "Taken branches"): unresolved conditional branches
+            # Control transfers (twin/profile/counts.py "Taken branches"): unresolved conditional branches
             # are in neither taken nor not_taken.
             "branches": _branches(inference),
             "by_phase_branches": {"prefill": _branches(prefill_sum), "decode": _branches(decode_sum)},

@@ -9,14 +9,14 @@
  * Every run is bracketed by twin_mark() (the plugin's cut points) and board_cycles(): the reply
  * is PHASE kind 4 (index = workload id) then WORKLOAD_DONE {id, size, iterations, cycles, checksum}.
  * The per-run cost is affine in `iterations` (a constant set-up plus `iterations` identical
- * loop bodies); the data is filled outside the brackets. The host registry is twin/workloads.py.
+ * loop bodies); the data is filled outside the brackets. The host registry is twin/bench/workloads.py.
  */
 #ifndef TWIN_WORKLOADS_H
 #define TWIN_WORKLOADS_H
 
 #include <stdint.h>
 
-/* Workload ids (u16). Keep in step with twin/workloads.py. */
+/* Workload ids (u16). Keep in step with twin/bench/workloads.py. */
 enum workload_id {
     WL_ALU = 0x01,              /* add/eor/orr/sub chains                    size ignored */
     WL_MUL = 0x02,              /* 32-bit multiplies                         size ignored */

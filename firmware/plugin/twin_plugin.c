@@ -7,7 +7,7 @@
  *   - a call to the firmware's twin_mark() (arg mark=) snapshots all counters: the nonzero
  *     deltas since the previous snapshot form one *segment*;
  *   - everything else (per-instruction, per-class, per-function counts) is derived on the host
- *     from the dumped TB records and the ELF (twin/profile.py).
+ *     from the dumped TB records and the ELF (twin/profile/counts.py).
  *
  * Arguments (-plugin twin_plugin.so,key=value,...):
  *   out=PATH                  where to write the dump at exit (required)

@@ -1,5 +1,5 @@
 /* Reference kernels: plain C, IEEE binary32 basic operations only (rules in model.h).
- * twin/reference.py mirrors every function here step by step. The quantized matrix-vector
+ * twin/model/reference.py mirrors every function here step by step. The quantized matrix-vector
  * products live in a kernel set under firmware/kernels/ (ref: the truth; arm_dsp: faster). */
 #include "kernels.h"
 

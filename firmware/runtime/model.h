@@ -5,7 +5,7 @@
  * runtime never allocates afterwards. Freestanding: <stdint.h>/<stddef.h> only; it never
  * names a board. (gcc may emit memset/memcpy calls; the board layer provides them.)
  *
- * NUMERIC RULES -- the host reference (twin/reference.py, QuantReference) mirrors this code
+ * NUMERIC RULES -- the host reference (twin/model/reference.py, QuantReference) mirrors this code
  * bit for bit on every target (FPU single precision or soft-float). Keep them:
  *  1. Every float operation is an IEEE binary32 basic operation (+ - * /, int<->float
  *     conversion, comparison) in round-to-nearest-even. No double anywhere

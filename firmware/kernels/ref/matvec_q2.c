@@ -1,4 +1,4 @@
-/* matvec_q2: reference kernel, both schemes (the truth twin/reference.py mirrors; contract in
+/* matvec_q2: reference kernel, both schemes (the truth twin/model/reference.py mirrors; contract in
  * kernels.h). */
 #include "kernels.h"
 

@@ -1,0 +1,195 @@
+"""Build the firmware for a platform, cached by the content hash of everything that goes into it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from twin.atomic import write_text
+from twin.platforms import ROOT, Platform
+
+FIRMWARE = ROOT / "firmware"
+KERNELS = FIRMWARE / "kernels"        # kernel sets: ref (the truth) and optimized ones (README.md)
+
+COMMON_CFLAGS = (
+    "-O2", "-g", "-std=c11", "-ffreestanding", "-fno-common", "-ffunction-sections", "-fdata-sections",
+    "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
+)
+KEEP_BUILDS = 3   # firmware builds kept per platform in the cache
+LDFLAGS = ("-nostdlib", "-nostartfiles", "-Wl,--gc-sections", "-Wl,--no-warn-rwx-segments")
+
+
+class BuildError(RuntimeError):
+    """The firmware (or a tool it needs) could not be built."""
+
+
+@dataclass(frozen=True)
+class Firmware:
+    platform: Platform
+    elf: Path
+    build_id: str
+    compiler: str = ""       # the compiler's version line
+    cflags: str = ""         # the flags that shape the generated code (cycle counts depend on them)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("TWIN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tinyllm-twin")
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BuildError(f"{name} not found: install the Debian package {package} "
+                         f"(scripts/setup does it: sudo scripts/setup)")
+    return path
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def kernel_sources(kernels: str = "ref") -> list[Path]:
+    """The kernel files a build compiles: every file of ``kernels/ref``, each replaced by the chosen
+    set's file of the same name (firmware/kernels/README.md). A set may only replace ref files."""
+    chosen = KERNELS / kernels
+    if not chosen.is_dir():
+        raise BuildError(f"kernel set {kernels!r}: no directory {_shown(chosen)} "
+                         f"(sets: {', '.join(sorted(p.name for p in KERNELS.iterdir() if p.is_dir()))})")
+    files = {p.name: p for p in (KERNELS / "ref").glob("*.c")}
+    for path in chosen.glob("*.c"):
+        if path.name not in files:
+            raise BuildError(f"kernel set {kernels!r}: {_shown(path)} replaces no file of "
+                             "firmware/kernels/ref (a set may only replace reference kernels)")
+        files[path.name] = path
+    return sorted(files.values())
+
+
+def runtime_sources(kernels: str = "ref") -> list[Path]:
+    """The model runtime's C files (firmware/runtime) with the kernel set ``kernels``."""
+    return sorted([*(FIRMWARE / "runtime").glob("*.c"), *kernel_sources(kernels)])
+
+
+def firmware_sources(platform: Platform) -> list[Path]:
+    board = FIRMWARE / "boards" / f"{platform.board}.c"
+    if not board.exists():
+        raise BuildError(f"platform {platform.id}: no board support file {board.relative_to(ROOT)} "
+                         f"for board family '{platform.board}'")
+    arch_dir = FIRMWARE / "boards" / "arch" / platform.arch
+    try:
+        runtime = runtime_sources(platform.kernels)
+    except BuildError as exc:
+        raise BuildError(f"platform {platform.id}: {exc}") from None
+    return sorted([
+        *runtime,
+        *(FIRMWARE / "app").glob("*.c"),
+        FIRMWARE / "boards" / "crt.c",
+        board,
+        *arch_dir.glob("*.c"),
+        *arch_dir.glob("*.S"),
+    ])
+
+
+def memory_script(platform: Platform) -> str:
+    f, m, r = platform.flash, platform.model, platform.ram
+    return (
+        f"/* generated from {platform.id}.yaml */\n"
+        "MEMORY\n{\n"
+        f"    FLASH (rx)  : ORIGIN = {f.origin:#x}, LENGTH = {f.size:#x}\n"
+        f"    MODEL (r)   : ORIGIN = {m.origin:#x}, LENGTH = {m.size:#x}\n"
+        f"    RAM   (rwx) : ORIGIN = {r.origin:#x}, LENGTH = {r.size:#x}\n"
+        "}\n"
+        f"STACK_SIZE = {platform.stack_size:#x};\n"
+    )
+
+
+def compile_flags(platform: Platform, build_id: str) -> list[str]:
+    defines = {
+        "BOARD_ID": f'"{platform.id}"',
+        "BOARD_CORE": f'"{platform.core}"',
+        "BOARD_CLOCK_HZ": f"{platform.clock_hz}u",
+        "BUILD_ID": f'"{build_id}"',
+        f"CYCLE_COUNTER_{platform.cycle_counter.upper()}": "1",
+        **{k: (f"{v:#x}u" if isinstance(v, int) else str(v)) for k, v in platform.defines.items()},
+    }
+    return [*platform.cflags, *COMMON_CFLAGS, *(f"-D{k}={v}" for k, v in defines.items()),
+            f"-I{FIRMWARE / 'boards'}", f"-I{FIRMWARE / 'runtime'}", f"-I{FIRMWARE / 'app'}"]
+
+
+def _content_key(platform: Platform, sources: list[Path], version: str) -> str:
+    h = hashlib.sha256()
+    h.update(version.encode())
+    h.update(repr((platform.cflags, sorted(platform.defines.items()), platform.id, platform.core,
+                   platform.clock_hz, platform.cycle_counter, platform.kernels, COMMON_CFLAGS,
+                   LDFLAGS)).encode())
+    h.update(memory_script(platform).encode())
+    for path in [*sources, FIRMWARE / "link.ld", *sorted(FIRMWARE.rglob("*.h"))]:
+        h.update(str(path.relative_to(FIRMWARE)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def build_firmware(platform: Platform, force: bool = False) -> Firmware:
+    """Compile and link the firmware for ``platform``; reuse the cached ELF when nothing changed."""
+    if not platform.has_firmware:
+        raise BuildError(f"platform {platform.id} has no firmware build yet (its file has no 'board:' "
+                         f"section); predict it through its proxy: twin predict --platform {platform.id}")
+    compiler = require_tool(platform.toolchain + "gcc", platform.toolchain_package)
+    sources = firmware_sources(platform)
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = _content_key(platform, sources, version)
+    build_id = key[:12]
+    out = cache_dir() / "firmware" / f"{platform.id}-{build_id}.elf"
+    firmware = Firmware(platform, out, build_id, compiler=version.splitlines()[0] if version else "",
+                        cflags=" ".join((*platform.cflags, *COMMON_CFLAGS)))
+    digest_file = out.with_name(out.name + ".sha256")
+    if not force and _elf_intact(out, digest_file):
+        return firmware
+    # missing, or not the bytes this build wrote (a torn copy, a flipped bit): build it again
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="twin-build-") as tmp:
+        (Path(tmp) / "memory.ld").write_text(memory_script(platform))
+        elf = Path(tmp) / "firmware.elf"
+        cmd = [compiler, *compile_flags(platform, build_id), *LDFLAGS,
+               f"-L{tmp}", "-T", str(FIRMWARE / "link.ld"), "-o", str(elf), *map(str, sources), "-lgcc"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"firmware build for {platform.id} failed:\n{proc.stderr.strip()}")
+        staging = out.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(elf, staging)
+        digest = hashlib.sha256(staging.read_bytes()).hexdigest()
+        os.replace(staging, out)   # atomic: parallel builds of the same key never see half a file
+        write_text(digest_file, digest + "\n")   # checked on every reuse (_elf_intact)
+    _prune(out.parent, f"{platform.id}-*.elf", keep=KEEP_BUILDS)
+    for orphan in out.parent.glob(f"{platform.id}-*.elf.sha256"):   # digests of pruned builds
+        if not orphan.with_suffix("").exists():
+            orphan.unlink(missing_ok=True)
+    return firmware
+
+
+def _elf_intact(elf: Path, digest_file: Path) -> bool:
+    """The cached ELF is the one its build wrote: its SHA-256 matches the digest stored beside it."""
+    try:
+        return hashlib.sha256(elf.read_bytes()).hexdigest() == digest_file.read_text().strip()
+    except OSError:
+        return False
+
+
+def _prune(directory: Path, pattern: str, keep: int) -> None:
+    """Delete all but the ``keep`` newest files matching ``pattern`` (stale builds of older sources)."""
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:     # pruned by a parallel build meanwhile
+            return 0.0
+
+    for path in sorted(directory.glob(pattern), key=mtime, reverse=True)[keep:]:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,898 @@
+"""Exact execution profiles from the QEMU plugin (firmware/plugin/twin_plugin.c).
+
+Flow: :func:`build_plugin` compiles the plugin once per source version; :func:`plugin_args` gives
+the ``-plugin`` option for one run (the mark address comes from the ELF's ``twin_mark`` symbol);
+at exit the plugin writes a dump that :func:`parse_dump` reads; :func:`analyze` expands the
+per-translation-block counts to instructions and attributes them to classes (``twin.profile.isa``) and
+functions (ELF symbol table), one :class:`SegmentProfile` per interval between marks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from elftools.elf.elffile import ELFFile
+
+from twin.device.build import cache_dir
+from twin.platforms import ROOT
+from twin.profile import isa
+
+PLUGIN_SRC_DIR = ROOT / "firmware" / "plugin"
+PLUGIN_SOURCES = ("twin_plugin.c", "qemu_plugin_api.h")
+PLUGIN_CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-std=gnu11", "-fPIC", "-shared",
+                 "-fvisibility=hidden")
+MARK_SYMBOL = "twin_mark"
+MAX_REGIONS = 8
+UNKNOWN_FUNCTION = "?"
+OUTSIDE_REGIONS = "?"
+DUMP_MAGIC = "TWINPROF 1"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class ProfileError(Exception):
+    """A run's profile could not be produced; the message says what was wrong."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the plugin
+# ---------------------------------------------------------------------------------------------
+def _plugin_hash(cc: str) -> str:
+    h = hashlib.sha256()
+    h.update(" ".join((cc, *PLUGIN_CFLAGS)).encode())
+    for name in PLUGIN_SOURCES:
+        h.update(name.encode() + b"\0")
+        h.update((PLUGIN_SRC_DIR / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_plugin(out_dir: Path | str | None = None, cc: str = "gcc") -> Path:
+    """Compile the plugin into ``out_dir`` (default: the twin's cache) and return the .so path.
+
+    The file name carries a hash of the sources and flags, so it is rebuilt only when they
+    change; it is compiled to a private temporary name and renamed into place, so parallel
+    test processes never see (or load) a half-written library.
+    """
+    out = Path(out_dir) if out_dir is not None else cache_dir() / "plugin"
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"twin_plugin-{_plugin_hash(cc)}.so"
+    if target.exists():
+        return target
+    fd, tmp_name = tempfile.mkstemp(prefix=".twin_plugin-", suffix=".so", dir=out)
+    os.close(fd)
+    cmd = [cc, *PLUGIN_CFLAGS, "-o", tmp_name, str(PLUGIN_SRC_DIR / "twin_plugin.c"), "-lpthread"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise ProfileError(f"building the QEMU plugin failed ({' '.join(cmd)}):\n{proc.stderr}")
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Plugin arguments
+# ---------------------------------------------------------------------------------------------
+def _is_arm(elf: ELFFile) -> bool:
+    return elf.header["e_machine"] == "EM_ARM"
+
+
+def mark_address(elf_path: Path | str, symbol: str = MARK_SYMBOL) -> int | None:
+    """Address of the first instruction of ``twin_mark`` (Thumb bit cleared), or None."""
+    with open(elf_path, "rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is None:
+            raise ProfileError(f"{elf_path} has no symbol table (stripped?): cannot find {symbol}")
+        syms = symtab.get_symbol_by_name(symbol)
+        if not syms:
+            return None
+        addr = int(syms[0]["st_value"])
+        return addr & ~1 if _is_arm(elf) else addr
+
+
+def _qemu_escape(value: str) -> str:
+    """QEMU option values escape a comma by doubling it."""
+    return value.replace(",", ",,")
+
+
+def plugin_args(
+    elf: Path | str,
+    out_path: Path | str,
+    mem_regions: Mapping[str, tuple[int, int]] | None = None,
+    plugin: Path | str | None = None,
+    edges: bool = False,
+) -> list[str]:
+    """``["-plugin", "<so>,out=...,mark=0x...[,mem=on,region=NAME:0xSTART:0xEND...][,edges=on]"]``.
+
+    ``mem_regions`` maps a region name to ``(start, end)`` (end exclusive) and turns on the
+    (costly) memory-traffic mode; accesses outside every region are counted under ``"?"``.
+    ``plugin`` defaults to :func:`build_plugin` ``()``.  Without a ``twin_mark`` symbol the
+    whole run is one segment.  ``edges`` turns on the (costly) exact TB-to-TB edge counts, from
+    which :func:`analyze` takes exact taken / not-taken branch counts instead of deriving them.
+    """
+    so = Path(plugin) if plugin is not None else build_plugin()
+    opts = [_qemu_escape(str(so)), "out=" + _qemu_escape(str(out_path))]
+    mark = mark_address(elf)
+    if mark is not None:
+        opts.append(f"mark={mark:#x}")
+    if mem_regions:
+        if len(mem_regions) > MAX_REGIONS:
+            raise ValueError(f"at most {MAX_REGIONS} memory regions, got {len(mem_regions)}")
+        opts.append("mem=on")
+        for name, (start, end) in mem_regions.items():
+            if not _NAME_RE.match(name) or name == OUTSIDE_REGIONS:
+                raise ValueError(f"region name {name!r}: use letters, digits, '_', '.', '-'")
+            if not 0 <= start < end:
+                raise ValueError(f"region {name!r}: need 0 <= start < end, got {start:#x}..{end:#x}")
+            opts.append(f"region={name}:{start:#x}:{end:#x}")
+    if edges:
+        opts.append("edges=on")
+    return ["-plugin", ",".join(opts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The dump
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Dump:
+    """Parsed plugin dump.  TB ``i``'s instructions are ``insn_addrs[tb_offsets[i]:tb_offsets[i+1]]``."""
+
+    target: str
+    mark: int | None
+    tb_vaddr: np.ndarray  # (T,) uint64
+    tb_offsets: np.ndarray  # (T+1,) int64
+    insn_addrs: np.ndarray  # (sum of TB lengths,) uint64
+    segments: tuple[tuple[np.ndarray, np.ndarray], ...]  # per segment: (tb ids, executions), int64
+    regions: tuple[tuple[str, int, int], ...] = ()
+    mem: np.ndarray | None = None  # (S, R+1, 2) int64: [segment, region or "?", loads/stores]
+    # edges=on only: per segment (source TB ids, destination TB ids, transitions), int64
+    edges: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] | None = None
+
+    @property
+    def n_tbs(self) -> int:
+        return len(self.tb_vaddr)
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.segments)
+
+
+def _err(path: Path, lineno: int, what: str) -> ProfileError:
+    return ProfileError(f"garbled plugin dump {path}, line {lineno}: {what}")
+
+
+def parse_dump(path: Path | str) -> Dump:
+    """Read a plugin dump; a missing, truncated or garbled file raises :class:`ProfileError`."""
+    p = Path(path)
+    if not p.exists():
+        raise ProfileError(
+            f"no plugin dump at {p}: QEMU exited before the plugin wrote its dump "
+            "- did the emulator crash or get killed (timeout)?"
+        )
+    try:
+        lines = p.read_text(encoding="ascii").splitlines()
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"garbled plugin dump {p}: not ASCII text ({e})") from None
+    if not lines or lines[0] != DUMP_MAGIC:
+        raise ProfileError(f"{p} is not a twin plugin dump (first line should be {DUMP_MAGIC!r})")
+    if not lines[-1].startswith("end "):
+        raise ProfileError(f"truncated plugin dump {p}: the final 'end' line is missing")
+
+    target = "?"
+    mark: int | None = None
+    regions: list[tuple[str, int, int]] = []
+    tb_vaddr: list[int] = []
+    tb_lengths: list[int] = []
+    insn_addrs: list[int] = []
+    segments: list[tuple[np.ndarray, np.ndarray]] = []
+    mem_rows: list[list[int]] = []
+    edge_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    end: tuple[int, int] | None = None
+
+    for lineno, line in enumerate(lines[1:], start=2):
+        parts = line.split()
+        if not parts:
+            raise _err(p, lineno, "empty line")
+        tag = parts[0]
+        try:
+            if tag == "tb":
+                tb_id, vaddr, n = int(parts[1]), int(parts[2], 16), int(parts[3])
+                if tb_id != len(tb_vaddr) or len(parts) != 4 + n:
+                    raise _err(p, lineno, f"tb record {tb_id} out of order or of wrong length")
+                tb_vaddr.append(vaddr)
+                tb_lengths.append(n)
+                insn_addrs.extend(int(a, 16) for a in parts[4:])
+            elif tag == "seg":
+                k, n_pairs = int(parts[1]), int(parts[2])
+                if k != len(segments) or len(parts) != 3 + 2 * n_pairs:
+                    raise _err(p, lineno, f"segment {k} out of order or of wrong length")
+                flat = np.array([int(x) for x in parts[3:]], dtype=np.int64)
+                segments.append((flat[0::2].copy(), flat[1::2].copy()))
+            elif tag == "edge":
+                k, n_edges = int(parts[1]), int(parts[2])
+                if k != len(edge_rows) or len(parts) != 3 + 3 * n_edges:
+                    raise _err(p, lineno, f"edge record {k} out of order or of wrong length")
+                flat = np.array([int(x) for x in parts[3:]], dtype=np.int64)
+                edge_rows.append((flat[0::3].copy(), flat[1::3].copy(), flat[2::3].copy()))
+            elif tag == "mem":
+                k = int(parts[1])
+                if k != len(mem_rows) or len(parts) != 2 + 2 * (len(regions) + 1):
+                    raise _err(p, lineno, f"mem record {k} out of order or of wrong length")
+                mem_rows.append([int(x) for x in parts[2:]])
+            elif tag == "region":
+                idx, name, start, stop = int(parts[1]), parts[2], int(parts[3], 16), int(parts[4], 16)
+                if idx != len(regions) or len(parts) != 5:
+                    raise _err(p, lineno, "region record out of order")
+                regions.append((name, start, stop))
+            elif tag == "target":
+                target = parts[1]
+            elif tag == "mark":
+                mark = None if parts[1] == "-" else int(parts[1], 16)
+            elif tag == "end":
+                if lineno != len(lines):
+                    raise _err(p, lineno, "'end' before the end of the file")
+                end = (int(parts[1]), int(parts[2]))
+            else:
+                raise _err(p, lineno, f"unknown record {tag!r}")
+        except (ValueError, IndexError):
+            raise _err(p, lineno, f"cannot parse {line[:60]!r}") from None
+
+    assert end is not None  # the last line starts with "end "
+    if end != (len(tb_vaddr), len(segments)):
+        raise ProfileError(
+            f"truncated plugin dump {p}: trailer announces {end[0]} TBs and {end[1]} segments, "
+            f"found {len(tb_vaddr)} and {len(segments)}"
+        )
+    if not segments:
+        raise ProfileError(f"plugin dump {p} has no segments")
+    for k, (ids, counts) in enumerate(segments):
+        if ids.size and (ids.min() < 0 or ids.max() >= len(tb_vaddr) or counts.min() <= 0):
+            raise ProfileError(f"garbled plugin dump {p}: segment {k} names unknown TBs or counts <= 0")
+    mem = None
+    if mem_rows:
+        if len(mem_rows) != len(segments):
+            raise ProfileError(f"truncated plugin dump {p}: {len(mem_rows)} mem rows for "
+                               f"{len(segments)} segments")
+        mem = np.array(mem_rows, dtype=np.int64).reshape(len(segments), len(regions) + 1, 2)
+
+    edges = None
+    if edge_rows:
+        if len(edge_rows) != len(segments):
+            raise ProfileError(f"truncated plugin dump {p}: {len(edge_rows)} edge rows for "
+                               f"{len(segments)} segments")
+        for k, (src, dst, cnt) in enumerate(edge_rows):
+            if src.size and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= len(tb_vaddr)
+                             or cnt.min() <= 0):
+                raise ProfileError(f"garbled plugin dump {p}: edges of segment {k} name unknown TBs "
+                                   "or counts <= 0")
+        edges = tuple(edge_rows)
+
+    offsets = np.zeros(len(tb_lengths) + 1, dtype=np.int64)
+    np.cumsum(tb_lengths, out=offsets[1:])
+    return Dump(
+        target=target,
+        mark=mark,
+        tb_vaddr=np.array(tb_vaddr, dtype=np.uint64),
+        tb_offsets=offsets,
+        insn_addrs=np.array(insn_addrs, dtype=np.uint64),
+        segments=tuple(segments),
+        regions=tuple(regions),
+        mem=mem,
+        edges=edges,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SegmentProfile:
+    """What ran in one segment (between two marks).
+
+    ``by_class`` has every class of ``twin.profile.isa.CLASSES``; ``by_function`` only functions that
+    ran ("?" for addresses outside every function symbol); ``mem`` maps region name (and "?"
+    for the rest) to ``{"loads": n, "stores": n}``, or is None when memory mode was off.
+    """
+
+    total: int
+    by_class: dict[str, int]
+    by_function: dict[str, int]
+    mem: dict[str, dict[str, int]] | None = None
+    # Instructions whose address objdump did not decode (counted as "other" in by_class).
+    undecoded: int = field(default=0)
+    # Control transfers (see "Taken branches" below): executions that left the straight line
+    # (every unconditional jump, call, return, indirect branch, pop/ldr into pc, and the taken
+    # conditional branches), conditional branches that fell through, and conditional-branch
+    # executions whose split could not be derived (in neither of the other two).
+    branches_taken: int = field(default=0)
+    branches_not_taken: int = field(default=0)
+    branches_unresolved: int = field(default=0)
+    # Bytes of instructions executed (Σ executions × encoded size): what the fetch unit had to read,
+    # e.g. half as many words for compressed RISC-V code as its instruction count suggests.
+    fetch_bytes: int = field(default=0)
+
+
+@dataclass(frozen=True, eq=False)
+class _FunctionTable:
+    starts: np.ndarray  # sorted uint64
+    ends: np.ndarray
+    names: tuple[str, ...]
+
+    def lookup(self, addrs: np.ndarray) -> np.ndarray:
+        """Index into names for each address; len(names) (the "?" slot) when none contains it."""
+        idx = np.searchsorted(self.starts, addrs, side="right").astype(np.int64) - 1
+        inside = idx >= 0
+        inside[inside] = addrs[inside] < self.ends[idx[inside]]
+        return np.where(inside, idx, len(self.names))
+
+
+def _function_table(elf_path: Path | str) -> _FunctionTable:
+    """Function symbols of the ELF; a symbol without size extends to the next one."""
+    with open(elf_path, "rb") as f:
+        elf = ELFFile(f)
+        arm = _is_arm(elf)
+        symtab = elf.get_section_by_name(".symtab")
+        entries: dict[int, tuple[int, str]] = {}
+        if symtab is not None:
+            for sym in symtab.iter_symbols():
+                if sym["st_info"]["type"] != "STT_FUNC" or not sym.name:
+                    continue
+                start = int(sym["st_value"]) & (~1 if arm else ~0)
+                size = int(sym["st_size"])
+                old = entries.get(start)
+                if old is None or (size, sym.name) > old:  # one name per address, deterministic
+                    entries[start] = (size, sym.name)
+    starts = sorted(entries)
+    ends = []
+    for i, s in enumerate(starts):
+        size = entries[s][0]
+        if size == 0:
+            size = (starts[i + 1] - s) if i + 1 < len(starts) else 1
+        ends.append(s + size)
+    return _FunctionTable(
+        starts=np.array(starts, dtype=np.uint64),
+        ends=np.array(ends, dtype=np.uint64),
+        names=tuple(entries[s][1] for s in starts),
+    )
+
+
+def _weighted_counts(keys: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    """Exact int64 sum of weights per key in [0, n)."""
+    if weights.size == 0:
+        return np.zeros(n, dtype=np.int64)
+    if int(weights.sum()) < 2**53:  # float64 bincount is exact below 2**53
+        return np.rint(np.bincount(keys, weights=weights, minlength=n)).astype(np.int64)
+    out = np.zeros(n, dtype=np.int64)
+    np.add.at(out, keys, weights)
+    return out
+
+
+def analyze(dump: Dump, elf: Path | str, arch: str,
+            objdump_args: tuple[str, ...] = ()) -> list[SegmentProfile]:
+    """One SegmentProfile per segment of the dump, attributed with the ELF that ran.
+
+    ``arch`` is "arm" or "riscv" (aliases as in :func:`twin.profile.isa.normalize_arch`);
+    ``objdump_args`` go to objdump (e.g. ``("-m", "armv8.1-m.main")`` for Helium).
+    """
+    a = isa.normalize_arch(arch)
+    if dump.target != "?" and isa.normalize_arch(dump.target) != a:
+        raise ProfileError(f"the dump comes from a {dump.target} guest, not {arch}")
+    if not Path(elf).exists():
+        raise ProfileError(f"ELF {elf} not found")
+    try:
+        insns = isa.disassemble(elf, a, objdump_args)
+    except RuntimeError as e:
+        raise ProfileError(str(e)) from None
+
+    # Per distinct instruction address: class index, function index, decoded?
+    uniq, flat_to_uniq = np.unique(dump.insn_addrs, return_inverse=True)
+    class_index = {c: i for i, c in enumerate(isa.CLASSES)}
+    other = class_index["other"]
+    uniq_insns = [insns.get(int(x)) for x in uniq]
+    decoded = np.array([i is not None for i in uniq_insns], dtype=bool)
+    uniq_class = np.array([class_index[i.cls] if i else other for i in uniq_insns], dtype=np.int64)
+    functions = _function_table(elf)
+    uniq_func = functions.lookup(uniq)
+    func_names = (*functions.names, UNKNOWN_FUNCTION)
+
+    branches = _branch_info(dump, insns, a, elf, functions)
+    flat_mid_cond = branches.uniq_cond[flat_to_uniq].astype(np.int64)
+    flat_mid_cond[dump.tb_offsets[1:][np.diff(dump.tb_offsets) > 0] - 1] = 0  # last insns of TBs
+
+    flat_class = uniq_class[flat_to_uniq]
+    flat_func = uniq_func[flat_to_uniq]
+    flat_undecoded = (~decoded[flat_to_uniq]).astype(np.int64)
+    flat_size = np.array([i.size if i else 0 for i in uniq_insns], dtype=np.int64)[flat_to_uniq]
+    tb_len = np.diff(dump.tb_offsets)
+
+    profiles = []
+    for k, (ids, counts) in enumerate(dump.segments):
+        lens = tb_len[ids]
+        # Flat instruction indices of the executed TBs, and the execution count of each.
+        flat_idx = np.repeat(dump.tb_offsets[ids] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        weights = np.repeat(counts, lens)
+        by_class = _weighted_counts(flat_class[flat_idx], weights, len(isa.CLASSES))
+        by_func = _weighted_counts(flat_func[flat_idx], weights, len(func_names))
+        undecoded = int((flat_undecoded[flat_idx] * weights).sum())
+        taken, not_taken, unresolved = _branch_totals(branches, dump, k, ids, counts)
+        not_taken += int((flat_mid_cond[flat_idx] * weights).sum())  # never seen (QEMU ends TBs there)
+        profiles.append(SegmentProfile(
+            total=int((counts * lens).sum()),
+            by_class={c: int(by_class[i]) for i, c in enumerate(isa.CLASSES)},
+            by_function={func_names[i]: int(n) for i, n in enumerate(by_func) if n},
+            mem=_segment_mem(dump, k),
+            undecoded=undecoded,
+            branches_taken=taken,
+            branches_not_taken=not_taken,
+            branches_unresolved=unresolved,
+            fetch_bytes=int((flat_size[flat_idx] * weights).sum()),
+        ))
+    return profiles
+
+
+def _segment_mem(dump: Dump, k: int) -> dict[str, dict[str, int]] | None:
+    if dump.mem is None:
+        return None
+    names = [r[0] for r in dump.regions] + [OUTSIDE_REGIONS]
+    return {n: {"loads": int(dump.mem[k, i, 0]), "stores": int(dump.mem[k, i, 1])}
+            for i, n in enumerate(names)}
+
+
+def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
+    """Add segment profiles (e.g. all segments of one token, or a whole run)."""
+    total = 0
+    undecoded = 0
+    taken = not_taken = unresolved = fetch_bytes = 0
+    by_class = dict.fromkeys(isa.CLASSES, 0)
+    by_function: dict[str, int] = {}
+    mem: dict[str, dict[str, int]] | None = None
+    for p in profiles:
+        total += p.total
+        undecoded += p.undecoded
+        taken += p.branches_taken
+        not_taken += p.branches_not_taken
+        unresolved += p.branches_unresolved
+        fetch_bytes += p.fetch_bytes
+        for c, n in p.by_class.items():
+            by_class[c] = by_class.get(c, 0) + n
+        for f, n in p.by_function.items():
+            by_function[f] = by_function.get(f, 0) + n
+        if p.mem is not None:
+            mem = mem if mem is not None else {}
+            for r, d in p.mem.items():
+                acc = mem.setdefault(r, {"loads": 0, "stores": 0})
+                acc["loads"] += d["loads"]
+                acc["stores"] += d["stores"]
+    return SegmentProfile(total, by_class, by_function, mem, undecoded, taken, not_taken, unresolved, fetch_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Taken branches
+# ---------------------------------------------------------------------------------------------
+# QEMU ends a translated block (TB) at every instruction that may change the PC, and sometimes
+# elsewhere (TB size limit, guest page boundary, semihosting): a TB then simply falls through.
+# The dump gives executions per TB, not per edge, so the split of each *conditional* branch
+# (taken / fell through) is derived from flow conservation at TB entry addresses:
+#
+#     executions of TBs starting at A  =  sum over the transfers that end a TB and go to A
+#
+# Transfers into A: the fall-through of the instruction P just before A when P ended a TB
+# (P not a branch: all of its TB-ending executions; P a conditional branch: its not-taken ones),
+# and every direct branch whose target is A (unconditional jump or call: all its executions;
+# conditional: its taken ones).  Addresses that may also be entered in ways the disassembly does
+# not show are never used: function starts (indirect calls, vectors), the ELF entry, return sites
+# (after a call), tbb/tbh table targets, and every address that appears as a 32-bit word in a
+# loaded section (jump tables, literal pools, vector tables).  Each usable address gives one
+# linear equation in the unknown taken counts; those with one unknown are solved, repeatedly,
+# until nothing changes.  A solution outside 0..executions is rejected.  Conditional branches
+# left unsolved are *unresolved*: counted in neither taken nor not-taken (no assumption made),
+# so taken + not_taken + unresolved = all control-transfer executions.
+#
+# With edges=on the plugin counts the transitions between TBs, and the split is exact: a
+# conditional branch's executions that continued anywhere but at its fall-through address were
+# taken.  Exceptions and interrupts would break the derivation (an unmodelled transfer); the
+# firmware runs without them, and the edge mode checks the derivation on real runs.
+#
+# "Taken" counts every executed transfer that left the straight line: unconditional direct
+# branches and calls, returns, indirect branches (bx, blx rN, tbb/tbh, jalr), and loads into the
+# PC (pop {..., pc}, ldr pc) although twin.profile.isa classes the latter as loads.  Armv8.1-M dls is
+# not a transfer; le lr / wls are conditional; a conditional branch that QEMU would not end a
+# TB at (never seen) counts as not taken.
+
+_NONE, _COND, _JUMP, _CALL, _ICALL, _IJUMP, _UNKNOWN = range(7)
+_TAKEN_KINDS = (_JUMP, _CALL, _ICALL, _IJUMP)
+_ARM_BRANCH_BASES = frozenset(
+    "b bl blx bx bxns blxns cbz cbnz tbb tbh le letp dls dlstp wls wlstp".split())
+_ARM_CONDS = frozenset("eq ne cs hs cc lo mi pl vs vc hi ls ge lt gt le".split())
+_TARGET_RE = re.compile(r"(?:^|[\s,])([0-9a-f]+)\s*<")
+_PC_LIST_RE = re.compile(r"\{[^}]*\bpc\b[^}]*\}")
+_RV_COND = frozenset("beq bne blt bge bltu bgeu beqz bnez".split())
+
+
+def _target(operands: str) -> int | None:
+    m = _TARGET_RE.findall(operands)
+    return int(m[-1], 16) if m else None
+
+
+def _arm_split(name: str, bases: frozenset[str] | tuple[str, ...]) -> tuple[str, bool] | None:
+    """(base mnemonic, conditional?) when ``name`` is a base or a base + condition code."""
+    if name in bases:
+        return name, False
+    if len(name) > 2 and name[:-2] in bases and (name[-2:] in _ARM_CONDS or name[-2:] == "al"):
+        return name[:-2], name[-2:] != "al"
+    return None
+
+
+def branch_kind(insn: isa.Insn | None, arch: str) -> tuple[int, int | None]:
+    """(kind, direct target) of one instruction for the taken-branch derivation."""
+    if insn is None:
+        return _UNKNOWN, None
+    m = insn.mnemonic.lower()
+    name = m.split(".")[0]
+    ops = insn.operands.lower()
+    if arch == "arm":
+        if insn.cls == "branch":
+            split = _arm_split(name, _ARM_BRANCH_BASES)
+            if split is None:
+                return _UNKNOWN, None
+            base, cond = split
+            target = _target(ops)
+            if base in ("dls", "dlstp"):
+                return _NONE, None
+            if base in ("cbz", "cbnz", "wls", "wlstp") or (base in ("le", "letp") and ops.startswith("lr")):
+                return _COND, target
+            if base in ("b", "le", "letp"):
+                return (_COND if cond else _JUMP), target
+            if cond:  # conditional call or indirect branch inside an IT block
+                return (_UNKNOWN, None) if base.startswith("bl") else (_COND, None)
+            if base == "bl" or (base in ("blx", "blxns") and target is not None):
+                return _CALL, target
+            if base in ("blx", "blxns"):
+                return _ICALL, None
+            return _IJUMP, None  # bx, tbb, tbh
+        split = _arm_split(name, ("pop", "ldm", "ldmia", "ldmfd", "ldr", "mov", "add"))
+        if split is not None:
+            base, cond = split
+            writes_pc = (_PC_LIST_RE.search(ops) is not None if base in ("pop", "ldm", "ldmia", "ldmfd")
+                         else ops.startswith("pc,") or ops == "pc")
+            if writes_pc:
+                return (_COND, None) if cond else (_IJUMP, None)
+        return _NONE, None
+    # RISC-V, objdump -M no-aliases
+    if m.startswith("c."):
+        name = m[2:].split(".")[0]
+    if name in _RV_COND:
+        return _COND, _target(ops)
+    if name == "jal":
+        if m.startswith("c."):
+            return _CALL, _target(ops)  # c.jal (RV32)
+        return (_JUMP if ops.startswith("zero,") else _CALL), _target(ops)
+    if name == "j":
+        return _JUMP, _target(ops)
+    if name == "jr" or (name == "jalr" and (ops.startswith("zero,") or ops.startswith("x0,"))):
+        return _IJUMP, None
+    if name == "jalr":
+        return _ICALL, None
+    if name in ("mret", "sret", "uret"):
+        return _IJUMP, None
+    return _NONE, None
+
+
+def _table_jump(insn: isa.Insn, arch: str) -> bool:
+    """An indirect jump that is neither a return nor a decoded table (tbb/tbh, words of addresses)."""
+    m = insn.mnemonic.lower()
+    ops = insn.operands.lower().replace(" ", "")
+    if arch == "arm":
+        return m.split(".")[0] in ("bx", "mov") and not ops.startswith("lr") and (m.startswith("bx")
+                                                                                   or ops.startswith("pc,"))
+    if m == "c.jr":
+        return ops != "ra"
+    return m == "jalr" and ops.startswith("zero,") and not ops.endswith("(ra)")
+
+
+@dataclass(frozen=True, eq=False)
+class _BranchInfo:
+    """Static facts for the derivation, indexed like the dump's TBs and their end addresses."""
+
+    tb_end: np.ndarray  # (T,) index into ends: each TB's last instruction
+    tb_start: np.ndarray  # (T,) index into starts
+    ends: np.ndarray  # unique last-instruction addresses (uint64)
+    starts: np.ndarray  # unique TB start addresses (uint64)
+    end_kind: np.ndarray  # (E,) kind of each end instruction
+    end_target: list[int | None]
+    end_fall: np.ndarray  # (E,) address after each end instruction (uint64)
+    kind: dict[int, tuple[int, int | None]]  # every decoded instruction
+    fall_pred: dict[int, int]  # address -> the instruction just before it
+    direct_preds: dict[int, list[int]]  # address -> direct branches (jump/call/cond) targeting it
+    opaque: frozenset[int]  # addresses with predecessors the disassembly does not show
+    uniq_cond: np.ndarray  # per unique dump instruction address (np.unique order): conditional?
+
+
+_ANNOT_RE = re.compile(r"#\s*([0-9a-f]+)\b")
+
+
+def _loaded_sections(elf_path: Path | str) -> list[tuple[int, bytes]]:
+    with open(elf_path, "rb") as f:
+        elf = ELFFile(f)
+        return [(int(sec["sh_addr"]), sec.data()) for sec in elf.iter_sections()
+                if sec["sh_flags"] & 0x2 and sec["sh_type"] != "SHT_NOBITS"]  # SHF_ALLOC
+
+
+def _offset_table(mem: list[tuple[int, bytes]], base: int, insns: Mapping[int, isa.Insn],
+                  functions: _FunctionTable, func: int) -> set[int]:
+    """Targets of a table of int32 offsets from ``base`` that land in function ``func``."""
+    for start, data in mem:
+        if start <= base < start + len(data):
+            out: set[int] = set()
+            p = base - start
+            while p + 4 <= len(data) and len(out) < 4096:
+                t = base + int.from_bytes(data[p:p + 4], "little", signed=True)
+                if t not in insns or int(functions.lookup(np.array([t], dtype=np.uint64))[0]) != func:
+                    break
+                out.add(t)
+                p += 4
+            return out
+    return set()
+
+
+def _word_targets(elf_path: Path | str, arm: bool, code: Mapping[int, isa.Insn]) -> set[int]:
+    """Instruction addresses that appear as aligned 32-bit words in the ELF's loaded sections."""
+    out: set[int] = set()
+    with open(elf_path, "rb") as f:
+        elf = ELFFile(f)
+        for sec in elf.iter_sections():
+            if not sec["sh_flags"] & 0x2 or sec["sh_type"] == "SHT_NOBITS":  # SHF_ALLOC
+                continue
+            data = sec.data()
+            skip = (-int(sec["sh_addr"])) % 4
+            n = (len(data) - skip) // 4
+            if n <= 0:
+                continue
+            words = np.frombuffer(data, dtype="<u4", count=n, offset=skip)
+            if arm:
+                words = words & np.uint32(0xFFFFFFFE)
+            out.update(int(w) for w in np.unique(words) if int(w) in code)
+    return out
+
+
+def _table_targets(insns: Mapping[int, isa.Insn], addr: int, half: bool) -> set[int]:
+    """Targets of a Thumb tbb/tbh table (the data objdump prints after the instruction)."""
+    base = addr + 4
+    raw = bytearray()
+    a = base
+    while (i := insns.get(a)) is not None and i.mnemonic in (".byte", ".short", ".hword", ".word"):
+        try:
+            raw += int(i.operands.split()[0], 16).to_bytes(i.size, "little")
+        except (ValueError, IndexError, OverflowError):
+            break
+        a += i.size
+    step = 2 if half else 1
+    return {base + 2 * int.from_bytes(raw[j:j + step], "little") for j in range(0, len(raw) - step + 1, step)}
+
+
+_BRANCH_CACHE: dict[tuple, tuple[dict, dict, dict, frozenset]] = {}
+
+
+def _static_branches(insns: Mapping[int, isa.Insn], arch: str, elf: Path | str,
+                     functions: _FunctionTable) -> tuple[dict, dict, dict, frozenset]:
+    st = Path(elf).stat()
+    key = (str(Path(elf).resolve()), st.st_mtime_ns, st.st_size, arch, id(insns))
+    hit = _BRANCH_CACHE.get(key)
+    if hit is not None:
+        return hit
+    kind: dict[int, tuple[int, int | None]] = {}
+    fall_pred: dict[int, int] = {}
+    direct: dict[int, list[int]] = {}
+    opaque: set[int] = {int(x) for x in functions.starts}
+    with open(elf, "rb") as f:
+        opaque.add(int(ELFFile(f).header["e_entry"]) & (~1 if arch == "arm" else ~0))
+    for addr, insn in insns.items():
+        k, t = branch_kind(insn, arch)
+        kind[addr] = (k, t)
+        if not insn.mnemonic.startswith("."):
+            fall_pred[addr + insn.size] = addr
+        if t is not None and k in (_COND, _JUMP, _CALL):
+            direct.setdefault(t, []).append(addr)
+        if k in (_CALL, _ICALL, _UNKNOWN):
+            opaque.add(addr + insn.size)  # return site
+        if arch == "arm" and insn.mnemonic.split(".")[0] in ("tbb", "tbh"):
+            opaque |= _table_targets(insns, addr, insn.mnemonic.startswith("tbh"))
+    opaque |= _word_targets(elf, arch == "arm", insns)
+    # Indirect jumps other than returns whose targets are not decoded (RISC-V switch tables hold
+    # offsets; an Arm "bx rN"): every address of the function may be entered from them.
+    # A RISC-V table of offsets from its base, which an auipc/addi pair just before names
+    # ("addi a4,a4,-62 # 80005100"), is decoded; otherwise the whole function is opaque.
+    order = sorted(insns)
+    fidx = functions.lookup(np.array(order, dtype=np.uint64))
+    mem = _loaded_sections(elf)
+    jumpy: set[int] = set()
+    for i, a in enumerate(order):
+        if not _table_jump(insns[a], arch):
+            continue
+        targets: set[int] = set()
+        for j in range(max(0, i - 8), i):
+            m = _ANNOT_RE.search(insns[order[j]].operands)
+            if arch == "riscv" and m and insns[order[j]].mnemonic.endswith("addi"):
+                targets |= _offset_table(mem, int(m.group(1), 16), insns, functions, int(fidx[i]))
+        if targets:
+            opaque |= targets
+        else:
+            jumpy.add(int(fidx[i]))
+    opaque |= {a for i, a in enumerate(order) if int(fidx[i]) in jumpy}
+    out = (kind, fall_pred, direct, frozenset(opaque))
+    if len(_BRANCH_CACHE) > 8:
+        _BRANCH_CACHE.clear()
+    _BRANCH_CACHE[key] = out
+    return out
+
+
+def _branch_info(dump: Dump, insns: Mapping[int, isa.Insn], arch: str, elf: Path | str,
+                 functions: _FunctionTable) -> _BranchInfo:
+    kind, fall_pred, direct, opaque = _static_branches(insns, arch, elf, functions)
+    lens = np.diff(dump.tb_offsets)
+    last = np.where(lens > 0, dump.insn_addrs[np.maximum(dump.tb_offsets[1:] - 1, 0)], dump.tb_vaddr)
+    ends, tb_end = np.unique(last, return_inverse=True)
+    starts, tb_start = np.unique(dump.tb_vaddr, return_inverse=True)
+    end_kind = np.empty(len(ends), dtype=np.int64)
+    end_target: list[int | None] = []
+    end_fall = np.empty(len(ends), dtype=np.uint64)
+    for j, e in enumerate(ends.tolist()):
+        k, t = kind.get(e, (_UNKNOWN, None))
+        end_kind[j] = k
+        end_target.append(t)
+        i = insns.get(e)
+        end_fall[j] = e + (i.size if i is not None else 0)
+    uniq = np.unique(dump.insn_addrs)
+    uniq_cond = np.array([kind.get(a, (_NONE, None))[0] == _COND for a in uniq.tolist()], dtype=bool)
+    return _BranchInfo(tb_end.astype(np.int64), tb_start.astype(np.int64), ends, starts, end_kind,
+                       end_target, end_fall, kind, fall_pred, direct, opaque, uniq_cond)
+
+
+def _derive_splits(b: _BranchInfo, ids: np.ndarray, counts: np.ndarray
+                   ) -> tuple[dict[int, int], dict[int, int | None]]:
+    """(executions per TB-ending instruction address, taken count or None per conditional one)."""
+    exec_e = _weighted_counts(b.tb_end[ids], counts, len(b.ends))
+    start_n = _weighted_counts(b.tb_start[ids], counts, len(b.starts))
+    execs = {int(b.ends[j]): int(exec_e[j]) for j in np.flatnonzero(exec_e)}
+    entered = {int(b.starts[j]): int(start_n[j]) for j in np.flatnonzero(start_n)}
+    kind = b.kind
+    conds = {e for e in execs if kind.get(e, (_UNKNOWN, None))[0] == _COND}
+    taken: dict[int, int | None] = dict.fromkeys(conds)
+
+    def fall_of(e: int) -> int:
+        return e + _insn_size(b, e)
+
+    degenerate = {e for e in conds if kind[e][1] == fall_of(e)}
+    # One equation per address a conditional branch may go to.
+    equations: list[tuple[int, list[tuple[int, int]]]] = []  # (rhs, [(branch, coef)])
+    wanted = {fall_of(e) for e in conds} | {kind[e][1] for e in conds if kind[e][1] is not None}
+    for a in wanted:
+        if a in b.opaque:
+            continue
+        rhs = entered.get(a, 0)
+        terms: list[tuple[int, int]] = []
+        ok = True
+        p = b.fall_pred.get(a)
+        if p is not None and p in execs:
+            k = kind.get(p, (_UNKNOWN, None))[0]
+            if k == _NONE or p in degenerate:
+                rhs -= execs[p]
+            elif k == _COND:
+                rhs -= execs[p]
+                terms.append((p, -1))
+            elif k not in (_JUMP, _IJUMP):
+                ok = False
+        for s in b.direct_preds.get(a, ()):
+            if s not in execs or s == p and s in degenerate:
+                continue
+            k = kind[s][0]
+            if k == _COND:
+                if s not in degenerate:
+                    terms.append((s, 1))
+            else:
+                rhs -= execs[s]
+        if ok and terms:
+            equations.append((rhs, terms))
+    suspect: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        rest = []
+        for rhs, terms in equations:
+            unknown = [(s, c) for s, c in terms if taken.get(s) is None]
+            if len(unknown) > 1:
+                rest.append((rhs, terms))
+                continue
+            if not unknown:  # over-determined: a contradiction means an unmodelled transfer
+                if sum(c * taken[t] for t, c in terms) != rhs:  # type: ignore[operator]
+                    suspect.update(t for t, _ in terms)
+                continue
+            if len(unknown) == 1:
+                s, c = unknown[0]
+                known = sum(c2 * taken[t] for t, c2 in terms if t != s)  # type: ignore[operator]
+                x = (rhs - known) * c  # c is +1 or -1
+                if 0 <= x <= execs[s]:
+                    taken[s] = x
+                    changed = True
+        equations = rest
+    for e in degenerate | suspect:
+        taken[e] = None
+    return execs, taken
+
+
+def _insn_size(b: _BranchInfo, addr: int) -> int:
+    j = int(np.searchsorted(b.ends, addr))
+    if j < len(b.ends) and int(b.ends[j]) == addr:
+        return int(b.end_fall[j]) - addr
+    return 0
+
+
+def _exact_splits(b: _BranchInfo, dump: Dump, k: int, ids: np.ndarray, counts: np.ndarray
+                  ) -> tuple[dict[int, int], dict[int, int | None]]:
+    """Like :func:`_derive_splits`, from the plugin's edge counts: a conditional branch was taken
+    whenever its block was followed by a block that does not start at its fall-through address."""
+    assert dump.edges is not None
+    exec_e = _weighted_counts(b.tb_end[ids], counts, len(b.ends))
+    execs = {int(b.ends[j]): int(exec_e[j]) for j in np.flatnonzero(exec_e)}
+    src, dst, cnt = dump.edges[k]
+    src_end = b.tb_end[src]
+    moved = (b.end_kind[src_end] == _COND) & (dump.tb_vaddr[dst] != b.end_fall[src_end])
+    taken_e = _weighted_counts(src_end[moved], cnt[moved], len(b.ends))
+    taken: dict[int, int | None] = {}
+    for e, n in execs.items():
+        if b.kind.get(e, (_UNKNOWN, None))[0] == _COND:
+            j = int(np.searchsorted(b.ends, e))
+            taken[e] = min(int(taken_e[j]), n)
+    return execs, taken
+
+
+def _branch_totals(b: _BranchInfo, dump: Dump, k: int, ids: np.ndarray, counts: np.ndarray
+                   ) -> tuple[int, int, int]:
+    if dump.edges is not None:
+        execs, taken = _exact_splits(b, dump, k, ids, counts)
+    else:
+        execs, taken = _derive_splits(b, ids, counts)
+    n_taken = n_not = n_unres = 0
+    for e, n in execs.items():
+        kd = b.kind.get(e, (_UNKNOWN, None))[0]
+        if kd in _TAKEN_KINDS:
+            n_taken += n
+        elif kd == _COND:
+            t = taken[e]
+            if t is None:
+                n_unres += n
+            else:
+                n_taken += t
+                n_not += n - t
+    return n_taken, n_not, n_unres
+
+
+def branch_splits(dump: Dump, elf: Path | str, arch: str, objdump_args: tuple[str, ...] = (), *,
+                  exact: bool = False) -> list[dict[int, tuple[int, int, int | None]]]:
+    """Per segment: conditional branch address -> (executions, taken, taken or None).
+
+    The middle value is the exact taken count from the edge counts (``exact=True``, needs a
+    dump made with edges=on; else None), the last the derived one (None: unresolved).
+    """
+    a = isa.normalize_arch(arch)
+    insns = isa.disassemble(elf, a, objdump_args)
+    b = _branch_info(dump, insns, a, elf, _function_table(elf))
+    if exact and dump.edges is None:
+        raise ProfileError("exact branch counts need a dump made with edges=on")
+    out = []
+    for k, (ids, counts) in enumerate(dump.segments):
+        execs, derived = _derive_splits(b, ids, counts)
+        exact_t = _exact_splits(b, dump, k, ids, counts)[1] if exact else {}
+        out.append({e: (execs[e], exact_t.get(e), t) for e, t in derived.items()})
+    return out
