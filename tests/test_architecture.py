@@ -45,7 +45,7 @@ def test_an_import_pointing_back_breaks_the_contract(tmp_path: Path, module: str
 
 def test_the_tree_shows_the_stages() -> None:
     stages = sorted(p.name for p in (ROOT / "twin").iterdir() if (p / "__init__.py").exists())
-    assert stages == ["bench", "cli", "device", "model", "profile"]
+    assert stages == ["bench", "cli", "device", "model", "profile", "results"]
     loose = sorted(p.name for p in (ROOT / "twin").glob("*.py"))
     assert loose == ["__init__.py", "atomic.py", "platforms.py", "runner.py"]
 
