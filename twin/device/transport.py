@@ -56,6 +56,11 @@ from twin.device.protocol import (
 
 log = logging.getLogger("twin.device.transport")
 
+# Our URL handlers first (twin/device/urlhandler: socket:// without pyserial's 0.3 s close pause),
+# pyserial's for every other scheme.
+if "twin.device.urlhandler" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.insert(0, "twin.device.urlhandler")
+
 POLL_INTERVAL = 0.05  # seconds a single port.read() may block
 TEXT_LINES_KEPT = 200
 
