@@ -240,7 +240,9 @@ def calibration_distance(calibration: store.Calibration | None, plat: Platform, 
             theirs.append(f"{b} ?")
     return {"kind": "same core, another board",
             "detail": f"calibrated on {', '.join(calibration.boards)} (same core {plat.core}); flash wait states "
-                      f"there: {', '.join(theirs)}, here {ws_here:g}: the memory terms are extrapolated"}
+                      f"there: {', '.join(theirs)}, here {ws_here:g}: the memory terms are extrapolated and the "
+                      "interval was not measured for this board (calibrate on boards that span the wait states: "
+                      "docs/calibration.md)"}
 
 
 def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: store.Calibration | None,
