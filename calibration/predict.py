@@ -443,8 +443,12 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         try:
             pm = power_model(plat)
             energy = pm.energy(token_s, clock_hz, voltage_v)
-            e_lo, e_hi = bm.rel_low, bm.rel_high
+            e_lo, e_hi = pm.widen(bm.rel_low, bm.rel_high)
             notes.extend(pm.notes)
+            if pm.widening:
+                notes.append(f"energy interval widened to -{e_lo:.0%}/+{e_hi:.0%} (the time's "
+                             f"-{bm.rel_low:.0%}/+{bm.rel_high:.0%} × the power figure's error: "
+                             + "; ".join(pm.widening) + ")")
             if voltage_v is not None:
                 notes.append(f"DVFS what-if at {voltage_v:g} V: dynamic power scaled by (V/V0)², "
                              f"V0 = {pm.voltage_v:g} V")

@@ -122,11 +122,22 @@ class Accelerator:
 
 @dataclass(frozen=True)
 class Power:
-    """Run-mode power figures; None = not found (the ``source`` says so)."""
+    """Run-mode power figures; None = not found (the ``source`` says so).
+
+    ``basis`` says what the run current covers: ``vdd`` (the MCU's VDD supply only, e.g. an STM32
+    datasheet IDD), ``chip`` (the whole chip, every rail), ``core`` (the core-logic rail only, e.g.
+    RP2040 DVDD) or ``board`` (the whole board from its supply); None = not stated.
+    ``second_hand``: the figure was quoted by a third party, not read in the vendor's document.
+    ``use_case``: a current the vendor measured in an application (a demo), not a CPU benchmark.
+    The energy prior widens its interval for all but ``vdd`` first-hand figures
+    (calibration.energy.figure_uncertainty)."""
     run_ua_per_mhz: float | None
     voltage_v: float | None
     static_ma: float | None
     source: str = ""
+    basis: str | None = None
+    second_hand: bool = False
+    use_case: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,6 +246,7 @@ _ACCEL_KINDS = ("icache", "dcache", "cache", "art", "xip-cache", "prefetch", "tc
 # Kernel sets (firmware/kernels/<set>/) and what a core needs to run one: ref is portable C;
 # arm_dsp uses the Armv7E-M / Armv8-M DSP extension (SMLAD, SXTB16, ...).
 KERNEL_SETS = ("ref", "arm_dsp")
+POWER_BASES = ("vdd", "chip", "core", "board")   # what a run-current figure covers (Power.basis)
 TWIN_MODES = ("exact", "proxy", "none")
 CONFIDENCES = ("high", "medium", "low")
 
@@ -372,11 +384,24 @@ def _power(data: dict, where: str) -> Power | None:
     for key in ("run_ua_per_mhz", "voltage_v", "static_ma"):
         if key not in p:
             raise PlatformError(f"{pw}: missing field '{key}' (write null when the figure was not found)")
+    run = _number(p, "run_ua_per_mhz", pw, required=False)
+    basis = None if p.get("basis") is None else _choice(p, "basis", POWER_BASES, pw)
+    flags = {}
+    for key in ("second_hand", "use_case"):
+        value = p.get(key, False)
+        if not isinstance(value, bool):
+            raise PlatformError(f"{pw}: field '{key}' must be true or false, got {value!r}")
+        flags[key] = value
+    if run is None and (basis is not None or any(flags.values())):
+        given = [k for k in ("basis", *flags) if p.get(k) not in (None, False)]
+        raise PlatformError(f"{pw}: field '{given[0]}' describes a run current, but 'run_ua_per_mhz' is null")
     return Power(
-        run_ua_per_mhz=_number(p, "run_ua_per_mhz", pw, required=False),
+        run_ua_per_mhz=run,
         voltage_v=_number(p, "voltage_v", pw, required=False),
         static_ma=_number(p, "static_ma", pw, required=False, positive=False),
         source=_source(p, pw),
+        basis=basis,
+        **flags,
     )
 
 
