@@ -161,9 +161,23 @@ def _compare(work, calibration_file, **_):
     assert [r["platform"] for r in rows] == ["nrf52840-dk", "nucleo-l4r5zi"]
 
 
+def _profile(work, **_):
+    out = twin_json("profile", "--platforms", "mps2-an386", "--tokens", "2", "--db", str(work / "json.sqlite"),
+                    "--workers", "1", "--json")
+    assert out["cells"] == 1
+
+
+def _ci(work, **_):
+    (work / "twin-ci.yaml").write_text("matrix:\n  platforms: [mps2-an386]\n  tokens: 2\n")
+    args = ("ci", "--config", str(work / "twin-ci.yaml"), "--baseline", str(work / "ci-base.json"),
+            "--db", str(work / "ci.sqlite"), "--json")
+    assert twin_json(*args, "--update-baseline")["cells"] == 1
+    assert twin_json(*args)["passed"] is True
+
+
 CASES = {"platforms": _platforms, "build": _build, "image": _image, "fit": _fit, "quantize": _quantize,
          "run": _run, "demo": _demo, "bench": _bench, "calibrate": _calibrate, "predict": _predict,
-         "compare": _compare}
+         "compare": _compare, "profile": _profile, "ci": _ci}
 NEEDS = {"image": ("image",), "fit": ("image",), "bench": ("bench_csv",), "calibrate": ("calibration_file",),
          "predict": ("calibration_file",), "compare": ("calibration_file",)}
 
