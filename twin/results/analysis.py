@@ -244,20 +244,29 @@ def kernel_breakdown(functions: pd.DataFrame, top: int = 8) -> pd.DataFrame:
 def kv_growth(token_counts: pd.DataFrame) -> pd.DataFrame:
     """Per run, the least-squares line instructions(position) = a + b·position over its decoded tokens
     (b: the per-token cost the KV cache adds per position), with ``rms_residual`` (instructions),
-    ``max_rel_residual`` and ``n``. Runs of one token have b = 0."""
-    rows = []
-    for run_id, g in token_counts.groupby("run_id", sort=True):
-        x = g["position"].to_numpy(float)
-        y = g["instructions"].to_numpy(float)
-        if len(g) >= 2 and np.ptp(x) > 0:
-            b, a = np.polyfit(x, y, 1)
-        else:
-            a, b = float(y.mean()), 0.0
-        res = y - (a + b * x)
-        rows.append({"run_id": run_id, "a": float(a), "b": float(b), "n": len(g),
-                     "rms_residual": float(np.sqrt(np.mean(res ** 2))),
-                     "max_rel_residual": float(np.max(np.abs(res) / y)) if len(y) else math.nan})
-    return pd.DataFrame(rows, columns=["run_id", "a", "b", "n", "rms_residual", "max_rel_residual"])
+    ``max_rel_residual`` and ``n``. Runs of one token have b = 0. (Closed form per run, vectorised.)"""
+    cols = ["run_id", "a", "b", "n", "rms_residual", "max_rel_residual"]
+    if token_counts.empty:
+        return pd.DataFrame(columns=cols)
+    x = token_counts["position"].to_numpy(float)
+    y = token_counts["instructions"].to_numpy(float)
+    d = pd.DataFrame({"run_id": token_counts["run_id"].to_numpy(), "x": x, "y": y, "xx": x * x, "xy": x * y})
+    g = d.groupby("run_id", sort=True)
+    s = g[["x", "y", "xx", "xy"]].sum()
+    n = g.size().to_numpy(float)
+    den = n * s["xx"].to_numpy() - s["x"].to_numpy() ** 2
+    flat = den <= 0
+    b = np.where(flat, 0.0, (n * s["xy"].to_numpy() - s["x"].to_numpy() * s["y"].to_numpy()) / np.where(flat, 1, den))
+    a = (s["y"].to_numpy() - b * s["x"].to_numpy()) / n
+    coef = pd.DataFrame({"a": a, "b": b}, index=s.index)
+    fit = coef.loc[d["run_id"]].to_numpy()
+    res = y - (fit[:, 0] + fit[:, 1] * x)
+    r = pd.DataFrame({"run_id": d["run_id"], "sq": res ** 2, "rel": np.abs(res) / np.where(y == 0, np.nan, y)})
+    rg = r.groupby("run_id", sort=True)
+    out = pd.DataFrame({"run_id": s.index, "a": a, "b": b, "n": n.astype(int),
+                        "rms_residual": np.sqrt(rg["sq"].mean().to_numpy()),
+                        "max_rel_residual": rg["rel"].max().to_numpy()})
+    return out.reset_index(drop=True)
 
 
 def token_table(runs: pd.DataFrame, token_counts: pd.DataFrame) -> pd.DataFrame:
@@ -330,11 +339,12 @@ def fit_law(data: pd.DataFrame, y: str, variables: Sequence[str], form: str = "l
     if form not in FORMS:
         raise ValueError(f"form {form!r}: one of {', '.join(FORMS)}")
     variables = tuple(variables)
-    d = data[[*variables, y]].apply(pd.to_numeric, errors="coerce").dropna()
-    X = d[list(variables)].to_numpy(float)
-    Y = d[y].to_numpy(float)
+    cols = [pd.to_numeric(data[c], errors="coerce").to_numpy(float) for c in (*variables, y)]
+    M = np.column_stack(cols) if len(data) else np.zeros((0, len(cols)))
+    M = M[np.isfinite(M).all(axis=1)]
+    X, Y = M[:, :-1], M[:, -1]
     k = len(variables) + 1
-    distinct = len({tuple(row) for row in X})
+    distinct = len(np.unique(X, axis=0)) if len(X) else 0
     flat = [v for i, v in enumerate(variables) if len(np.unique(X[:, i])) < 2]
     if distinct < k or flat:
         why = f"{', '.join(flat)} never varies" if flat else f"{distinct} distinct shapes for {k} coefficients"
@@ -342,24 +352,23 @@ def fit_law(data: pd.DataFrame, y: str, variables: Sequence[str], form: str = "l
     if form == "power":
         if (X <= 0).any() or (Y <= 0).any():
             raise ValueError(f"law {name or y}: a power law needs positive values")
-        A = np.column_stack([np.ones(len(X)), np.log(X)])
-        sol, *_ = np.linalg.lstsq(A, np.log(Y), rcond=None)
+        A_ = np.column_stack([np.ones(len(X)), np.log(X)])
+        sol, *_ = np.linalg.lstsq(A_, np.log(Y), rcond=None)
         coef = {"c": float(np.exp(sol[0])), **{v: float(s) for v, s in zip(variables, sol[1:], strict=True)}}
-        fitted = np.exp(A @ sol)
+        fitted = np.exp(A_ @ sol)
     else:
-        A = np.column_stack([np.ones(len(X)), X])
-        sol, *_ = np.linalg.lstsq(A, Y, rcond=None)
+        A_ = np.column_stack([np.ones(len(X)), X])
+        sol, *_ = np.linalg.lstsq(A_, Y, rcond=None)
         coef = {"a": float(sol[0]), **{v: float(s) for v, s in zip(variables, sol[1:], strict=True)}}
-        fitted = A @ sol
+        fitted = A_ @ sol
     ss_res = float(np.sum((Y - fitted) ** 2))
     ss_tot = float(np.sum((Y - Y.mean()) ** 2))
-    res = d.copy()
-    res["fitted"] = fitted
-    res["rel_residual"] = Y / fitted - 1
+    res = pd.DataFrame({**{v: X[:, i] for i, v in enumerate(variables)}, y: Y, "fitted": fitted,
+                        "rel_residual": Y / fitted - 1})
     return ScalingLaw(name=name or f"{y}~{'+'.join(variables)}", y=y, variables=variables, form=form, coef=coef,
-                      group=dict(group or {}), n=len(d),
+                      group=dict(group or {}), n=len(Y),
                       ranges={v: (float(X[:, i].min()), float(X[:, i].max())) for i, v in enumerate(variables)},
-                      residuals=res.reset_index(drop=True), r2=1 - ss_res / ss_tot if ss_tot > 0 else 1.0)
+                      residuals=res, r2=1 - ss_res / ss_tot if ss_tot > 0 else 1.0)
 
 
 def estimate_params(model_image_bytes: float, bits: float, group_size: int = 32) -> float:
@@ -639,3 +648,73 @@ def recommend(runs: pd.DataFrame, predictions: pd.DataFrame, *, model: str, max_
 
 def _fmt_mj(v: float) -> str:
     return "energy n/a" if math.isnan(v) else f"{v:.4g} mJ/token"
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic frames (benchmarks, demos of the report): the store's columns, plausible numbers
+# ---------------------------------------------------------------------------------------------
+def synthetic_frames(n_runs: int, seed: int = 0, tokens: int = 16) -> Frames:
+    """``n_runs`` runs over 4 platforms × 3 model sizes × 4 bit widths × prompt lengths, each with
+    ``tokens`` decoded tokens, 12 functions, 9 classes per phase and 3 board predictions."""
+    rng = np.random.default_rng(seed)
+    platforms = {"mps2-an386": ["mps2-an386", "nucleo-l4r5zi", "nrf52840-dk"],
+                 "mps2-an500": ["mps2-an500", "nucleo-h743zi", "nucleo-f746zg"],
+                 "mps2-an505": ["mps2-an505", "b-u585i-iot02a", "rpi-pico2"],
+                 "riscv32-virt": ["riscv32-virt", "esp32-c3-devkit", "hifive1-revb"]}
+    sizes = {"tiny-60k": 60e3, "small-260k": 260e3, "mid-1m": 1.0e6}
+    funcs = ["matvec_q", "quantize_act", "attention_head", "tw_expf", "rmsnorm", "rope", "softmax", "silu",
+             "memcpy", "argmax", "embed", "main"]
+    classes = ["alu", "load", "store", "mul", "div", "branch", "fp", "simd", "other"]
+    runs, toks, fns, cls, preds = [], [], [], [], []
+    plats = list(platforms)
+    for i in range(n_runs):
+        plat = plats[i % 4]
+        model = list(sizes)[(i // 4) % 3]
+        bits = (2, 3, 4, 8)[(i // 12) % 4]
+        prompt = (8, 16, 32)[(i // 48) % 3]
+        params = sizes[model]
+        per_tok = 3.5 * params * (0.8 + 0.05 * bits) + 50_000
+        kv_b = 20 * math.sqrt(params)
+        decode = [int(per_tok + kv_b * (prompt + p) + rng.integers(0, 50)) for p in range(tokens)]
+        prefill = int(prompt * per_tok * 0.9)
+        image = int(params * (bits + 1) / 8)
+        rid = i + 1
+        runs.append({"run_id": rid, "cell_key": f"{plat}|{model}|q{bits}|kv-f32|p{prompt}|t{tokens}|{i // 576}",
+                     "status": "ok", "error": None, "platform": plat, "model": model, "model_sha256": f"{i % 3:064x}",
+                     "bits": bits, "recipe": f"q{bits}g32", "kv_cache": "f32", "prompt_tokens": prompt,
+                     "tokens": tokens, "seed": 0, "build_id": "b0", "compiler": "gcc 12", "cflags": "-O2",
+                     "qemu_version": "7.2", "git_commit": "c0ffee", "created_at": f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}",
+                     "host": "bench", "wall_seconds": 0.2, "instructions_total": prefill + sum(decode),
+                     "prefill_instructions": prefill, "decode_instructions_mean": float(np.mean(decode)),
+                     "flash_bytes": 20_000, "ram_static_bytes": 1_600, "arena_bytes": int(params * 0.4),
+                     "stack_peak_bytes": 600, "model_image_bytes": image, "ram_bytes": 4 << 20,
+                     "matches_reference": True})
+        toks.extend({"run_id": rid, "position": p, "instructions": n} for p, n in enumerate(decode))
+        total = prefill + sum(decode)
+        w = np.array([0.7, 0.1, 0.05, 0.04, 0.03, 0.02, 0.02, 0.01, 0.01, 0.01, 0.005, 0.005])
+        fns.extend({"run_id": rid, "phase": "inference", "function": f if f != "matvec_q" else f"matvec_q{bits}",
+                    "instructions": int(total * s)} for f, s in zip(funcs, w, strict=True))
+        mix = rng.dirichlet(np.ones(9))
+        for phase, n in (("prefill", prefill), ("decode", sum(decode))):
+            cls.extend({"run_id": rid, "phase": phase, "cls": c, "instructions": int(n * s)}
+                       for c, s in zip(classes, mix, strict=True))
+        for j, board in enumerate(platforms[plat]):
+            mhz = (25.0, 120.0, 64.0)[j]
+            token_s = float(np.mean(decode)) * (1.2 + 0.1 * j) / (mhz * 1e6)
+            ram_avail = (4 << 20, 640 << 10, 256 << 10)[j]
+            ram_need = 1_600 + int(params * 0.4) + 600
+            preds.append({"run_id": rid, "board": board, "calibration": "prior", "ttft_s": token_s * (prompt + 1),
+                          "ttft_s_low": token_s * prompt, "ttft_s_high": token_s * (prompt + 2), "token_s": token_s,
+                          "token_s_low": token_s * 0.75, "token_s_high": token_s * 1.25, "tokens_per_s": 1 / token_s,
+                          "energy_per_token_j": math.nan if j == 0 else token_s * 0.03 * (1 + j),
+                          "energy_low": math.nan, "energy_high": math.nan,
+                          "fits": ram_need <= ram_avail and image + 20_000 <= (4 << 20, 2 << 20, 1 << 20)[j],
+                          "flash_needed": image + 20_000, "ram_needed": ram_need,
+                          "flash_available": (4 << 20, 2 << 20, 1 << 20)[j], "ram_available": ram_avail,
+                          "clock_mhz": mhz})
+
+    def df(rows, cols):
+        return pd.DataFrame(rows, columns=list(cols))
+
+    return Frames(df(runs, RUN_COLUMNS), df(toks, TOKEN_COLUMNS), df(fns, FUNCTION_COLUMNS), df(cls, CLASS_COLUMNS),
+                  df(preds, PREDICTION_COLUMNS))
