@@ -200,6 +200,132 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
 
 
 # ---------------------------------------------------------------------------------------------
+# Counts of one's own firmware (`twin count`, twin/profile/own.py) for `twin predict --counts`
+# ---------------------------------------------------------------------------------------------
+COUNT_FORMAT = "tinyllm-twin-count"
+_ARM_SUPERSETS = {   # an ISA's code runs on these (M-profile: v6-M ⊂ v7-M ⊂ v7E-M ⊂ v8-M Mainline + DSP)
+    "armv6-m": ("armv6-m", "armv7-m", "armv7e-m", "armv8-m.base", "armv8-m.main", "armv8.1-m.main"),
+    "armv8-m.base": ("armv8-m.base", "armv8-m.main", "armv8.1-m.main"),
+    "armv7-m": ("armv7-m", "armv7e-m", "armv8-m.main", "armv8.1-m.main"),
+    "armv7e-m": ("armv7e-m", "armv8-m.main", "armv8.1-m.main"),
+    "armv8-m.main": ("armv8-m.main", "armv8.1-m.main"),
+    "armv8.1-m.main": ("armv8.1-m.main",),
+}
+
+
+def _rv_extensions(isa: str) -> tuple[str, set[str]]:
+    parts = isa.lower().split("_")
+    base, letters = parts[0][:4], parts[0][4:].replace("g", "imafd")
+    return base, set(letters) | {x for x in parts[1:] if x}
+
+
+def isa_runs_on(code_isa: str, board_isa: str) -> bool:
+    """True when code built for ``code_isa`` runs on a core of ``board_isa`` (the board's is a superset).
+    RISC-V: the base matches and every extension of the code is the board's (zicsr/zifencei/zmmul are
+    taken as present on every RV32 board here: they are part of I / implied by M)."""
+    if code_isa in _ARM_SUPERSETS:
+        return board_isa in _ARM_SUPERSETS[code_isa]
+    if code_isa.startswith("rv") and board_isa.startswith("rv"):
+        (cb, ce), (bb, be) = _rv_extensions(code_isa), _rv_extensions(board_isa)
+        implied = {"zicsr", "zifencei"} | ({"zmmul"} if "m" in be else set())
+        return cb == bb and ce <= be | implied
+    return code_isa == board_isa
+
+
+def counts_from_count_file(path: Path | str, data: dict | None = None) -> TwinCounts:
+    """Counts for predict_from_counts from a `twin count --json` file. The *step* (what a token stands
+    for) is one entry of the last --phase symbol (the mean over its entries); everything outside that
+    phase is the "prefill" (time to first token = it + one step). Without phases the whole run is one
+    step and the prefill is empty."""
+    if data is None:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PredictError(f"count file {path}: cannot read it ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != COUNT_FORMAT:
+        raise PredictError(f"{path} is not a `twin count --json` file (format {COUNT_FORMAT!r})")
+    try:
+        ins = data["instructions"]
+        phases = list(data["phases"])
+        step = phases[-1] if len(phases) > 1 else None
+        by_class = ins["by_phase_class"]
+        traffic = data.get("memory_traffic") or {}
+        branches = ins.get("by_phase_branches") or {}
+        fetch = ins.get("by_phase_fetch_bytes") or {}
+        rest = [p for p in phases if p != step] if step else []
+        on = [step] if step else phases
+        n = len(ins["by_phase_entries"][step]) if step else 1
+
+        def mix(names, div=1):
+            return {c: sum(float(by_class[p].get(c, 0)) for p in names) / div for c in CLASSES}
+
+        def loads(names, div=1):
+            if not traffic or any(traffic.get(p) is None for p in names):
+                return None
+            return sum(traffic[p].get(r, {}).get("loads", 0) for p in names for r in ("code", "model")) / div
+
+        def taken(names, div=1):
+            if any(p not in branches for p in names):
+                return None
+            return sum(measured_taken(branches[p]["taken"], branches[p]["unresolved"]) for p in names) / div
+
+        def fetched(names, div=1):
+            return None if any(p not in fetch for p in names) else sum(float(fetch[p]) for p in names) / div
+
+        plat = get_platform(data["platform"])
+        mem = data.get("memory") or {}
+        return TwinCounts(
+            platform=plat.id, model=Path(data.get("elf", "firmware")).name,
+            build_id=str(data.get("elf_sha256", ""))[:16], image_sha256="", prompt_tokens=0, tokens=n,
+            prefill=mix(rest), decode=mix(on, n),
+            prefill_loads_flash=loads(rest) if rest else (0.0 if traffic else None),
+            decode_loads_flash=loads(on, n),
+            prefill_branches_taken=taken(rest) if rest else 0.0, decode_branches_taken=taken(on, n),
+            prefill_fetch_bytes=fetched(rest) if rest else 0.0, decode_fetch_bytes=fetched(on, n),
+            memory={"flash_bytes": int(mem.get("flash_bytes", 0)), "ram_static_bytes": int(mem.get("ram_static_bytes", 0)),
+                    "arena_bytes": 0, "stack_peak_bytes": 0, "model_image_bytes": int(mem.get("loaded_bytes", 0))},
+            matches_reference=None, fpu=plat.fpu, kernels="own firmware",
+        )
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise PredictError(f"count file {path}: malformed ({type(exc).__name__}: {exc})") from None
+
+
+def predict_from_count_file(platform: str, path: Path | str, **kw) -> dict:
+    """`twin predict --counts FILE --platform BOARD`: a catalog board whose ISA runs the counted code."""
+    if not Path(path).is_file():
+        raise PredictError(f"count file {path} not found")
+    try:
+        data = json.loads(Path(path).read_text(errors="replace"))
+    except json.JSONDecodeError:
+        data = None
+    counts = counts_from_count_file(path, data if data is not None else {})
+    plat = get_platform(platform)
+    code_isa = data.get("elf_isa") or data.get("isa")
+    ran = get_platform(counts.platform)
+    if plat.arch != ran.arch or not isa_runs_on(code_isa, plat.isa):
+        fits = [p.id for p in _catalog_boards() if p.arch == ran.arch and isa_runs_on(code_isa, p.isa)]
+        raise PredictError(f"{plat.id} ({plat.isa}) cannot run the counted code ({code_isa}, counted on "
+                           f"{ran.id}); boards that can: {', '.join(fits) or 'none'}")
+    r = predict_from_counts(plat, counts, **kw)
+    phases = data["phases"]
+    step = phases[-1] if len(phases) > 1 else None
+    r["notes"].append(f"counts from `twin count` of {data.get('elf')} on {ran.id} ({code_isa}): " +
+                      (f"a token = one entry of {step} (mean of {counts.tokens}), the prefill = every other "
+                       f"phase ({', '.join(p for p in phases if p != step)})" if step else
+                       "the whole run as one step (no --phase), no prefill"))
+    if plat.twin_mode.mode == "none":
+        r["notes"].append(f"{plat.id} has no emulator of its core: the counts are of code it runs, the "
+                          "cycles are the cross-core model's")
+    return r
+
+
+def _catalog_boards() -> list[Platform]:
+    from twin.platforms import all_platforms
+
+    return [p for p in all_platforms().values() if p.twin is not None]
+
+
+# ---------------------------------------------------------------------------------------------
 # The cycle model for one board
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -16,10 +16,18 @@
  *   region=NAME:0xSTART:0xEND an address range [START, END) for mem mode (repeatable, up to 8)
  *   edges=on|off              count TB-to-TB transitions (default off; one C callback per TB
  *                             execution, so several times slower than the inline counters)
+ *   entry=0xADDR              an *entry cut* (repeatable, up to 64): every execution of the
+ *                             instruction at ADDR (a function's first instruction) closes the
+ *                             current segment just before it (`twin count --phase SYMBOL`)
  *
  * Segments: segment 0 runs from the start to the first mark, segment k from mark k to mark k+1,
  * the last one from the last mark to exit.  A TB counter is incremented when the TB is entered,
  * so the TB that contains the mark instruction is counted in the segment that the mark closes.
+ * An entry cut is exact where ADDR begins its TB (a function entered by a call or jump always
+ * does): that execution of the TB is moved to the new segment, so the segment ends just before
+ * ADDR.  Where ADDR lies inside a TB (code falling through into it), the cut is at TB granularity
+ * as for mark= (the whole TB in the closing segment).  With edges=on, the edge into the entry's TB
+ * stays in the closing segment.
  * Memory accesses are counted when they happen.  An edge (previous TB -> current TB) is counted
  * when the current TB is entered, i.e. in the segment that counts the current TB; the first TB of
  * the run has no previous TB and no edge.
@@ -39,6 +47,11 @@
  *                                      destination TB id, transitions), nonzero only, in no
  *                                      particular order; the host derives taken / not-taken
  *                                      counts of each block's final branch from them
+ *   entry HEX                          one per entry cut (entry= given only), in argument order
+ *   cut K HEX X | cut K -              entry= given only: what closed segment K - the mark or entry
+ *                                      at HEX (X = 1: exactly before that instruction, 0: at TB
+ *                                      granularity, the TB holding HEX counted in segment K), or
+ *                                      "-" for the end of the run
  *   end T S                            trailer: T tb records, S segments (detects truncation)
  * The file is written to PATH.tmp and renamed to PATH, so a reader never sees a partial dump.
  *
@@ -57,7 +70,7 @@
 
 TWIN_EXPORT int qemu_plugin_version = TWIN_PLUGIN_API_VERSION;
 
-enum { CHUNK_RECORDS = 1024, MAX_REGIONS = 8, MAX_NAME = 32 };
+enum { CHUNK_RECORDS = 1024, MAX_REGIONS = 8, MAX_NAME = 32, MAX_ENTRIES = 64 };
 
 /* One translated block.  Records live in fixed-size chunks that never move, so the address
  * of `count` handed to QEMU for the inline add stays valid for the whole run. */
@@ -87,6 +100,23 @@ static bool mem_on;
 static struct region regions[MAX_REGIONS];
 static unsigned n_regions;
 static char target_name[MAX_NAME] = "?";
+static uint64_t entry_vaddrs[MAX_ENTRIES];
+static unsigned n_entries;
+
+/* Entry cuts: what closed each segment (entry= given only). */
+struct cut {
+    uint64_t vaddr;   /* UINT64_MAX: the end of the run */
+    bool exact;
+};
+static struct cut *cuts;
+static struct cut pending_cut = {UINT64_MAX, false};
+
+/* One registered entry-cut callback: its TB and the instruction's index in it. */
+struct entry_site {
+    uint32_t tb_id;
+    uint32_t index;
+    uint64_t vaddr;
+};
 
 /* TB records. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -249,6 +279,12 @@ static void snapshot(void)
         if (mem_on) {
             mem_segs = xrealloc(mem_segs, segs_cap * (MAX_REGIONS + 1) * 2 * sizeof *mem_segs);
         }
+        if (n_entries) {
+            cuts = xrealloc(cuts, segs_cap * sizeof *cuts);
+        }
+    }
+    if (n_entries) {
+        cuts[n_segs] = pending_cut;
     }
     if (n_segs == 0) {
         seg_start[0] = 0;
@@ -296,7 +332,30 @@ static void on_mark(unsigned int vcpu_index, void *userdata)
     (void)vcpu_index;
     (void)userdata;
     pthread_mutex_lock(&lock);
+    pending_cut.vaddr = mark_vaddr;
+    pending_cut.exact = false;
     snapshot();
+    pthread_mutex_unlock(&lock);
+}
+
+static void on_entry(unsigned int vcpu_index, void *userdata)
+{
+    (void)vcpu_index;
+    const struct entry_site *site = userdata;
+    pthread_mutex_lock(&lock);
+    struct tb_record *r = record_at(site->tb_id);
+    bool exact = site->index == 0 && r->count > r->last;
+    pending_cut.vaddr = site->vaddr;
+    pending_cut.exact = exact;
+    if (exact) {
+        /* This TB's inline add already counted the execution that is starting: it belongs to the
+         * segment that begins here.  One vCPU: nothing else touches the counter meanwhile. */
+        r->count -= 1;
+        snapshot();
+        r->count += 1;
+    } else {
+        snapshot();
+    }
     pthread_mutex_unlock(&lock);
 }
 
@@ -342,6 +401,25 @@ static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     r->insns = insns;
     uint32_t tb_id = n_tbs - 1;
     pthread_mutex_unlock(&lock);
+
+    for (size_t i = 0; i < n && n_entries; i++) {
+        for (unsigned e = 0; e < n_entries; e++) {
+            if (insns[i] != entry_vaddrs[e]) {
+                continue;
+            }
+            struct entry_site *site = malloc(sizeof *site);   /* lives as long as the TB may run */
+            if (!site) {
+                fprintf(stderr, "twin_plugin: out of memory\n");
+                abort();
+            }
+            site->tb_id = tb_id;
+            site->index = (uint32_t)i;
+            site->vaddr = insns[i];
+            qemu_plugin_register_vcpu_insn_exec_cb(qemu_plugin_tb_get_insn(tb, i), on_entry,
+                                                   QEMU_PLUGIN_CB_NO_REGS, site);
+            break;
+        }
+    }
 
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &r->count, 1);
     if (edges_on) {
@@ -398,6 +476,16 @@ static void write_dump(FILE *f)
             fputc('\n', f);
         }
     }
+    for (unsigned e = 0; e < n_entries; e++) {
+        fprintf(f, "entry %" PRIx64 "\n", entry_vaddrs[e]);
+    }
+    for (size_t k = 0; k < n_segs && n_entries; k++) {
+        if (cuts[k].vaddr == UINT64_MAX) {
+            fprintf(f, "cut %zu -\n", k);
+        } else {
+            fprintf(f, "cut %zu %" PRIx64 " %d\n", k, cuts[k].vaddr, cuts[k].exact ? 1 : 0);
+        }
+    }
     fprintf(f, "end %" PRIu32 " %zu\n", n_tbs, n_segs);
 }
 
@@ -406,6 +494,8 @@ static void on_exit_dump(qemu_plugin_id_t id, void *userdata)
     (void)id;
     (void)userdata;
     pthread_mutex_lock(&lock);
+    pending_cut.vaddr = UINT64_MAX;
+    pending_cut.exact = false;
     snapshot(); /* the segment after the last mark */
 
     size_t len = strlen(out_path) + 5;
@@ -497,6 +587,16 @@ static bool parse_arg(const char *arg)
             return false;
         }
         have_mark = true;
+    } else if (klen == 5 && strncmp(arg, "entry", 5) == 0) {
+        if (n_entries == MAX_ENTRIES) {
+            fprintf(stderr, "twin_plugin: at most %d entry cuts\n", MAX_ENTRIES);
+            return false;
+        }
+        if (!parse_u64(val, &entry_vaddrs[n_entries])) {
+            fprintf(stderr, "twin_plugin: bad entry address '%s'\n", val);
+            return false;
+        }
+        n_entries++;
     } else if (klen == 3 && strncmp(arg, "mem", 3) == 0) {
         if (strcmp(val, "on") == 0) {
             mem_on = true;

@@ -414,6 +414,7 @@ from twin.cli.predict import compare_cmd, predict_cmd  # noqa: E402
 for _command in (image_cmd, fit_cmd, bench, calibrate, predict_cmd, compare_cmd):
     main.add_command(_command)
 main.add_command(__import__("twin.cli.results", fromlist=["profile_cmd"]).profile_cmd)   # twin profile
+main.add_command(__import__("twin.cli.count", fromlist=["count_cmd"]).count_cmd)        # twin count
 main.add_command(__import__("twin.cli.ci", fromlist=["ci_cmd"]).ci_cmd)                  # twin ci
 
 if __name__ == "__main__":

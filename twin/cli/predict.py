@@ -63,16 +63,25 @@ def _common(f):
 @click.option("--mca", "with_mca", is_flag=True,
               help="Also the second prior: LLVM's scheduling model of the core per executed block "
                    "(llvm-mca; JSON key 'mca').")
+@click.option("--counts", "counts_file", type=click.Path(dir_okay=False), default=None,
+              help="A count file of your own firmware (twin count -o FILE) instead of the model's run: "
+                   "a token = one entry of its last --phase symbol.")
 def predict_cmd(platform: str, model: str, bits: str, tokens: int, prompt: str | None, as_json: bool,
                 clock_mhz: float | None, voltage_v: float | None, calibration: str | None,
-                with_mca: bool) -> None:
+                with_mca: bool, counts_file: str | None) -> None:
     """Predict time to first token, time per token, energy per token and memory fit on a board."""
-    from calibration.predict import predict
+    from calibration.predict import predict, predict_from_count_file
 
     try:
-        r = predict(platform, model=model, bits=int(bits), clock_mhz=clock_mhz, voltage_v=voltage_v,
-                    calibration=calibration, tokens=tokens, prompt=prompt, mca=with_mca,
-                    on_run=_progress(as_json))
+        if counts_file is not None:
+            if with_mca:
+                raise TwinCliError("--mca needs the model's run (its executed blocks); drop it with --counts")
+            r = predict_from_count_file(platform, counts_file, clock_mhz=clock_mhz, voltage_v=voltage_v,
+                                        calibration=calibration)
+        else:
+            r = predict(platform, model=model, bits=int(bits), clock_mhz=clock_mhz, voltage_v=voltage_v,
+                        calibration=calibration, tokens=tokens, prompt=prompt, mca=with_mca,
+                        on_run=_progress(as_json))
     except _errors() as exc:
         raise TwinCliError(str(exc)) from None
     if as_json:

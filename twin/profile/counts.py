@@ -31,6 +31,7 @@ PLUGIN_CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-std=gnu11", "-fPIC", "-share
                  "-fvisibility=hidden")
 MARK_SYMBOL = "twin_mark"
 MAX_REGIONS = 8
+MAX_ENTRIES = 64
 UNKNOWN_FUNCTION = "?"
 OUTSIDE_REGIONS = "?"
 DUMP_MAGIC = "TWINPROF 1"
@@ -112,6 +113,8 @@ def plugin_args(
     mem_regions: Mapping[str, tuple[int, int]] | None = None,
     plugin: Path | str | None = None,
     edges: bool = False,
+    entries: Iterable[int] = (),
+    mark: bool = True,
 ) -> list[str]:
     """``["-plugin", "<so>,out=...,mark=0x...[,mem=on,region=NAME:0xSTART:0xEND...][,edges=on]"]``.
 
@@ -120,12 +123,22 @@ def plugin_args(
     ``plugin`` defaults to :func:`build_plugin` ``()``.  Without a ``twin_mark`` symbol the
     whole run is one segment.  ``edges`` turns on the (costly) exact TB-to-TB edge counts, from
     which :func:`analyze` takes exact taken / not-taken branch counts instead of deriving them.
+    ``entries``: addresses of *entry cuts* (up to MAX_ENTRIES; the plugin's ``entry=``): every
+    execution of one of them closes the segment just before it, and the dump says which cut closed
+    each segment (``Dump.cuts``).  ``mark=False`` ignores the ELF's ``twin_mark`` (foreign firmware).
     """
     so = Path(plugin) if plugin is not None else build_plugin()
     opts = [_qemu_escape(str(so)), "out=" + _qemu_escape(str(out_path))]
-    mark = mark_address(elf)
-    if mark is not None:
-        opts.append(f"mark={mark:#x}")
+    mark_at = mark_address(elf) if mark else None
+    if mark_at is not None:
+        opts.append(f"mark={mark_at:#x}")
+    entries = list(entries)
+    if len(entries) > MAX_ENTRIES:
+        raise ValueError(f"at most {MAX_ENTRIES} entry cuts, got {len(entries)}")
+    for addr in entries:
+        if not 0 <= addr < 2**64:
+            raise ValueError(f"entry address {addr:#x} out of range")
+        opts.append(f"entry={addr:#x}")
     if mem_regions:
         if len(mem_regions) > MAX_REGIONS:
             raise ValueError(f"at most {MAX_REGIONS} memory regions, got {len(mem_regions)}")
@@ -158,6 +171,10 @@ class Dump:
     mem: np.ndarray | None = None  # (S, R+1, 2) int64: [segment, region or "?", loads/stores]
     # edges=on only: per segment (source TB ids, destination TB ids, transitions), int64
     edges: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] | None = None
+    # entry= only: the entry-cut addresses, and per segment what closed it: (address, exact) of the
+    # mark or entry, or None for the end of the run
+    entries: tuple[int, ...] = ()
+    cuts: tuple[tuple[int, bool] | None, ...] | None = None
 
     @property
     def n_tbs(self) -> int:
@@ -198,6 +215,8 @@ def parse_dump(path: Path | str) -> Dump:
     segments: list[tuple[np.ndarray, np.ndarray]] = []
     mem_rows: list[list[int]] = []
     edge_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    entries: list[int] = []
+    cut_rows: list[tuple[int, bool] | None] = []
     end: tuple[int, int] | None = None
 
     for lineno, line in enumerate(lines[1:], start=2):
@@ -235,6 +254,15 @@ def parse_dump(path: Path | str) -> Dump:
                 if idx != len(regions) or len(parts) != 5:
                     raise _err(p, lineno, "region record out of order")
                 regions.append((name, start, stop))
+            elif tag == "entry":
+                if len(parts) != 2:
+                    raise _err(p, lineno, "entry record of wrong length")
+                entries.append(int(parts[1], 16))
+            elif tag == "cut":
+                k = int(parts[1])
+                if k != len(cut_rows) or len(parts) != (3 if parts[2] == "-" else 4):
+                    raise _err(p, lineno, f"cut record {k} out of order or of wrong length")
+                cut_rows.append(None if parts[2] == "-" else (int(parts[2], 16), parts[3] == "1"))
             elif tag == "target":
                 target = parts[1]
             elif tag == "mark":
@@ -278,6 +306,9 @@ def parse_dump(path: Path | str) -> Dump:
                                    "or counts <= 0")
         edges = tuple(edge_rows)
 
+    if cut_rows and len(cut_rows) != len(segments):
+        raise ProfileError(f"truncated plugin dump {p}: {len(cut_rows)} cut rows for {len(segments)} segments")
+
     offsets = np.zeros(len(tb_lengths) + 1, dtype=np.int64)
     np.cumsum(tb_lengths, out=offsets[1:])
     return Dump(
@@ -290,6 +321,8 @@ def parse_dump(path: Path | str) -> Dump:
         regions=tuple(regions),
         mem=mem,
         edges=edges,
+        entries=tuple(entries),
+        cuts=tuple(cut_rows) if cut_rows else None,
     )
 
 
