@@ -276,8 +276,15 @@ int model_open(twin_model *m, const uint8_t *image, uint32_t partition_size, uin
 
 /* ----------------------------------------------------------------- forward */
 
-static void matmul(twin_model *m, float *out, const float *x, const tw_tensor *w) {
-    quantize_act(m->s.xq, m->s.xs, x, w->cols, w->group_size);
+/* out = W x with x quantized per group (quantize_act). `same_x`: x is the previous call's input,
+ * unchanged since, so its quantization is reused when the shape matches (q/k/v share one input,
+ * w1/w3 another). Quantizing the same vector twice gives the same bits: reuse is exact. */
+static void matmul(twin_model *m, float *out, const float *x, const tw_tensor *w, int same_x) {
+    if (!same_x || m->s.xq_cols != w->cols || m->s.xq_group != w->group_size) {
+        quantize_act(m->s.xq, m->s.xs, x, w->cols, w->group_size);
+        m->s.xq_cols = w->cols;
+        m->s.xq_group = w->group_size;
+    }
     switch (w->bits) { /* model_open admits only these widths */
     case 8: matvec_q8(out, m->s.xq, m->s.xs, w); break;
     case 4: matvec_q4(out, m->s.xq, m->s.xs, w); break;
@@ -305,19 +312,19 @@ const float *model_forward(twin_model *m, int token, int pos) {
 
         /* attention: norm, q/k/v projections, RoPE, cache, per-head attention, output */
         rmsnorm(s->xb, s->x, (const float *)w->attn_norm.data, dim, c->norm_eps);
-        matmul(m, s->q, s->xb, &w->wq);
+        matmul(m, s->q, s->xb, &w->wq, 0);
         if (!kv_int8) { /* float32 KV cache: k and v are computed in place */
             float *k = s->key_cache + slot * kv_dim, *v = s->value_cache + slot * kv_dim;
-            matmul(m, k, s->xb, &w->wk);
-            matmul(m, v, s->xb, &w->wv);
+            matmul(m, k, s->xb, &w->wk, 1);
+            matmul(m, v, s->xb, &w->wv, 1);
             rope_rotate(k, kv_dim, head_size, s->rope_cos, s->rope_sin);
         } else { /* int8 KV cache: k (after RoPE) and v in float32 in xb2, quantized per KV head
                   * with the activations' rule (quantize_act, one group per head) */
-            matmul(m, s->xb2, s->xb, &w->wk);
+            matmul(m, s->xb2, s->xb, &w->wk, 1);
             rope_rotate(s->xb2, kv_dim, head_size, s->rope_cos, s->rope_sin);
             quantize_act(s->key_q + slot * kv_dim, s->key_scale + slot * c->n_kv_heads, s->xb2, kv_dim,
                          (uint32_t)head_size);
-            matmul(m, s->xb2, s->xb, &w->wv);
+            matmul(m, s->xb2, s->xb, &w->wv, 1);
             quantize_act(s->value_q + slot * kv_dim, s->value_scale + slot * c->n_kv_heads, s->xb2, kv_dim,
                          (uint32_t)head_size);
         }
@@ -334,20 +341,20 @@ const float *model_forward(twin_model *m, int token, int pos) {
                                   s->value_q + slot0 * kv_dim + kv_off, s->value_scale + slot0 * c->n_kv_heads + kvh,
                                   kv_dim, c->n_kv_heads, (uint32_t)pos + 1, head_size, m->att_scale);
         }
-        matmul(m, s->xb2, s->xb, &w->wo);
+        matmul(m, s->xb2, s->xb, &w->wo, 0);
         vec_add(s->x, s->xb2, dim);
 
         /* feed-forward: norm, w1/w3, SwiGLU, w2 */
         rmsnorm(s->xb, s->x, (const float *)w->ffn_norm.data, dim, c->norm_eps);
-        matmul(m, s->hb, s->xb, &w->w1);
-        matmul(m, s->hb2, s->xb, &w->w3);
+        matmul(m, s->hb, s->xb, &w->w1, 0);
+        matmul(m, s->hb2, s->xb, &w->w3, 1);
         swiglu(s->hb, s->hb2, c->hidden_dim);
-        matmul(m, s->xb, s->hb, &w->w2);
+        matmul(m, s->xb, s->hb, &w->w2, 0);
         vec_add(s->x, s->xb, dim);
     }
 
     rmsnorm(s->x, s->x, (const float *)m->final_norm.data, dim, c->norm_eps);
-    matmul(m, s->logits, s->x, &m->classifier);
+    matmul(m, s->logits, s->x, &m->classifier, 0);
     return s->logits;
 }
 

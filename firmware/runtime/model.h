@@ -73,6 +73,7 @@ typedef struct {
     float *rope_cos, *rope_sin;         /* head_size / 2 each */
     int8_t *xq;                         /* quantized activations (padded length) */
     float *xs;                          /* their per-group scales */
+    uint32_t xq_cols, xq_group;         /* the shape xq was quantized for (0: none yet) */
     float *logits;                      /* vocab_size */
     float *probs;                       /* vocab_size, sampling */
     tw_probindex *probindex;            /* vocab_size, nucleus sampling */
