@@ -3,6 +3,7 @@ the numbers on the page are the frames'."""
 
 import base64
 import io
+import json
 from html.parser import HTMLParser
 
 import numpy as np
@@ -221,3 +222,59 @@ def test_comparison_highlights_exactly_what_changed(tmp_path):
     for _, src in page.images:
         check_png(src)
     assert "47 cells in both sets; 2 changed" in "".join(page.text)
+
+
+@pytest.mark.qemu
+def test_cli_recommend_report_compare_export_on_a_store(tmp_path, real_reports):
+    from click.testing import CliRunner
+
+    from twin.cli.main import main
+
+    store_mod = pytest.importorskip("twin.results.store")
+    reports, preds = real_reports
+    dbs = []
+    for name, bump in (("a", 0), ("b", 1000)):
+        db = tmp_path / f"{name}.sqlite"
+        with store_mod.ResultsStore(db) as st:
+            for i, (r, p) in enumerate(zip(reports, preds, strict=True)):
+                r = dict(r, instructions=dict(r["instructions"], total=r["instructions"]["total"] + bump * (i == 0)))
+                st.record(f"cell-{i}", {"platform": r["platform"], "bits": r["bits"]}, r, p, None, {"git_commit": name})
+        dbs.append(str(db))
+
+    def invoke(*args):
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+    r = invoke("recommend", "--model", "builtin", "--db", dbs[0], "--json", "--min-headroom", "50%")
+    assert r.exit_code == 0, r.output
+    js = json.loads(r.output)
+    with store_mod.ResultsStore(dbs[0]) as st:
+        want = A.recommend(st.runs(), st.predictions(), model="builtin", min_headroom=0.5)
+    assert [(x["board"], x["bits"]) for x in js["recommended"]] == list(
+        zip(want.recommended["board"], want.recommended["bits"].astype(int), strict=True))
+    assert all(x["reason"] for x in js["rejected"])
+    r = invoke("recommend", "--model", "builtin", "--db", dbs[0], "--max-ms-per-token", "1")
+    assert r.exit_code == 0 and "meets the constraints" in r.output and "ms/token > 1" in r.output
+    r = invoke("report", "--db", dbs[0], "--runs", "bits == 4", "-o", str(tmp_path / "rep"))
+    assert r.exit_code == 0, r.output
+    page = parse(tmp_path / "rep" / "index.html")
+    assert len(rows_of(page, "runs")) == 2
+    r = invoke("report", "--compare", *dbs, "-o", str(tmp_path / "cmp"))
+    assert r.exit_code == 0, r.output
+    page = parse(tmp_path / "cmp" / "compare.html")
+    changed = [x for x in rows_of(page, "cells") if x["_attrs"].get("class") == "changed"]
+    assert [x["cell_key"]["text"] for x in changed] == ["cell-0"]
+    assert changed[0]["instructions_total_delta"]["text"] == "+1,000"
+    for fmt in ("speedscope", "perfetto"):
+        r = invoke("export", "--format", fmt, "1", "--db", dbs[0], "-o", str(tmp_path / f"{fmt}.json"))
+        assert r.exit_code == 0, r.output
+        assert json.loads((tmp_path / f"{fmt}.json").read_text())
+    rep = tmp_path / "run.json"
+    rep.write_text(json.dumps(reports[0]))
+    r = invoke("export", "--format", "speedscope", str(rep), "-o", str(tmp_path / "s.json"))
+    assert r.exit_code == 0, r.output
+    for args, msg in ((("recommend", "--model", "nope", "--db", dbs[0]), "no run of model 'nope'"),
+                      (("report", "--db", str(tmp_path / "none.sqlite"), "-o", str(tmp_path / "x")), "no results store"),
+                      (("report", "--db", dbs[0], "--runs", "bits ==", "-o", str(tmp_path / "x")), "--runs"),
+                      (("export", "--format", "perfetto", "99", "--db", dbs[0], "-o", str(tmp_path / "y.json")), "no run '99'")):
+        r = CliRunner().invoke(main, list(args))
+        assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, r.output
