@@ -60,5 +60,5 @@ def test_one_public_api() -> None:
     assert set(twin.__all__) >= {"RunSpec", "run", "bench"}
     for name in ("fit_calibration", "calibrate_files", "predict", "load"):
         assert hasattr(calibration, name), name
-    from twin.runner import RunSpec, run    # the old path keeps working
+    from twin.runner import RunSpec, run  # the old path keeps working
     assert twin.run is run and twin.RunSpec is RunSpec

@@ -82,7 +82,7 @@ def test_energy_prior_and_dvfs():
     assert pm.watts(168e6, voltage_v=1.65) == pytest.approx(pm.watts(168e6) / 4)   # dynamic ~ V^2
     assert any("assumption" in n for n in pm.notes)
     with pytest.raises(EnergyModelError, match="run current per MHz not found"):
-        power_model(get_platform("nucleo-h743zi"))
+        power_model(get_platform("hifive1-revb"))
 
 
 # ------------------------------------------------------------------------------- synthetic truth

@@ -175,9 +175,19 @@ def _ci(work, **_):
     assert twin_json(*args)["passed"] is True
 
 
+def _count(work, **_):
+    from test_count import _build, _words      # the own-firmware test's tiny Arm program
+
+    elf = _build("arm", work)
+    load = _words(work, "count-n.bin", 5, 0)
+    out = twin_json("count", "--elf", str(elf), "--platform", "mps2-an386", "--phase", "work",
+                    "--load", f"0x20001000={load}", "--json")
+    assert out["instructions"]["total"] > 0
+
+
 CASES = {"platforms": _platforms, "build": _build, "image": _image, "fit": _fit, "quantize": _quantize,
          "run": _run, "demo": _demo, "bench": _bench, "calibrate": _calibrate, "predict": _predict,
-         "compare": _compare, "profile": _profile, "ci": _ci}
+         "compare": _compare, "profile": _profile, "ci": _ci, "count": _count}
 NEEDS = {"image": ("image",), "fit": ("image",), "bench": ("bench_csv",), "calibrate": ("calibration_file",),
          "predict": ("calibration_file",), "compare": ("calibration_file",)}
 
