@@ -417,6 +417,7 @@ main.add_command(__import__("twin.cli.results", fromlist=["profile_cmd"]).profil
 main.add_command(__import__("twin.cli.count", fromlist=["count_cmd"]).count_cmd)        # twin count
 main.add_command(__import__("twin.cli.ci", fromlist=["ci_cmd"]).ci_cmd)                  # twin ci
 for _c in ("recommend_cmd", "report_cmd", "export_cmd"): main.add_command(getattr(__import__("twin.cli.report", fromlist=[_c]), _c))  # noqa: E701  twin recommend/report/export
+for _c in ("hardware", "renode_script_cmd"): main.add_command(getattr(__import__("twin.cli.hardware", fromlist=[_c]), _c))  # noqa: E701  twin hardware scan / renode-script
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,461 @@
+"""The Renode backend (twin/device/renode.py) without Renode: the opcode pattern tables against every
+instruction of our own ELFs, the generated .repl / .resc parsed back against the platform files, and the
+backend's control flow against a fake pyrenode3 that records the monitor commands and plays the firmware."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from twin.device import renode
+from twin.device.protocol import (
+    PROTO_VERSION,
+    SEQ_NONE,
+    Boot,
+    Bye,
+    Exit,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Info,
+    Phase,
+    Result,
+    RunRequest,
+    encode_frame,
+)
+from twin.platforms import all_platforms, get_platform
+
+EMULATED = [p for p in all_platforms().values() if p.emulator is not None]
+
+
+# --------------------------------------------------------------------------- opcode patterns
+
+
+def _overlap(a: str, b: str) -> bool:
+    return len(a) == len(b) and all(x == "x" or y == "x" or x == y for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("arch", ["arm", "riscv"])
+def test_patterns_are_disjoint_named_and_within_renodes_limit(arch: str) -> None:
+    pats = renode.opcode_patterns(arch)
+    assert len(pats) <= 2048                                  # tlib's MAX_OPCODE_COUNTERS
+    assert len({p.name for p in pats}) == len(pats)
+    assert {p.cls for p in pats} <= set(renode.CLASSES)
+    for i, a in enumerate(pats):
+        assert len(a.bits) in ((32,) if arch == "arm" else (16, 32))
+        for b in pats[i + 1:]:
+            assert not _overlap(a.bits, b.bits), (a, b)     # first match = only match: Renode's order is moot
+    if arch == "arm":                                         # 16-bit Thumb: canonical form, 16 leading zeros
+        assert all((p.width == 2) == p.bits.startswith("0" * 16) for p in pats)
+
+
+def test_pattern_subtraction_is_exact() -> None:
+    a, b = "1xx0", "x10x"
+    rest = renode._minus(a + "x" * 12, b + "x" * 12)
+    for v in range(16):
+        bits = f"{v:04b}" + "0" * 12
+        in_a = all(x in ("x", y) for x, y in zip(a, bits[:4], strict=True))
+        in_b = all(x in ("x", y) for x, y in zip(b, bits[:4], strict=True))
+        hits = [r for r in rest if all(x in ("x", y) for x, y in zip(r, bits, strict=True))]
+        assert len(hits) == (1 if in_a and not in_b else 0)
+
+
+def _disassembly(elf: Path, arch: str):
+    from twin.profile import isa
+
+    out = subprocess.run(isa.objdump_command(elf, arch), capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        m = isa._LINE_RE.match(line)
+        if m and not m.group(3).startswith("."):      # data in code (literal pools) never executes
+            yield m.group(3), int("".join(m.group(2).split()), 16), isa.classify(m.group(3), arch)
+
+
+@pytest.mark.parametrize("platform", EMULATED, ids=lambda p: p.id)
+def test_every_instruction_of_our_elfs_counts_in_its_class_and_no_other(platform) -> None:
+    from twin.device.build import BuildError, build_firmware
+    from twin.profile import isa
+
+    if shutil.which(isa.OBJDUMP[platform.arch]) is None:
+        pytest.skip(f"{isa.OBJDUMP[platform.arch]} not installed (scripts/setup)")
+    try:
+        fw = build_firmware(platform)
+    except BuildError as exc:
+        pytest.skip(str(exc).splitlines()[0])
+    wrong, seen = [], set()
+    for mnemonic, opcode, cls in _disassembly(fw.elf, platform.arch):
+        hits = [p for p in renode.opcode_patterns(platform.arch) if p.matches(opcode)]
+        seen.add(cls)
+        if [p.cls for p in hits] != [cls]:
+            wrong.append(f"{mnemonic} {opcode:#x}: isa says {cls}, patterns {[p.name for p in hits]}")
+    assert not wrong, "\n".join(wrong[:20])
+    assert {"alu", "load", "store", "branch", "mul"} <= seen
+
+
+def test_known_encodings() -> None:
+    arm = {0x4770: "branch", 0xBF00: "other", 0xD101: "branch", 0xFB20_1004: "simd", 0xFBB0_F0F2: "div",
+           0xEE30_0A01: "fp", 0xED10_6A01: "load", 0xE92D_41F0: "store", 0xF3BF_8F4F: "other",
+           0xFB00_F002: "mul", 0xFA2F_F081: "simd", 0xB2C0: "alu"}
+    rv = {0x8082: "branch", 0x9002: "other", 0x02550F33: "mul", 0x0262F533: "div", 0x00008067: "branch",
+          0x00062583: "load", 0x00112623: "store", 0x34102573: "other", 0x4281: "alu"}
+    for arch, table in (("arm", arm), ("riscv", rv)):
+        for op, cls in table.items():
+            p = renode.classify_opcode(op, arch)
+            assert p is not None and p.cls == cls, (arch, hex(op), p)
+    assert renode.classify_opcode(0xD101, "arm").cond and not renode.classify_opcode(0xE000, "arm").cond
+
+
+# --------------------------------------------------------------------------- .repl and .resc
+
+
+def parse_repl(text: str) -> dict[str, dict]:
+    """name -> {"type", "at", key: value ...} for a Renode platform description."""
+    out: dict[str, dict] = {}
+    cur = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("//"):
+            continue
+        m = re.match(r"^(\w+):\s*([\w.]+)\s*@\s*(\S+)(?:\s+(\S+))?\s*$", line)
+        if m:
+            cur = out[m[1]] = {"type": m[2], "at": m[3], "address": int(m[4], 0) if m[4] else None}
+            continue
+        m = re.match(r"^\s+(\S+)\s*->\s*(\S+)$", line)           # an interrupt connection
+        if m and cur is not None:
+            cur.setdefault("irq", []).append((m[1], m[2]))
+            continue
+        m = re.match(r"^\s+(\w+):\s*(.+)$", line)
+        assert m and cur is not None, f"unparsed line {line!r}"
+        value = m[2].strip()
+        cur[m[1]] = int(value, 0) if re.fullmatch(r"0x[0-9a-fA-F]+|\d+", value) else value.strip('"')
+    return out
+
+
+@pytest.mark.parametrize("pid", ["mps2-an386", "mps2-an500", "mps2-an505", "riscv32-virt", "rtl-ibex"])
+def test_generated_repl_has_the_platform_files_memory_map_and_uart(pid: str) -> None:
+    p = get_platform(pid)
+    repl = parse_repl(renode.generate_repl(p))
+    for name, region in (("code", p.flash), ("model", p.model), ("ram", p.ram)):
+        assert repl[name]["type"] == "Memory.MappedMemory"
+        assert (repl[name]["address"], repl[name]["size"]) == (region.origin, region.size)
+    assert repl["uart"]["address"] == p.defines["UART_BASE"]
+    if p.arch == "arm":
+        assert repl["uart"]["type"] == "UART.CMSDK_APB_UART"
+        assert repl["cpu"]["type"] == "CPU.CortexM" and repl["cpu"]["cpuType"] == p.core
+        assert repl["nvic"]["address"] == 0xE000E000
+    else:
+        assert repl["uart"]["type"] == "UART.NS16550"
+        assert repl["cpu"]["type"] == "CPU.RiscV32" and repl["cpu"]["cpuType"] == p.isa
+    ends = sorted((r["address"], r["address"] + r["size"]) for n, r in repl.items() if n in ("code", "model", "ram"))
+    assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False))   # no window over another
+
+
+def test_repl_refused_without_firmware() -> None:
+    no_build = next(p for p in all_platforms().values() if not p.has_firmware and p.id not in renode.SHIPPED)
+    with pytest.raises(renode.RenodeError, match="no firmware build"):
+        renode.generate_repl(no_build)
+
+
+def parse_resc(text: str) -> list[str]:
+    """The commands of a .resc: comments and :header: lines dropped, a \"\"\"-string joined into its command."""
+    cmds, buf = [], None
+    for line in text.splitlines():
+        if buf is not None:
+            buf.append(line)
+            if line.endswith('"""'):
+                cmds.append("\n".join(buf))
+                buf = None
+            continue
+        if not line.strip() or line.startswith(("#", ":")):
+            continue
+        if line.count('"""') == 1:
+            buf = [line]
+            continue
+        cmds.append(line)
+    assert buf is None
+    return cmds
+
+
+def _fake_elf(tmp_path: Path, arch: str, mark: int) -> Path:
+    """A minimal ELF with a twin_mark symbol (what mark_address reads)."""
+    import struct
+
+    machine, arm = (40, True) if arch == "arm" else (243, False)
+    strtab = b"\0twin_mark\0"
+    shstr = b"\0.symtab\0.strtab\0.shstrtab\0"
+    sym = struct.pack("<IIIBBH", 1, mark | (1 if arm else 0), 4, 0x12, 0, 1)
+    syms = b"\0" * 16 + sym
+    off_sym = 52
+    off_str = off_sym + len(syms)
+    off_shs = off_str + len(strtab)
+    off_sh = (off_shs + len(shstr) + 3) & ~3
+    body = syms + strtab + shstr
+    body += b"\0" * (off_sh - 52 - len(body))
+    sh = [b"\0" * 40,
+          struct.pack("<10I", 1, 2, 0, 0, off_sym, len(syms), 2, 1, 4, 16),
+          struct.pack("<10I", 9, 3, 0, 0, off_str, len(strtab), 0, 0, 1, 0),
+          struct.pack("<10I", 17, 3, 0, 0, off_shs, len(shstr), 0, 0, 1, 0)]
+    ident = b"\x7fELF\x01\x01\x01" + b"\0" * 9
+    hdr = ident + struct.pack("<HHIIIIIHHHHHH", 2, machine, 1, 0, 0, off_sh, 0, 52, 0, 0, 40, 4, 3)
+    path = tmp_path / f"fw-{arch}.elf"
+    path.write_bytes(hdr + body + b"".join(sh))
+    return path
+
+
+@pytest.mark.parametrize("pid", ["mps2-an386", "stm32f4-disco", "riscv32-virt"])
+def test_resc_loads_elf_image_console_counters_and_hook(tmp_path: Path, pid: str) -> None:
+    p = get_platform(pid)
+    elf = _fake_elf(tmp_path, p.arch, p.flash.origin + 0x1234)
+    image = tmp_path / "model.twlm"
+    image.write_bytes(b"x")
+    cmds = parse_resc(renode.renode_script(p, elf, image, port=4444, counts="c.txt"))
+    assert cmds[0] == "using sysbus" and cmds[1] == f'mach create "{pid}"' and cmds[-1] == "start"
+    load = cmds[2]
+    if pid in renode.SHIPPED:
+        assert load == f"machine LoadPlatformDescription @{renode.SHIPPED[pid][0]}"
+        uart = renode.SHIPPED[pid][1]
+    else:
+        assert load.startswith("machine LoadPlatformDescriptionFromString")
+        repl = parse_repl(load.split('"""')[1])
+        assert (repl["model"]["address"], repl["model"]["size"]) == (p.model.origin, p.model.size)
+        uart = "sysbus.uart"
+    assert f"sysbus LoadELF @{elf}" in cmds
+    assert f"sysbus LoadBinary @{image} {p.model.origin:#x}" in cmds
+    assert 'emulation CreateServerSocketTerminal 4444 "twin-console" false' in cmds
+    assert f"connector Connect {uart} twin-console" in cmds
+    installed = [re.match(r'sysbus\.cpu InstallOpcodeCounterPattern "(.+)" "([01x]+)"$', c) for c in cmds]
+    installed = [(m[1], m[2]) for m in installed if m]
+    assert installed == [(q.name, q.bits) for q in renode.opcode_patterns(p.arch)]
+    assert cmds.index("sysbus.cpu EnableOpcodesCounting true") < cmds.index(
+        next(c for c in cmds if "InstallOpcodeCounterPattern" in c))
+    hook = next(c for c in cmds if "AddHook" in c)
+    assert hook.startswith(f"sysbus.cpu AddHook {p.flash.origin + 0x1234:#x} ")
+    assert "c.txt" in hook and "GetOpcodeCounter" in hook
+
+
+def test_renode_script_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from twin.cli.main import main
+
+    out = tmp_path / "an386.resc"
+    r = CliRunner().invoke(main, ["renode-script", "--platform", "mps2-an386", "-o", str(out), "--port", "5555"])
+    if r.exit_code != 0 and "not found" in r.output:
+        pytest.skip(r.output.strip())
+    assert r.exit_code == 0, r.output
+    cmds = parse_resc(out.read_text())
+    assert 'emulation CreateServerSocketTerminal 5555 "twin-console" false' in cmds
+    assert any(c.startswith("sysbus LoadBinary @") and c.endswith(f"{get_platform('mps2-an386').model.origin:#x}")
+               for c in cmds)
+
+
+# --------------------------------------------------------------------------- the backend against a fake pyrenode3
+
+
+INFO = Info(PROTO_VERSION, 0, 25_000_000, 0x1234, 4096, 0, "mps2-an386", "cortex-m4f", "fake-build", "tiny")
+
+
+class FakeRenode:
+    """Records monitor commands; plays Renode's terminal and a firmware that marks its phases."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        self.counts_path: Path | None = None
+        self.names: list[str] = []
+        self.totals: list[int] = []           # cumulative count in the first pattern ("alu.0")
+        self.server: socket.socket | None = None
+        self.firmware: threading.Thread | None = None
+        self.silent = False
+
+    def snapshot(self) -> None:
+        """What the twin_mark hook writes: ExecutedInstructions, then every counter."""
+        n = len(self.totals) + 1
+        total = (self.totals[-1] if self.totals else 0) + 10 * n
+        self.totals.append(total)
+        values = self.values(total, n)
+        with open(self.counts_path, "a") as f:
+            f.write(" ".join(map(str, values)) + "\n")
+
+    def monitor_class(self):
+        fake = self
+
+        class Monitor:
+            def execute(self, command: str):
+                fake.commands.append(command)
+                return fake.handle(command)
+        return Monitor
+
+    def handle(self, cmd: str):
+        if cmd.startswith("emulation CreateServerSocketTerminal"):
+            port = int(cmd.split()[2])
+            self.server = socket.socket()
+            self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.server.bind(("127.0.0.1", port))
+            self.server.listen(1)
+        elif "InstallOpcodeCounterPattern" in cmd:
+            self.names.append(cmd.split('"')[1])
+        elif "AddHook" in cmd:
+            self.counts_path = Path(re.search(r"open\(r'([^']+)'", cmd)[1])
+        elif cmd == "start":
+            self.firmware = threading.Thread(target=self.play, daemon=True)
+            self.firmware.start()
+        elif cmd.endswith("ExecutedInstructions"):
+            return f"{self.final()[0]:#x}\n", ""
+        elif "GetOpcodeCounter" in cmd:
+            name = cmd.split('"')[1]
+            return f"{self.final()[1 + self.names.index(name)]}\n", ""
+        elif cmd.startswith("bogus"):
+            return "", "There is no such command"
+        return "", ""
+
+    def values(self, first: int, n: int) -> list[int]:
+        """ExecutedInstructions and the counters after n marks: the first pattern at ``first``, the last at
+        n, the others 0, and two executed instructions per segment that no pattern matched."""
+        return [first + n + 2 * n, first] + [0] * (len(self.names) - 2) + [n]
+
+    def final(self) -> list[int]:
+        return self.values(self.totals[-1] + 7, len(self.totals) + 1)
+
+    def play(self) -> None:
+        conn, _ = self.server.accept()
+        dec = FrameDecoder()
+
+        def send(msg, seq):
+            conn.sendall(b"\x00" + encode_frame(msg.TYPE, seq, msg.pack()))
+
+        def frames():
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                yield from (f for f in dec.feed(data) if isinstance(f, Frame))
+
+        self.snapshot()                      # boot | validate
+        self.snapshot()
+        send(Boot(PROTO_VERSION), SEQ_NONE)
+        if self.silent:
+            time.sleep(5)
+            conn.close()
+            return
+        for req in frames():
+            if req.type == Hello.TYPE:
+                send(Phase(0, 0, 0, 0, 64), req.seq)
+                send(INFO, req.seq)
+            elif req.type == RunRequest.TYPE:
+                run = RunRequest.unpack(req.body)
+                self.snapshot()
+                self.snapshot()
+                send(Phase(1, 0, 0, 0, 100), req.seq)
+                for i in range(run.n_tokens):
+                    self.snapshot()
+                    self.snapshot()
+                    send(Phase(2, i, 40 + i, 0, 100), req.seq)
+                send(Result(0, run.n_tokens + 1, run.n_tokens, 0, 100), req.seq)
+            elif req.type == Exit.TYPE:
+                send(Bye(), req.seq)
+                break
+        conn.close()
+
+
+@pytest.fixture
+def fake_renode(monkeypatch):
+    fake = FakeRenode()
+    pkg = types.ModuleType("pyrenode3")
+    wrappers = types.ModuleType("pyrenode3.wrappers")
+    wrappers.Monitor = fake.monitor_class()
+    pkg.wrappers = wrappers
+    monkeypatch.setitem(sys.modules, "pyrenode3", pkg)
+    monkeypatch.setitem(sys.modules, "pyrenode3.wrappers", wrappers)
+    yield fake
+    if fake.server is not None:
+        fake.server.close()
+
+
+def test_backend_runs_the_protocol_and_cuts_counts_at_the_marks(tmp_path: Path, fake_renode: FakeRenode) -> None:
+    from twin.profile.counts import SegmentProfile, sum_profiles
+    from twin.runner import backend_session
+
+    p = get_platform("mps2-an386")
+    elf = _fake_elf(tmp_path, "arm", 0x2000)
+    image = tmp_path / "m.twlm"
+    image.write_bytes(b"model")
+    backend = renode.RenodeProcess(p, elf, image, timeout=20)
+    with backend_session(backend, reply_timeout=5) as s:
+        assert s.info.board == "mps2-an386" and len(s.boot_phases) == 1
+        phases, result = s.device.run([1, 2, 3], 2)
+        assert [ph.token for ph in phases[1:]] == [40, 41] and result.n_tokens == 2
+    cmds = fake_renode.commands
+    order = [next(i for i, c in enumerate(cmds) if c.startswith(k)) for k in
+             ("mach create", "machine LoadPlatformDescription @", "sysbus LoadELF", "sysbus LoadBinary",
+              "emulation CreateServerSocketTerminal", "connector Connect sysbus.uart", "sysbus.cpu EnableOpcodesCounting",
+              "sysbus.cpu AddHook 0x2000", "start", "pause", "emulation Clear")]
+    assert order == sorted(order)
+    assert f"sysbus LoadBinary @{image} {p.model.origin:#x}" in cmds
+    assert fake_renode.names == [q.name for q in renode.opcode_patterns("arm")]
+    segs = backend.segments()
+    n_marks = 2 + 2 * 3                         # validate, prefill, 2 tokens: two marks each
+    assert len(segs) == n_marks + 1 == 2 * (1 + 1 + 2) + 1   # boot | phase | io | ... | io, as QEMU's
+    first, last = renode.opcode_patterns("arm")[0], renode.opcode_patterns("arm")[-1]
+    for k, seg in enumerate(segs):
+        expect = dict.fromkeys(renode.CLASSES, 0)
+        expect[first.cls] += 7 if k == len(segs) - 1 else 10 * (k + 1)
+        expect[last.cls] += 1
+        expect["other"] += 2                                      # undecoded: counted as other
+        assert seg.by_class == expect
+        assert seg.undecoded == 2 and seg.total == sum(seg.by_class.values())
+        assert seg.fetch_bytes == (expect[first.cls] - (1 if last.cls == first.cls else 0)) * first.width + last.width
+        assert seg.by_function == {} and seg.mem is None and "by_function" in seg.unavailable
+    prof = [seg.as_profile(SegmentProfile) for seg in segs]
+    assert sum_profiles(prof).total == sum(seg.total for seg in segs)
+    assert backend.proc.poll() == 0 and not backend.alive()
+
+
+def test_backend_silent_firmware_is_a_timeout_not_a_hang(tmp_path: Path, fake_renode: FakeRenode) -> None:
+    from twin.device.qemu import EmulatorError
+    from twin.runner import backend_session
+
+    fake_renode.silent = True
+    backend = renode.RenodeProcess(get_platform("mps2-an386"), _fake_elf(tmp_path, "arm", 0x2000), None, timeout=10)
+    started = time.monotonic()
+    with pytest.raises(EmulatorError, match="hung|no reply|did not"):
+        with backend_session(backend, reply_timeout=0.5):
+            pass
+    assert time.monotonic() - started < 8
+    assert backend.proc.poll() is not None and "emulation Clear" in fake_renode.commands
+
+
+def test_a_refused_command_names_it(tmp_path: Path, fake_renode: FakeRenode) -> None:
+    backend = renode.RenodeProcess(get_platform("riscv32-virt"), _fake_elf(tmp_path, "riscv", 0x80000100))
+    backend._monitor = fake_renode.monitor_class()()
+    with pytest.raises(renode.RenodeError, match="Renode refused `bogus`: There is no such command"):
+        backend.execute("bogus")
+
+
+def test_missing_pyrenode3_is_one_line_saying_how_to_get_it(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "pyrenode3", None)
+    monkeypatch.setitem(sys.modules, "pyrenode3.wrappers", None)
+    with pytest.raises(renode.RenodeError) as exc:
+        renode.RenodeProcess(get_platform("mps2-an386"), tmp_path / "x.elf").start()
+    msg = str(exc.value)
+    assert "\n" not in msg and "pyrenode3" in msg and "PYRENODE_PKG" in msg and "[renode]" in msg
+
+
+def test_real_pyrenode3() -> None:
+    reason = renode.available()
+    if reason is not None:
+        pytest.skip(f"Renode not installed here: {reason}")
+    from twin.device.build import build_firmware
+    from twin.runner import backend_session
+
+    p = get_platform("mps2-an386")
+    backend = renode.RenodeProcess(p, build_firmware(p).elf, None, timeout=120)
+    with backend_session(backend, reply_timeout=60) as s:
+        assert s.info.board == p.id
+    assert len(backend.segments()) == 2 * len(s.boot_phases) + 1
