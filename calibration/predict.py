@@ -87,7 +87,8 @@ STATS = {"runs": 0, "cache_hits": 0}
 def _run_spec(platform: str, model: str, bits: int, tokens: int, prompt: str | None, kernels: str | None = None):
     from twin.runner import DEFAULT_PROMPT, RunSpec
 
-    return RunSpec(platform=platform, model=model, bits=bits, tokens=tokens, prompt=prompt or DEFAULT_PROMPT,
+    prompt = DEFAULT_PROMPT if prompt is None else prompt      # "" is a prompt too: BOS alone
+    return RunSpec(platform=platform, model=model, bits=bits, tokens=tokens, prompt=prompt,
                    kernels=kernels, mem_traffic=True, board=False)   # counts: the twin alone
 
 

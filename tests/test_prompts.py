@@ -102,3 +102,12 @@ def test_prompt_tokens_rules():
         prompt_tokens("", NoBos(), 512)
     with pytest.raises(RunError, match="not this model's tokenizer"):
         prompt_tokens("abc", NoBos(), 4)
+
+
+@pytest.mark.qemu
+def test_predict_takes_the_empty_prompt_as_bos_alone():
+    from calibration.predict import predict
+
+    empty = predict("stm32f4-disco", prompt="", tokens=2)
+    default = predict("stm32f4-disco", tokens=2)
+    assert empty["ttft_seconds"]["value"] < default["ttft_seconds"]["value"]
