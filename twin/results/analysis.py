@@ -269,10 +269,13 @@ def kv_growth(token_counts: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def token_table(runs: pd.DataFrame, token_counts: pd.DataFrame) -> pd.DataFrame:
-    """Per decoded token: its run's columns, ``position`` and ``context`` = prompt tokens + position (the
-    number of positions in the KV cache the token attends over, less one)."""
-    t = token_counts.merge(runs, on="run_id", how="inner")
+def token_table(runs: pd.DataFrame, token_counts: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per decoded token: its run's columns (``columns`` of them, default all), ``position`` and ``context``
+    = prompt tokens + position (the number of positions in the KV cache the token attends over, less one)."""
+    if columns is not None:
+        runs = runs[list(dict.fromkeys(["run_id", "prompt_tokens", *columns]))]
+    tc = token_counts[["run_id", "position", "instructions"]]
+    t = tc.merge(runs, on="run_id", how="inner")
     t["context"] = t["prompt_tokens"].astype(int) + t["position"].astype(int)
     return t
 
@@ -426,7 +429,7 @@ def scaling_laws(frames: Frames, params: Mapping[str, float] | None = None) -> l
                     "decode_vs_params")
     laws += _laws_by(cell, ("platform", "kv_cache"), "decode_instructions_mean", ("params", "bits"), "power",
                      "decode_vs_params_bits")
-    tt = token_table(runs, frames.token_counts)
+    tt = token_table(runs, frames.token_counts, ["platform", "model", "bits", "kv_cache"])
     tt = tt.drop_duplicates(["platform", "model", "bits", "kv_cache", "context"])
     laws += _laws_by(tt, ("platform", "model", "bits", "kv_cache"), "instructions", ("context",), "linear",
                      "token_vs_context")

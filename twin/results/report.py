@@ -266,7 +266,7 @@ def chart_context(runs: pd.DataFrame, token_counts: pd.DataFrame, max_lines: int
     from matplotlib.collections import LineCollection
 
     ok = runs[runs["status"] == "ok"]
-    t = A.token_table(ok, token_counts)
+    t = A.token_table(ok, token_counts, ["platform", "model", "bits", "kv_cache"])
     if t.empty:
         return None
     t = t.assign(series=_keys_label(t, True))
