@@ -612,9 +612,9 @@ def recommend(runs: pd.DataFrame, predictions: pd.DataFrame, *, model: str, max_
     reasons: list[list[str]] = [[] for _ in range(len(t))]
     for i, r in t.iterrows():
         why = reasons[i]
-        if not r["matches_reference"]:
+        if not _true(r["matches_reference"]):
             why.append("tokens differ from the host reference")
-        if not r["fits"]:
+        if not _true(r["fits"]):
             short = [f"{what} short by {_bytes(need - have)}" for what, need, have in
                      (("flash", r["flash_needed"], r["flash_available"]), ("RAM", r["ram_needed"], r["ram_available"]))
                      if need > have]
@@ -647,6 +647,11 @@ def recommend(runs: pd.DataFrame, predictions: pd.DataFrame, *, model: str, max_
     rej["reason"] = ["; ".join(reasons[i]) for i in np.flatnonzero(~front)]
     rej = pd.concat([rej, pd.DataFrame(rejected)], ignore_index=True) if rejected else rej
     return Recommendation(rec.reset_index(drop=True), rej.reset_index(drop=True), constraints)
+
+
+def _true(v) -> bool:
+    """A stored flag: NULL (pd.NA, None, NaN) is not true."""
+    return False if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else bool(v)
 
 
 def _fmt_mj(v: float) -> str:
