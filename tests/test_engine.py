@@ -253,3 +253,20 @@ def test_ten_concurrent_sessions_from_an_empty_cache_do_not_interfere(tmp_path: 
         assert len(r["prompt_tokens"]) == n
         assert (got["total"], got["decode"]) == (r["instructions"]["total"], r["instructions"]["by_phase"]["decode"])
         assert got["functions"] == [(f["name"], f["instructions"]) for f in r["functions"]]
+
+
+def test_a_worker_process_that_dies_fails_its_cell_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = engine.run_spec
+
+    def deadly(cell):          # the forked workers inherit this: the cell with seed 666 kills its worker
+        if cell.seed == 666:
+            os._exit(9)
+        return real(cell)
+
+    monkeypatch.setattr(engine, "run_spec", deadly)
+    good = [Cell("mps2-an386", tokens=TOKENS, seed=s) for s in (1, 2, 3)]
+    killer = Cell("mps2-an386", tokens=TOKENS, seed=666)
+    summary = run_matrix([good[0], killer, *good[1:]], tmp_path / "r.sqlite", workers=2)
+    assert (summary["ok"], summary["failed"]) == (3, 1)
+    assert summary["failures"] == [{"cell_key": killer.key, "error": summary["failures"][0]["error"]}]
+    assert "worker process died" in summary["failures"][0]["error"]
