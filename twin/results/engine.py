@@ -430,9 +430,9 @@ def _dask_results(cells: list[Cell], scheduler) -> Iterator[dict]:
         return
     own = not isinstance(scheduler, Client)
     try:
-        client = Client(scheduler, timeout=30) if own else scheduler
-    except OSError as exc:
-        raise EngineError(f"Dask scheduler {scheduler}: {exc}") from None
+        client = Client(scheduler, timeout=10) if own else scheduler
+    except (OSError, ValueError, TypeError) as exc:     # unreachable, or not an address (tcp://HOST:PORT)
+        raise EngineError(f"Dask scheduler {scheduler}: {one_line(exc)}") from None
     try:
         futures = {}
         for c in cells:
