@@ -61,6 +61,22 @@ class RtlBoard:
     note: str = ""
 
 
+FLASH_RUNNERS = ("pyocd", "openocd", "probe-rs")   # twin/device/board.py builds their command lines
+
+
+@dataclass(frozen=True)
+class FlashSpec:
+    """How a real board is flashed (``flash:``): ``runners`` in order of preference (the first one the
+    machine has is used; pyOCD is the Python default), ``target`` the part name they take (pyOCD
+    target, probe-rs chip), and per-runner overrides (``targets: {openocd: board/stm32f4discovery.cfg}``)."""
+    runners: tuple[str, ...]
+    target: str
+    targets: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def target_for(self, runner: str) -> str:
+        return self.targets.get(runner, self.target)
+
+
 @dataclass(frozen=True)
 class Clocks:
     max_hz: int
@@ -180,6 +196,7 @@ class Platform:
     twin: TwinMapping | None = None
     kernels: str = "ref"           # kernel set of the build: firmware/kernels/<kernels>/ over ref
     rtl: RtlBoard | None = None    # the board is an RTL simulation (`twin bench --port rtl`)
+    flash_with: FlashSpec | None = None   # `flash:`: how a real board is flashed (twin/device/board.py)
 
     @property
     def has_firmware(self) -> bool:
@@ -425,6 +442,33 @@ def _twin(data: dict, where: str, has_emulator: bool, pid: str) -> TwinMapping |
     return TwinMapping(mode, proxy, confidence, str(t.get("note", "")))
 
 
+def _flash_spec(data: dict, where: str, builds: bool) -> FlashSpec | None:
+    f = _optional(data, "flash", dict, where)
+    if f is None:
+        return None
+    fw = f"{where}: flash"
+    if not builds:
+        raise PlatformError(f"{fw}: a board without 'board:' has no firmware to flash")
+    unknown = sorted(set(f) - {"runner", "target", "targets"})
+    if unknown:
+        raise PlatformError(f"{fw}: unknown field '{unknown[0]}' (fields: runner, target, targets)")
+    runner = f.get("runner", "pyocd")
+    runners = (runner,) if isinstance(runner, str) else runner
+    if (not isinstance(runners, (list, tuple)) or not runners
+            or any(not isinstance(r, str) or r not in FLASH_RUNNERS for r in runners)):
+        raise PlatformError(f"{fw}: field 'runner' must be one of {', '.join(FLASH_RUNNERS)} or a list of them, "
+                            f"got {runner!r}")
+    target = _need(f, "target", str, fw)
+    if not target.strip():
+        raise PlatformError(f"{fw}: field 'target' must name the part (e.g. stm32f407vg)")
+    targets = f.get("targets", {}) or {}
+    if not isinstance(targets, dict) or any(k not in FLASH_RUNNERS or not isinstance(v, str) or not v.strip()
+                                            for k, v in targets.items()):
+        raise PlatformError(f"{fw}: field 'targets' must map runners ({', '.join(FLASH_RUNNERS)}) to their "
+                            f"target names, got {targets!r}")
+    return FlashSpec(tuple(runners), target, dict(targets))
+
+
 RTL_CORES = ("ibex", "cv32e40p")   # rtl/cores/<core>.sv; their build recipes: twin/device/rtl.py
 
 
@@ -558,6 +602,7 @@ def parse_platform(data: object, source: Path) -> Platform:
         twin=_twin(data, where, emulator is not None, pid),
         kernels=_kernels(data, where, arch, dsp, board),
         rtl=_rtl(data, where, arch, counter, emulator is not None),
+        flash_with=_flash_spec(data, where, builds),
     )
 
 
