@@ -249,3 +249,43 @@ def test_run_on_board_refuses_a_board_of_another_platform() -> None:
     board = parse_hardware_map({"boards": [{"id": "pico", "platform": "rpi-pico", "serial": "/dev/x"}]}).boards[0]
     with pytest.raises(BoardError, match="board pico is a rpi-pico in the hardware map, not stm32f4-disco"):
         run_on_board(board, F4, Path("fw.elf"), "abc", None, [1], 1)
+
+
+# --------------------------------------------------------------------------- --device on the CLI
+
+
+def _map(tmp_path: Path, monkeypatch, port: str) -> None:
+    path = tmp_path / "hardware.yaml"
+    path.write_text(yaml.safe_dump({"boards": [{"id": "f407", "platform": "stm32f4-disco", "serial": port}]}))
+    monkeypatch.setenv("TWIN_HARDWARE_MAP", str(path))
+
+
+def test_bench_device_unplugged_is_one_clear_line(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from twin.cli.main import main
+
+    _map(tmp_path, monkeypatch, str(tmp_path / "ttyACM5"))
+    r = CliRunner().invoke(main, ["bench", "--device", "f407", "--platform", "stm32f4-disco", "--model", "none",
+                                  "--workloads", "none", "-o", str(tmp_path / "b.csv")])
+    if "not found: install" in r.output:
+        pytest.skip(r.output.strip())
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "f407: its serial port" in r.output and "does not exist" in r.output
+    r = CliRunner().invoke(main, ["bench", "--device", "nope", "--platform", "stm32f4-disco"])
+    assert r.exit_code == 1 and "no board 'nope'; boards: f407" in r.output
+    r = CliRunner().invoke(main, ["bench", "--platform", "stm32f4-disco"])
+    assert r.exit_code == 1 and "--port PORT (or --emulate), or --device ID" in r.output
+    r = CliRunner().invoke(main, ["bench", "--device", "f407", "--platform", "mps2-an386"])
+    assert r.exit_code == 1 and "board f407 is a stm32f4-disco in the hardware map, not mps2-an386" in r.output
+
+
+def test_run_device_with_no_map_says_how_to_make_one(tmp_path: Path, monkeypatch) -> None:
+    from twin.cli.hardware import run_on_device
+    from twin.cli.main import TwinCliError
+
+    monkeypatch.delenv("TWIN_HARDWARE_MAP", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(TwinCliError, match="no hardware map: set TWIN_HARDWARE_MAP=FILE .*twin hardware scan"):
+        run_on_device({}, "f407", None)

@@ -18,10 +18,12 @@ def _errors() -> tuple[type[Exception], ...]:
 
 
 @click.command()
-@click.option("--port", required=True,
+@click.option("--port", default=None,
               help="The device: a pyserial URL (/dev/ttyACM0, socket://host:port), 'rtl' to start the "
                    "platform's RTL-simulated board (rtl-* platforms), or 'qemu' to start its emulator.")
 @click.option("--emulate", is_flag=True, help="Same as --port qemu.")
+@click.option("--device", default=None, metavar="ID",
+              help="A board of the hardware map (docs/hardware.md): flash it and bench it (instead of --port).")
 @click.option("--platform", required=True, help="Platform id (see `twin platforms`).")
 @click.option("--board", default=None, help="Board id written to the dataset (default: the platform id).")
 @click.option("--model", default="builtin", show_default=True,
@@ -47,7 +49,7 @@ def _errors() -> tuple[type[Exception], ...]:
 @click.option("--voltage", type=SUPPLY_VOLTAGE, default=None, help="Supply voltage when the trace has none (PPK2).")
 @click.option("--timeout", default=600.0, show_default=True, type=POSITIVE_SECONDS, help="Seconds for the whole run.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def bench(port: str, emulate: bool, platform: str, board: str | None, model: str, bits: str, tokens: int,
+def bench(port: str | None, emulate: bool, device: str | None, platform: str, board: str | None, model: str, bits: str, tokens: int,
           workloads: str | None, scale: float, output: str, baudrate: int, no_mem_traffic: bool,
           trace: str | None, trace_format: str, trace_channel: str | None, trace_windows: str | None,
           voltage: float | None, timeout: float, as_json: bool) -> None:
@@ -55,17 +57,22 @@ def bench(port: str, emulate: bool, platform: str, board: str | None, model: str
     from twin.bench.workflow import BenchSpec, write_dataset
     from twin.bench.workflow import bench as do_bench
     from twin.bench.workloads import default_suite
+    from twin.cli.hardware import device_port
+
+    if (port is None and not emulate) == (device is None):
+        raise TwinCliError("give the device: --port PORT (or --emulate), or --device ID from the hardware map")
 
     try:
         names = tuple(w.strip() for w in workloads.split(",") if w.strip()) if workloads else None
         suite = [] if names == ("none",) else default_suite(scale, names)
-        spec = BenchSpec(platform=platform, port="qemu" if emulate else port, board=board,
+        spec = BenchSpec(platform=platform, port="qemu" if emulate else port or "device", board=board,
                          model=None if model.lower() == "none" else model, bits=int(bits), tokens=tokens,
                          suite=suite, scale=scale, baudrate=baudrate, mem_traffic=not no_mem_traffic,
                          trace=Path(trace) if trace else None, trace_format=trace_format,
                          trace_channel=trace_channel, trace_windows=Path(trace_windows) if trace_windows else None,
                          voltage=voltage, timeout=timeout)
-        result = do_bench(spec, on_step=None if as_json else lambda s: click.echo(f"  running {s}", err=True))
+        with device_port(spec, device) as spec:
+            result = do_bench(spec, on_step=None if as_json else lambda s: click.echo(f"  running {s}", err=True))
         write_dataset(result.rows, output)
     except _errors() as exc:
         raise TwinCliError(str(exc).strip("'\"")) from None

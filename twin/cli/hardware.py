@@ -70,3 +70,69 @@ def renode_script_cmd(platform: str, model: str, bits: str, port: int, counts: s
         click.echo(f"{output}: `renode {output}`, then the console is socket://127.0.0.1:{port}")
     else:
         click.echo(text, nl=False)
+
+
+# --------------------------------------------------------------------------- --device for `twin run` / `twin bench`
+
+
+def run_on_device(report: dict, device: str, spec) -> dict:
+    """`twin run --device ID`: the twin's report (QEMU's counts), plus the same request on the board of the
+    hardware map: its tokens against the reference, and its cycle counter per phase."""
+    from pathlib import Path
+
+    from twin.device.board import board_for, run_on_board
+    from twin.device.hardware import HardwareMapError
+    from twin.platforms import get_platform
+    from twin.runner import model_image
+
+    try:
+        entry, _ = board_for(device)
+    except HardwareMapError as exc:
+        raise TwinCliError(str(exc)) from None
+    fw = report["firmware"]
+    try:
+        board = run_on_board(entry, get_platform(report["platform"]), Path(fw["elf"]), fw["build_id"],
+                             model_image(spec)[0], report["prompt_tokens"], spec.tokens, seed=spec.seed,
+                             temperature=spec.temperature, topp=spec.topp, expected=report["reference_tokens"],
+                             reply_timeout=spec.reply_timeout)
+    except HardwareMapError as exc:          # e.g. the board is unplugged
+        raise TwinCliError(str(exc)) from None
+    return {**report, "board": board, "cycles": board["cycles"],
+            "matches_reference": report["matches_reference"] and board["matches_reference"]}
+
+
+class device_port:
+    """`twin bench --device ID`: flash the board with the bench's firmware and model image, and give the
+    bench its port (the board backend's relay) for the run. A context manager over the BenchSpec."""
+
+    def __init__(self, spec, device: str | None):
+        self.spec, self.device, self.backend = spec, device, None
+
+    def __enter__(self):
+        if self.device is None:
+            return self.spec
+        import dataclasses
+
+        from twin.device.board import BoardError, BoardProcess, board_for
+        from twin.device.build import build_firmware
+        from twin.device.hardware import HardwareMapError
+        from twin.platforms import get_platform
+        from twin.runner import RunSpec, model_image
+
+        try:
+            entry, plat = board_for(self.device)
+        except HardwareMapError as exc:
+            raise TwinCliError(str(exc)) from None
+        if plat.id != self.spec.platform:
+            raise BoardError(f"board {entry.id} is a {plat.id} in the hardware map, not {self.spec.platform}: use "
+                             f"--platform {plat.id}, or another --device")
+        platform = get_platform(self.spec.platform)
+        image = (model_image(RunSpec(platform=platform.id, model=self.spec.model, bits=self.spec.bits))[0]
+                 if self.spec.model else None)
+        self.backend = BoardProcess(platform, build_firmware(platform).elf, image, board=entry,
+                                    timeout=self.spec.timeout).start()
+        return dataclasses.replace(self.spec, port=self.backend.url, baudrate=entry.baudrate)
+
+    def __exit__(self, *exc) -> None:
+        if self.backend is not None:
+            self.backend.__exit__(*exc)

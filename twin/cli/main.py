@@ -257,9 +257,11 @@ def _refuse_quantization_for_image(kw: dict) -> None:
 
 @main.command()
 @click.option("--platform", required=True, help="Platform id (see `twin platforms`).")
+@click.option("--device", default=None, metavar="ID",
+              help="Also flash and run this board of the hardware map ($TWIN_HARDWARE_MAP, docs/hardware.md).")
 @_run_options
-def run(platform: str, as_json: bool, **kw) -> None:
-    """Profile the model on one emulated platform."""
+def run(platform: str, device: str | None, as_json: bool, **kw) -> None:
+    """Profile the model on one emulated platform (and, with --device, on a real board)."""
     from twin.runner import run as do_run
 
     _refuse_quantization_for_image(kw)
@@ -273,6 +275,10 @@ def run(platform: str, as_json: bool, **kw) -> None:
         report = do_run(_spec(platform, **kw), on_phase=show if live else None)
         if live:
             click.echo(err=True)
+        if device:
+            from twin.cli.hardware import run_on_device
+
+            report = run_on_device(report, device, _spec(platform, **kw))
     except _run_errors() as exc:
         raise _fail(exc) from None
     if as_json:
