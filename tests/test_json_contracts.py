@@ -176,7 +176,7 @@ def _ci(work, **_):
 
 
 def _count(work, **_):
-    from test_count import _build, _words      # the own-firmware test's tiny Arm program
+    from test_count import _build, _words  # the own-firmware test's tiny Arm program
 
     elf = _build("arm", work)
     load = _words(work, "count-n.bin", 5, 0)
@@ -185,9 +185,16 @@ def _count(work, **_):
     assert out["instructions"]["total"] > 0
 
 
+def _recommend(work, **_):
+    twin_json("profile", "--platforms", "mps2-an386", "--tokens", "2", "--db", str(work / "rec.sqlite"),
+              "--workers", "1", "--json")
+    out = twin_json("recommend", "--model", "builtin", "--db", str(work / "rec.sqlite"), "--json")
+    assert out["recommended"] and all(r["reason"] for r in out["rejected"])
+
+
 CASES = {"platforms": _platforms, "build": _build, "image": _image, "fit": _fit, "quantize": _quantize,
          "run": _run, "demo": _demo, "bench": _bench, "calibrate": _calibrate, "predict": _predict,
-         "compare": _compare, "profile": _profile, "ci": _ci, "count": _count}
+         "compare": _compare, "profile": _profile, "ci": _ci, "count": _count, "recommend": _recommend}
 NEEDS = {"image": ("image",), "fit": ("image",), "bench": ("bench_csv",), "calibrate": ("calibration_file",),
          "predict": ("calibration_file",), "compare": ("calibration_file",)}
 
