@@ -80,9 +80,12 @@ def _models(value: str) -> list[str]:
 @click.option("--retry-failed", is_flag=True, help="Run again the cells stored as failed (default: done).")
 @click.option("--timeout", default=120.0, show_default=True, type=POSITIVE_SECONDS,
               help="Seconds before a cell's emulator is killed (the cell is then failed).")
+@click.option("--mem-traffic/--no-mem-traffic", default=True, show_default=True,
+              help="Count loads/stores per memory region: the predictions' flash loads (without: an assumed "
+                   "fraction; faster on RISC-V).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the batch summary.")
 def profile_cmd(platform_list, model_list, bits_list, prompt_list, tokens_list, kv_cache, seed, db_path, workers,
-                scheduler, retry_failed, timeout, as_json) -> None:
+                scheduler, retry_failed, timeout, mem_traffic, as_json) -> None:
     """Profile a matrix (platforms × models × bits × prompt lengths × tokens) into the results store.
 
     Resumable: the cells the store has are skipped. A failing cell is stored with its error and the
@@ -104,7 +107,8 @@ def profile_cmd(platform_list, model_list, bits_list, prompt_list, tokens_list, 
                     prompt_text(m, n)
                 except Exception as exc:
                     raise TwinCliError(f"--models {m} --prompt-lengths {n}: {' '.join(str(exc).split())}") from None
-    cells = matrix(platforms, models, bits, prompts, tokens, kv_cache=kv_cache, seed=seed, timeout=timeout)
+    cells = matrix(platforms, models, bits, prompts, tokens, kv_cache=kv_cache, seed=seed, timeout=timeout,
+                   mem_traffic=mem_traffic)
     try:
         store = ResultsStore(db_path)
     except StoreError as exc:
