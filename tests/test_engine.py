@@ -28,6 +28,7 @@ pytestmark = pytest.mark.qemu
 TOKENS = 4
 BITS = (4, 8)
 ROOT = Path(__file__).resolve().parent.parent
+TWIN = str(Path(sys.executable).with_name("twin"))
 PROVENANCE = {"run_id", "created_at", "wall_seconds", "host"}      # differ between two runs of one cell
 
 
@@ -125,7 +126,7 @@ def test_a_rerun_skips_finished_cells(pool_db, cells, tmp_path: Path) -> None:
 
 def test_failing_cells_are_stored_with_their_error_and_the_batch_goes_on(tmp_path: Path) -> None:
     big = tmp_path / "big.twlm"          # 1.3 MB: larger than stm32f4-disco's 768 KiB model partition
-    subprocess.run([sys.executable, "-m", "twin.cli.main", "image", "--from", str(ROOT / "models" / "austen-1m.npz"),
+    subprocess.run([TWIN, "image", "--from", str(ROOT / "models" / "austen-1m.npz"),
                     "-o", str(big), "--bits", "8"], check=True, capture_output=True)
     torn = tmp_path / "torn.twlm"
     data = bytearray(big.read_bytes())
@@ -231,7 +232,7 @@ def test_ten_concurrent_sessions_from_an_empty_cache_do_not_interfere(tmp_path: 
     db = tmp_path / "shared.sqlite"
     env = {**os.environ, "TWIN_CACHE": str(cache)}
     sessions = [(b, n) for b in BITS for n in (2, 3, 4, 5, 6)]
-    procs = [subprocess.Popen([sys.executable, "-m", "twin.cli.main", "profile", "--platforms", "mps2-an386",
+    procs = [subprocess.Popen([TWIN, "profile", "--platforms", "mps2-an386",
                                "--bits", str(b), "--prompt-lengths", str(n), "--tokens", str(TOKENS), "--db", str(db),
                                "--workers", "1", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for b, n in sessions]
@@ -270,3 +271,37 @@ def test_a_worker_process_that_dies_fails_its_cell_only(monkeypatch: pytest.Monk
     assert (summary["ok"], summary["failed"]) == (3, 1)
     assert summary["failures"] == [{"cell_key": killer.key, "error": summary["failures"][0]["error"]}]
     assert "worker process died" in summary["failures"][0]["error"]
+
+
+def _twin(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([TWIN, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--platforms", "nope"), "unknown platform 'nope'"),
+    (("--platforms", "nucleo-h743zi"), "has no emulator model (`--platforms mps2-an500`"),
+    (("--bits", "5"), "5 is not one of 2, 3, 4, 8"),
+    (("--prompt-lengths", "0"), "at least 1"),
+    (("--tokens", "x"), "'x' is not a whole number"),
+    (("--models", "missing.twlm"), "model file missing.twlm not found"),
+    (("--workers", "2", "--scheduler", "tcp://127.0.0.1:1"), "give one of them"),
+    (("--scheduler", "nonsense"), "Dask scheduler nonsense"),
+])
+def test_twin_profile_refuses_in_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    if "nonsense" in args:
+        pytest.importorskip("dask.distributed", reason="dask[distributed] not installed (the engine extra)")
+    r = _twin("profile", "--db", str(tmp_path / "r.sqlite"), "--tokens", "2", *args)
+    assert r.returncode == 2 if "Usage" in r.stderr else r.returncode == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_twin_profile_json_summary_and_exit_status(tmp_path: Path) -> None:
+    db = str(tmp_path / "r.sqlite")
+    r = _twin("profile", "--platforms", "mps2-an386", "--prompt-lengths", "4,60", "--tokens", "8", "--db", db, "--json")
+    assert r.returncode == 1 and r.stderr == ""                 # a failed cell: exit 1, quiet with --json
+    out = json.loads(r.stdout)
+    assert (out["cells"], out["ok"], out["failed"]) == (2, 1, 1)
+    assert out["failures"][0]["cell_key"].startswith("mps2-an386/builtin/q4g32/p60/t8")
+    r = _twin("profile", "--platforms", "mps2-an386", "--prompt-lengths", "4", "--tokens", "8", "--db", db)
+    assert r.returncode == 0 and "1 already stored" in r.stdout and r.stderr == ""    # piped: no progress bar
