@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 
+# (``calibration.predict`` is the module of that name; its ``predict()`` is one attribute further.)
 _API = {"fit_calibration": "calibration.fit", "calibrate_files": "calibration.fit", "calibrate": "calibration.fit",
-        "predict": "calibration.predict", "predict_from_counts": "calibration.predict",
+        "predict_from_counts": "calibration.predict", "twin_counts": "calibration.predict",
         "load": "calibration.store", "save": "calibration.store"}
 __all__ = sorted(_API)
 

@@ -58,7 +58,7 @@ def test_one_public_api() -> None:
                  "QuantReference", "BenchSpec", "bench", "write_dataset", "Device", "build_firmware"):
         assert hasattr(twin, name), name
     assert set(twin.__all__) >= {"RunSpec", "run", "bench"}
-    for name in ("fit_calibration", "calibrate_files", "predict", "load"):
+    for name in ("fit_calibration", "calibrate_files", "predict_from_counts", "twin_counts", "load"):
         assert hasattr(calibration, name), name
     from twin.runner import RunSpec, run  # the old path keeps working
     assert twin.run is run and twin.RunSpec is RunSpec

@@ -17,9 +17,9 @@ CATALOG = {  # id: (twin mode, proxy, confidence)
     "nucleo-l4r5zi": ("proxy", "mps2-an386", "medium"),
     "b-u585i-iot02a": ("proxy", "mps2-an505", "medium"),
     "nrf52840-dk": ("proxy", "mps2-an386", "medium"),
-    "rpi-pico": ("none", "mps2-an386", "low"),
+    "rpi-pico": ("isa-proxy", "rpi-pico", "medium"),            # its own ARMv6-M build on the M4 machine
     "rpi-pico2": ("proxy", "mps2-an505", "medium"),
-    "esp32-c3-devkit": ("proxy", "riscv32-virt", "medium"),
+    "esp32-c3-devkit": ("isa-proxy", "esp32-c3-devkit", "medium"),   # its own RV32IMC build on virt
     "esp32-s3-devkit": ("none", "mps2-an386", "low"),
     "hifive1-revb": ("proxy", "riscv32-virt", "medium"),
     "gd32vf103": ("proxy", "riscv32-virt", "medium"),
@@ -95,7 +95,7 @@ _DELETE = object()
 
 
 @pytest.mark.parametrize("pid,path,value,message", [
-    ("nucleo-f746zg", "twin.mode", "fast", r"twin: field 'mode' must be one of exact, proxy, none"),
+    ("nucleo-f746zg", "twin.mode", "fast", r"twin: field 'mode' must be one of exact, isa-proxy, proxy, none"),
     ("nucleo-f746zg", "twin.proxy", _DELETE, r"twin: field 'proxy' is required for mode 'proxy'"),
     ("nucleo-f746zg", "twin.confidence", "certain", r"twin: field 'confidence' must be one of"),
     ("nucleo-f746zg", "power.run_ua_per_mhz", _DELETE, r"power: missing field 'run_ua_per_mhz'"),

@@ -159,12 +159,15 @@ class Power:
 @dataclass(frozen=True)
 class TwinMapping:
     """How the twin runs this board's code: ``exact`` (QEMU models the board, the very ELF runs),
+    ``isa-proxy`` (the firmware built for the board's own instruction set, ``cflags``, runs on the
+    emulated ``proxy`` machine, whose ISA is a superset: an ARMv6-M build on an M4 machine),
     ``proxy`` (counts from the same core on another emulated platform) or ``none`` (no emulator
     of this core: counts from ``proxy`` are mapped across cores, with low confidence)."""
     mode: str
     proxy: str | None
     confidence: str
     note: str = ""
+    cflags: tuple[str, ...] = ()      # isa-proxy: the compiler flags of the board's own ISA
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,7 @@ class Platform:
     def code_bytes_available(self) -> int:
         """Bytes for firmware + model: the firmware's code + model windows where it has a build (what
         the linker lets it use), else the chip's flash."""
-        if self.has_firmware or not self.memories:
+        if (self.has_firmware and not self.isa_build) or not self.memories:
             return self.flash.size + self.model.size
         return self.memories.code_bytes_available
 
@@ -223,9 +226,15 @@ class Platform:
     def ram_bytes_available(self) -> int:
         """RAM for the firmware: its linker window where it has a build (the F407 build leaves the 64 KiB
         CCM unused), else the chip's SRAM + external RAM."""
-        if self.has_firmware or not self.memories:
+        if (self.has_firmware and not self.isa_build) or not self.memories:
             return self.ram.size
         return self.memories.ram_bytes_available
+
+    @property
+    def isa_build(self) -> bool:
+        """True when the firmware is the board's ISA built for its twin's machine (twin mode isa-proxy):
+        its memory windows are the machine's, the board's memories are the chip's."""
+        return self.twin is not None and self.twin.mode == "isa-proxy"
 
     @property
     def twin_mode(self) -> TwinMapping:
@@ -239,7 +248,7 @@ class Platform:
     def counts_platform(self) -> str | None:
         """The emulated platform whose counts stand for this board's code."""
         t = self.twin_mode
-        return self.id if t.mode == "exact" else t.proxy
+        return self.id if t.mode in ("exact", "isa-proxy") else t.proxy
 
     @property
     def toolchain(self) -> str:
@@ -264,7 +273,7 @@ _ACCEL_KINDS = ("icache", "dcache", "cache", "art", "xip-cache", "prefetch", "tc
 # arm_dsp uses the Armv7E-M / Armv8-M DSP extension (SMLAD, SXTB16, ...).
 KERNEL_SETS = ("ref", "arm_dsp")
 POWER_BASES = ("vdd", "chip", "core", "board")   # what a run-current figure covers (Power.basis)
-TWIN_MODES = ("exact", "proxy", "none")
+TWIN_MODES = ("exact", "isa-proxy", "proxy", "none")
 CONFIDENCES = ("high", "medium", "low")
 
 
@@ -439,7 +448,19 @@ def _twin(data: dict, where: str, has_emulator: bool, pid: str) -> TwinMapping |
     elif proxy is None:
         raise PlatformError(f"{tw}: field 'proxy' is required for mode {mode!r}: the emulated platform "
                             "whose counts stand for this board")
-    return TwinMapping(mode, proxy, confidence, str(t.get("note", "")))
+    cflags: tuple[str, ...] = ()
+    if mode == "isa-proxy":
+        flags = t.get("cflags")
+        if not isinstance(flags, list) or not flags or not all(isinstance(f, str) and f for f in flags):
+            raise PlatformError(f"{tw}: field 'cflags' is required for mode 'isa-proxy': the compiler flags of "
+                                "the board's own instruction set, e.g. [-mcpu=cortex-m0plus, -mthumb]")
+        if has_emulator or data.get("board") is not None:
+            raise PlatformError(f"{tw}: mode 'isa-proxy' takes its machine and board support from the proxy: "
+                                "remove 'board' and 'emulator'")
+        cflags = tuple(flags)
+    elif "cflags" in t:
+        raise PlatformError(f"{tw}: field 'cflags' applies to mode 'isa-proxy' only")
+    return TwinMapping(mode, proxy, confidence, str(t.get("note", "")), cflags)
 
 
 def _flash_spec(data: dict, where: str, builds: bool) -> FlashSpec | None:
@@ -607,7 +628,8 @@ def parse_platform(data: object, source: Path) -> Platform:
 
 
 def check_catalog(platforms: dict[str, Platform]) -> None:
-    """Cross-file rules: a proxy must be an emulated platform of the catalog."""
+    """Cross-file rules: a proxy must be an emulated platform of the catalog (for isa-proxy, one of the
+    same architecture that runs exactly)."""
     for p in platforms.values():
         t = p.twin
         if t is None or t.mode == "exact":
@@ -616,6 +638,17 @@ def check_catalog(platforms: dict[str, Platform]) -> None:
         if target is None or target.emulator is None:
             raise PlatformError(f"{p.source}: twin.proxy {t.proxy!r} is not an emulated platform; "
                                 f"emulated: {', '.join(k for k, v in platforms.items() if v.emulator)}")
+        if t.mode == "isa-proxy" and (target.arch != p.arch or target.twin_mode.mode != "exact"):
+            raise PlatformError(f"{p.source}: twin.proxy {t.proxy!r} must be an emulated {p.arch} machine that "
+                                "runs exactly (mode isa-proxy builds this board's ISA for it)")
+
+
+def with_isa_build(board: Platform, machine: Platform) -> Platform:
+    """``board`` (twin mode isa-proxy) with a firmware build: its own ISA flags, the machine's board
+    support, memory windows and emulator, the reference kernels (a subset ISA has no DSP set)."""
+    return dataclasses.replace(board, board=machine.board, cflags=board.twin.cflags, defines=dict(machine.defines),
+                               flash=machine.flash, model=machine.model, ram=machine.ram,
+                               stack_size=machine.stack_size, emulator=machine.emulator, kernels="ref")
 
 
 def load_platform_file(path: Path) -> Platform:
@@ -630,6 +663,9 @@ def load_platform_file(path: Path) -> Platform:
 def all_platforms(directory: Path = PLATFORM_DIR) -> dict[str, Platform]:
     platforms = {p.stem: load_platform_file(p) for p in sorted(directory.glob("*.yaml"))}
     check_catalog(platforms)
+    for pid, p in platforms.items():
+        if p.isa_build:
+            platforms[pid] = with_isa_build(p, platforms[p.twin.proxy])
     return platforms
 
 

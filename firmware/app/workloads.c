@@ -20,10 +20,15 @@
 #if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
 #define WL_HARD_FP 1
 #endif
+/* The hand-written loops use Thumb-2 (three-operand ALU forms without flags, udiv); an ARMv6-M
+ * build (Cortex-M0+) runs the C loops instead: their counts are as exactly affine in n. */
+#if defined(__arm__) && defined(__ARM_ARCH_ISA_THUMB) && __ARM_ARCH_ISA_THUMB >= 2
+#define WL_THUMB2 1
+#endif
 
 /* ------------------------------------------------------------------ micro-kernels */
 
-#if defined(__arm__)
+#if defined(WL_THUMB2)
 #define LOOP_END(n) "subs %[" n "], %[" n "], #1\n\tbne 1b\n\t"
 #elif defined(__riscv)
 #define LOOP_END(n) "addi %[" n "], %[" n "], -1\n\tbnez %[" n "], 1b\n\t"
@@ -32,8 +37,8 @@
 KERNEL uint32_t k_alu(uint32_t n)
 {
     uint32_t a = 0x12345678u, b = 0x9abcdef0u, c = 0x0f0f0f0fu, d = 0x33333333u;
-#if defined(__arm__) || defined(__riscv)
-#if defined(__arm__)
+#if defined(WL_THUMB2) || defined(__riscv)
+#if defined(WL_THUMB2)
 #define OR_OP "orr"
 #define XOR_OP "eor"
 #else
@@ -62,7 +67,7 @@ KERNEL uint32_t k_alu(uint32_t n)
 KERNEL uint32_t k_mul(uint32_t n)
 {
     uint32_t a = 3, b = 5, c = 7, d = 11;
-#if defined(__arm__) || defined(__riscv)
+#if defined(WL_THUMB2) || defined(__riscv)
     __asm__ volatile("1:\n\t"
                      ".rept 4\n\t"
                      "mul %[a], %[a], %[b]\n\t"
@@ -83,7 +88,7 @@ KERNEL uint32_t k_mul(uint32_t n)
 KERNEL uint32_t k_mac(uint32_t n)
 {
     uint32_t a = 1, b = 2, x = 0x01010101u, y = 0x00ff00ffu;
-#if defined(__arm__)
+#if defined(WL_THUMB2)
     __asm__ volatile("1:\n\t"
                      ".rept 8\n\t"
                      "mla %[a], %[x], %[y], %[a]\n\t"
@@ -114,7 +119,7 @@ KERNEL uint32_t k_mac(uint32_t n)
 KERNEL uint32_t k_dsp(uint32_t n)
 {
     uint32_t acc0 = 0, acc1 = 0, p = 0x00030005u, q = 0x0007fffbu;
-#if defined(__arm__) && defined(__ARM_FEATURE_DSP)
+#if defined(WL_THUMB2) && defined(__ARM_FEATURE_DSP)
     __asm__ volatile("1:\n\t"
                      ".rept 4\n\t"
                      "smlad %[acc0], %[p], %[q], %[acc0]\n\t"
@@ -145,7 +150,7 @@ KERNEL uint32_t k_dsp(uint32_t n)
 
 
 #define OFFSETS "0,4,8,12,16,20,24,28,32,36,40,44,48,52,56,60"
-#if defined(__arm__)
+#if defined(WL_THUMB2)
 #define MOV "mov"
 #define LOAD_AT_P ".irp off," OFFSETS "\n\tldr %[t], [%[p], #\\off]\n\t.endr\n\t"
 #define STORE_AT_P ".irp off," OFFSETS "\n\tstr %[n], [%[p], #\\off]\n\t.endr\n\t"
@@ -162,7 +167,7 @@ KERNEL uint32_t k_dsp(uint32_t n)
 KERNEL uint32_t k_load(const uint8_t *base, uint32_t blocks, uint32_t n)
 {
     uint32_t acc = 0;
-#if defined(__arm__) || defined(__riscv)
+#if defined(WL_THUMB2) || defined(__riscv)
     uint32_t t, k;
     const uint8_t *p;
     __asm__ volatile("1:\n\t"
@@ -186,7 +191,7 @@ KERNEL uint32_t k_load(const uint8_t *base, uint32_t blocks, uint32_t n)
 /* n passes over `blocks` blocks of 64 bytes: 16 word stores of the pass counter per block. */
 KERNEL void k_store(uint8_t *base, uint32_t blocks, uint32_t n)
 {
-#if defined(__arm__) || defined(__riscv)
+#if defined(WL_THUMB2) || defined(__riscv)
     uint32_t k;
     uint8_t *p;
     __asm__ volatile("1:\n\t"
@@ -208,7 +213,7 @@ KERNEL void k_store(uint8_t *base, uint32_t blocks, uint32_t n)
 /* Eight conditional branches per iteration, every one taken (to the next instruction). */
 KERNEL uint32_t k_branch_taken(uint32_t n)
 {
-#if defined(__arm__)
+#if defined(WL_THUMB2)
     __asm__ volatile("cmp %[n], #0\n\t"          /* n != 0: Z clear, and bne keeps it clear */
                      "1:\n\t"
                      ".rept 8\n\t"
@@ -234,7 +239,7 @@ KERNEL uint32_t k_branch_taken(uint32_t n)
 /* Eight conditional branches per iteration, none taken. */
 KERNEL uint32_t k_branch_not_taken(uint32_t n)
 {
-#if defined(__arm__)
+#if defined(WL_THUMB2)
     __asm__ volatile("cmp %[n], #0\n\t"
                      "1:\n\t"
                      ".rept 8\n\t"
@@ -289,8 +294,8 @@ KERNEL uint32_t k_fp(uint32_t n)
 KERNEL uint32_t k_div(uint32_t n)
 {
     uint32_t acc = 0, x = 0xdeadbeefu, d0 = 7, d1 = 13, d2 = 1000, d3 = 65537;
-#if defined(__arm__) || defined(__riscv)
-#if defined(__arm__)
+#if defined(WL_THUMB2) || defined(__riscv)
+#if defined(WL_THUMB2)
 #define DIV "udiv"
 #else
 #define DIV "divu"

@@ -51,8 +51,10 @@ def _human_bytes(n: int) -> str:
 
 
 def _emulated(rtl: bool = False) -> list[str]:
-    """The emulated MCUs (the demo's); ``rtl``: with the RTL bench boards (their twin is emulated too)."""
-    return [p.id for p in all_platforms().values() if p.emulator is not None and (rtl or p.rtl is None)]
+    """The emulated MCUs (the demo's); ``rtl``: every platform with a firmware build in an emulator (the
+    RTL bench boards, and the catalog boards whose own ISA runs on an emulated machine: isa-proxy)."""
+    return [p.id for p in all_platforms().values() if p.emulator is not None and (rtl or p.rtl is None)
+            and (rtl or p.twin_mode.mode == "exact")]
 
 
 @click.group()
@@ -76,7 +78,7 @@ def platforms(as_json: bool) -> None:
         rows.append({"id": p.id, "core": p.core, "emulator": emu, "clock_mhz": p.clock_hz / 1e6,
                      "flash_bytes": p.flash.size, "model_bytes": p.model.size, "ram_bytes": p.ram.size,
                      "twin": {"mode": t.mode, "proxy": t.proxy, "confidence": t.confidence},
-                     "firmware": p.has_firmware, "chip_flash_bytes": p.code_bytes_available,
+                     "firmware": p.has_firmware and not p.isa_build, "chip_flash_bytes": p.code_bytes_available,
                      "chip_ram_bytes": p.ram_bytes_available,
                      "rtl": None if p.rtl is None else {"core": p.rtl.core, "config": p.rtl.config,
                                                         "flash_wait_states": p.rtl.flash_wait_states,

@@ -168,7 +168,7 @@ def compare_cmd(platform_list: str | None, model: str, bits: str, tokens: int, p
 def print_comparison(results: list[dict]) -> None:
     """The comparison table of ``predict`` results (twin compare, and the demo's what-if)."""
     with_mca = any("mca" in r for r in results)
-    click.echo(f"{'platform':<17}{'twin':<14}{'calibration':<17}{'MHz':>5}{'ms/token':>10}{'range':>17}"
+    click.echo(f"{'platform':<17}{'twin':<18}{'calibration':<17}{'MHz':>5}{'ms/token':>10}{'range':>17}"
                + (f"{'mca ms':>8}" if with_mca else "")
                + f"{'tok/s':>8}{'mJ/token':>10}{'flash':>17}{'RAM':>17}  fit")
     for r in results:
@@ -187,7 +187,7 @@ def print_comparison(results: list[dict]) -> None:
         if with_mca:
             x = r.get("mca") or {}
             mca = f"{x['token_seconds'] * 1e3:>8.3g}" if x.get("available") else f"{'n/a':>8}"
-        click.echo(f"{r['platform']:<17}{twin:<14}{calib:<17}{r['clock_mhz']:>5.0f}{ts['value'] * 1e3:>10.3g}"
+        click.echo(f"{r['platform']:<17}{twin:<18}{calib:<17}{r['clock_mhz']:>5.0f}{ts['value'] * 1e3:>10.3g}"
                    f"{ts['low'] * 1e3:>8.3g}-{ts['high'] * 1e3:<8.3g}{mca}{r['tokens_per_second']['value']:>8.3g}"
                    f"{energy:>10}{flash:>17}{ram:>17}  {fit}")
     if any(r["twin"]["cross_core"] for r in results):

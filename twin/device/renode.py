@@ -115,6 +115,7 @@ _THUMB_RULES: tuple[tuple[str, bool, str], ...] = (
     ("alu", False, T16 + "010000xxxxxxxxxx"),                       # data processing (register)
     ("branch", False, T16 + "010001110xxxxxxx"),                    # bx
     ("branch", False, T16 + "010001111xxxxxxx"),                    # blx
+    ("other", False, T16 + "0100011011000000"),                     # mov r8, r8: the ARMv6-M nop (0x46c0)
     ("alu", False, T16 + "010001xxxxxxxxxx"),                       # add/cmp/mov high registers
     ("load", False, T16 + "01001xxxxxxxxxxx"),                      # ldr literal
     ("load", False, T16 + "0101011xxxxxxxxx"),                      # ldrsb (register)
