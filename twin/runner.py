@@ -5,6 +5,7 @@ against the host reference, and return one report."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -162,6 +163,11 @@ def backend_session(backend: QemuProcess | RtlProcess, reply_timeout: float = 30
                 status = backend.wait_exit()   # before closing the socket: the backend exits at once then
         except (DeviceTimeout, DeviceGone) as exc:
             exited = backend.proc.poll()
+            if exited is None and isinstance(exc, DeviceGone):   # the socket closes a moment before the
+                try:                                              # process's exit status is there
+                    exited = backend.proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    exited = None
             backend.kill()
             raise EmulatorError(_emulator_failure(exc, backend, exited)) from None
         if status != 0:
