@@ -18,16 +18,13 @@ import importlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from twin.device.backend import EmulatorError, ProcessBackend
 from twin.device.build import ROOT, cache_dir
-from twin.device.procguard import spawn
-from twin.device.qemu import EmulatorError
 from twin.platforms import Platform
 
 RTL = ROOT / "rtl"
@@ -190,89 +187,34 @@ def _rtl(platform: Platform):
 _STATS = re.compile(r"twin-rtl: cycles=(\d+) seconds=([\d.]+) cycles_per_second=(\d+) exit=(-?\d+)")
 
 
-class RtlProcess:
+class RtlProcess(ProcessBackend):
     """One running RTL simulation of ``platform`` with ``elf`` (and the model ``image`` at the model
-    address). The same interface as the QEMU backend's process: ``url`` is what pyserial opens."""
+    address): a sibling of the QEMU backend (twin/device/backend.py has the lifecycle)."""
 
     name = "the RTL simulation"
 
     def __init__(self, platform: Platform, elf: Path, image: Path | None = None, *, timeout: float = 600.0):
-        self.platform = platform
+        super().__init__(platform, timeout)
         self.elf = elf
         self.image = image
-        self.timeout = timeout
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-        self._stderr = tempfile.TemporaryFile()
-        self._final_stats: dict | None = None
-        self.deadline = 0.0
 
-    @property
-    def url(self) -> str:
-        return f"socket://127.0.0.1:{self.port}"
-
-    def command(self, harness: Harness, listen_fd: int) -> list[str]:
+    def command(self, listen_fd: int) -> list[str]:
+        # the harness inherits the listening socket and accepts before its first clock
         p, rtl = self.platform, _rtl(self.platform)
-        cmd = [str(harness.exe), "--elf", str(self.elf), "--listen-fd", str(listen_fd),
+        cmd = [str(harness_for(p).exe), "--elf", str(self.elf), "--listen-fd", str(listen_fd),
                "--flash-wait", str(rtl.flash_wait_states), "--ram-wait", str(rtl.ram_wait_states),
                "--ram-base", f"{p.ram.origin:#x}", "--boot", f"{ROM_BASE:#x}", "--dram-size", str(DRAM_SIZE)]
         if self.image is not None:
             cmd += ["--load", f"{p.model.origin:#x}={self.image}"]
         return cmd
 
-    def start(self) -> RtlProcess:
-        harness = harness_for(self.platform)
-        # As with QEMU: the host owns the listening socket from the first instant; the harness
-        # inherits it and accepts before its first clock.
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(1)
-            self.port = listener.getsockname()[1]
-            self.proc = spawn(self.command(harness, listener.fileno()), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=self._stderr, pass_fds=(listener.fileno(),))
-        self.deadline = time.monotonic() + self.timeout
-        return self
-
-    def stderr(self) -> str:
-        """What the harness said, without its closing figures line."""
-        self._stderr.seek(0)
-        lines = self._stderr.read().decode(errors="replace").splitlines()
-        return "\n".join(x for x in lines if not _STATS.search(x)).strip()
+    def routine(self, line: str) -> bool:
+        return bool(_STATS.search(line))                 # its closing figures
 
     def stats(self) -> dict | None:
         """The harness's closing figures (simulated cycles, seconds, cycles per second), once it exited."""
-        if self._stderr.closed:
-            return self._final_stats
-        self._stderr.seek(0)
-        m = _STATS.search(self._stderr.read().decode(errors="replace"))
+        m = _STATS.search(self.stderr_text())
         if not m:
             return None
         return {"cycles": int(m[1]), "seconds": float(m[2]), "cycles_per_second": int(m[3]), "exit": int(m[4])}
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
-
-    def wait_exit(self, timeout: float = 10.0) -> int:
-        try:
-            return self.proc.wait(timeout=min(timeout, self.remaining() + 0.1))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise RtlError(f"the RTL simulation did not exit {timeout:.0f} s after the firmware was told to "
-                           f"stop; killed it. {self.stderr()}") from None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __enter__(self) -> RtlProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.kill()
-        self._final_stats = self.stats()
-        self._stderr.close()
 
