@@ -37,6 +37,7 @@ def test_platform_data_chooses_the_set():
     kernels = {pid: p.kernels for pid, p in all_platforms().items() if p.has_firmware}
     assert {pid for pid, k in kernels.items() if k == "arm_dsp"} == set(ARM_DSP)
     assert kernels["riscv32-virt"] == "ref"
+    assert kernels["mps3-an547"] == "mve" and get_platform("mps3-an547").vector == "mve"
     assert all(get_platform(pid).dsp and get_platform(pid).arch == "arm" for pid in ARM_DSP)
 
 
@@ -93,7 +94,9 @@ def _write(tmp_path, source: str, **changes) -> object:
 
 
 @pytest.mark.parametrize("source,changes,message", [
-    ("mps2-an386", {"kernels": "cmsis"}, "field 'kernels' must be one of ref, arm_dsp, got 'cmsis'"),
+    ("mps2-an386", {"kernels": "cmsis"}, "field 'kernels' must be one of ref, arm_dsp, mve, got 'cmsis'"),
+    ("mps2-an505", {"kernels": "mve"}, "field 'kernels' is 'mve' but the core has no Helium"),
+    ("mps3-an547", {"kernels": "mve", "vector": None}, "field 'kernels' is 'mve' but the core has no Helium"),
     ("mps2-an386", {"kernels": 3}, "field 'kernels' must be str"),
     ("riscv32-virt", {"kernels": "arm_dsp"}, "field 'kernels' is 'arm_dsp' but the core has no Arm DSP"),
     ("mps2-an386", {"kernels": "arm_dsp", "dsp": False}, "field 'kernels' is 'arm_dsp' but the core has no"),

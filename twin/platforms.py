@@ -270,8 +270,9 @@ _VECTORS = ("none", "mve", "pie")
 _FLASH_KINDS = ("internal", "xip", "ram")
 _ACCEL_KINDS = ("icache", "dcache", "cache", "art", "xip-cache", "prefetch", "tcm")
 # Kernel sets (firmware/kernels/<set>/) and what a core needs to run one: ref is portable C;
-# arm_dsp uses the Armv7E-M / Armv8-M DSP extension (SMLAD, SXTB16, ...).
-KERNEL_SETS = ("ref", "arm_dsp")
+# arm_dsp uses the Armv7E-M / Armv8-M DSP extension (SMLAD, SXTB16, ...); mve the Armv8.1-M Helium
+# vector extension (VMLADAVA, VLD2/VLD4, ...: a core with vector: mve, e.g. the Cortex-M55).
+KERNEL_SETS = ("ref", "arm_dsp", "mve")
 POWER_BASES = ("vdd", "chip", "core", "board")   # what a run-current figure covers (Power.basis)
 TWIN_MODES = ("exact", "isa-proxy", "proxy", "none")
 CONFIDENCES = ("high", "medium", "low")
@@ -514,19 +515,23 @@ def _rtl(data: dict, where: str, arch: str, counter: str, has_emulator: bool) ->
     return RtlBoard(core, dict(config), **waits, note=str(r.get("note", "")))
 
 
-def _kernels(data: dict, where: str, arch: str, dsp: bool, board: str | None) -> str:
+def _kernels(data: dict, where: str, arch: str, dsp: bool, board: str | None, vector: str = "none") -> str:
     if "kernels" not in data:
         return "ref"
     if board is None:
         raise PlatformError(f"{where}: field 'kernels' given without 'board': it picks the kernels of a "
                             "firmware build")
-    return _check_kernels(_choice(data, "kernels", KERNEL_SETS, where), arch, dsp, f"{where}: field 'kernels'")
+    return _check_kernels(_choice(data, "kernels", KERNEL_SETS, where), arch, dsp, f"{where}: field 'kernels'",
+                          vector)
 
 
-def _check_kernels(kernels: str, arch: str, dsp: bool, what: str) -> str:
+def _check_kernels(kernels: str, arch: str, dsp: bool, what: str, vector: str = "none") -> str:
     if kernels == "arm_dsp" and not (arch == "arm" and dsp):
         raise PlatformError(f"{what} is 'arm_dsp' but the core has no Arm DSP extension "
                             "(it needs arch: arm and dsp: true); use kernels: ref")
+    if kernels == "mve" and not (arch == "arm" and vector == "mve"):
+        raise PlatformError(f"{what} is 'mve' but the core has no Helium (MVE) vector extension "
+                            "(it needs arch: arm and vector: mve); use kernels: ref")
     if not (KERNELS_DIR / kernels).is_dir():
         raise PlatformError(f"{what} is {kernels!r} but there is no directory {KERNELS_DIR / kernels}")
     return kernels
@@ -542,7 +547,8 @@ def with_kernels(platform: Platform, kernels: str | None) -> Platform:
     if not platform.has_firmware:
         raise PlatformError(f"platform {platform.id} has no firmware build: a kernel set applies to a build")
     return dataclasses.replace(platform, kernels=_check_kernels(kernels, platform.arch, platform.dsp,
-                                                                f"platform {platform.id}: kernel set"))
+                                                                f"platform {platform.id}: kernel set",
+                                                                platform.vector))
 
 
 def parse_platform(data: object, source: Path) -> Platform:
@@ -621,7 +627,7 @@ def parse_platform(data: object, source: Path) -> Platform:
         accelerators=_accelerators(data, where),
         power=_power(data, where),
         twin=_twin(data, where, emulator is not None, pid),
-        kernels=_kernels(data, where, arch, dsp, board),
+        kernels=_kernels(data, where, arch, dsp, board, _choice(data, "vector", _VECTORS, where, default="none")),
         rtl=_rtl(data, where, arch, counter, emulator is not None),
         flash_with=_flash_spec(data, where, builds),
     )

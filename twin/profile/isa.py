@@ -7,9 +7,12 @@ decode Helium/MVE or low-overhead-loop instructions.
 Classes (``CLASSES``):
 
 =======  =====================================================================================
-alu      integer data processing: add/sub/logic/shift/move/compare/extend/bit-field, lui, auipc
-load     data loads, including multi-register (ldm, pop) and FP loads (vldr, vldm, vpop, flw)
-store    data stores, including multi-register (stm, push) and FP stores (vstr, vpush, fsw);
+alu      integer data processing: add/sub/logic/shift/move/compare/extend/bit-field, lui, auipc;
+         Armv8.1-M csel/csinc/cset ... and the MVE scalar long shifts (lsll, lsrl, asrl, uqshl ...)
+load     data loads, including multi-register (ldm, pop), FP loads (vldr, vldm, vpop, flw) and
+         Helium/MVE vector loads (vldrb/vldrh/vldrw, the de-interleaving vld2x/vld4x)
+store    data stores, including multi-register (stm, push), FP stores (vstr, vpush, fsw) and MVE
+         vector stores (vstrb/vstrh/vstrw, vst2x/vst4x);
          RISC-V atomics (amo*, sc) count as stores
 mul      scalar multiplies and multiply-accumulates: mul, mla, mls, smull, smlal, umull, umlal,
          umaal, the single 16x16 DSP multiplies smulbb/smlabb/smulwb/smlawb/smlalbb/smmul...,
@@ -19,8 +22,10 @@ branch   b, bl, blx, bx, cbz, cbnz, tbb, tbh, Armv8.1-M le/dls/wls; RISC-V jal, 
 fp       floating point arithmetic and moves: VFP v*.f32/f64 (vadd, vmul, vfma, vdiv, vsqrt,
          vcvt, vcmp, vmov, vmrs ...), RISC-V F/D (fadd.s ...)
 simd     Armv7E-M packed DSP/SIMD (sadd16, qadd, smlad, smuad, uxtb16, sxtab, sel, usad8, pkhbt
-         ...), and Helium/MVE vector instructions with integer element types (vadd.i8 ...)
-other    nop, it, barriers, system and CSR instructions, breakpoints, data in code
+         ...), and Helium/MVE vector instructions with integer element types (vadd.i8, vmladava.s8
+         -- objdump prints vmlava.s8 --, vaddva.s8, vshr.u8 ...), the untyped ones on Q registers
+         (vand, vorr, veor, vbic, vmvn), predication (vpst, vpsel, vctp) and vmov of Q registers
+other    nop, it, barriers, system and CSR instructions, breakpoints, data in code, lctp
 =======  =====================================================================================
 
 Decisions: FP loads and stores stay ``load``/``store`` (they are memory traffic);
@@ -61,6 +66,8 @@ _add(_ARM_TABLE, "alu", """
     cmp cmn tst teq lsl lsr asr ror rrx adr
     clz rbit rev rev16 revsh ubfx sbfx bfi bfc sxtb sxth uxtb uxth ssat usat
     cpy
+    csel csinc csinv csneg cset csetm cinc cinv cneg
+    lsll lsrl asrl uqshl uqshll uqrshl uqrshll sqshl sqshll srshr srshrl sqrshr sqrshrl urshr urshrl
 """)
 _add(_ARM_TABLE, "load", """
     ldr ldrb ldrh ldrsb ldrsh ldrd ldrt ldrbt ldrht ldrsbt ldrsht
@@ -90,15 +97,20 @@ _add(_ARM_TABLE, "simd", """
     smlad smladx smlsd smlsdx smlald smlaldx smlsld smlsldx smuad smuadx smusd smusdx
     sxtab sxtah sxtab16 sxtb16 uxtab uxtah uxtab16 uxtb16
     sel usad8 usada8 pkhbt pkhtb ssat16 usat16
+    vand vbic vorr vorn veor vmvn vpst vpsel vpnot vshlc
 """)
 _add(_ARM_TABLE, "other", """
     nop it dmb dsb isb cpsid cpsie mrs msr svc bkpt wfi wfe sev yield udf
-    sg tt tta ttt ttat clrm vscclrm csdb ssbb pssbb
+    sg tt tta ttt ttat clrm vscclrm csdb ssbb pssbb lctp
     .word .short .byte .hword .inst
 """)
 # Vector (v*) mnemonics whose class depends on the element type: fp for .f16/.f32/.f64 or no type,
 # simd for integer element types (MVE).  Those always classed fp, whatever the suffix:
 _ARM_FP_ALWAYS = frozenset("vmov vmrs vmsr vcvt vcvtr vcvta vcvtn vcvtp vcvtm vcvtb vcvtt".split())
+# Helium (MVE) mnemonics printed without a type suffix (bitwise ops on Q registers, predication).
+_ARM_MVE_UNTYPED = frozenset("vand vbic vorr vorn veor vmvn vpst vpsel vpnot vshlc".split())
+# A Q register operand: the instruction is Helium (MVE) whatever its mnemonic (vmov q0, q1; vmov.i8 q0, #0).
+_ARM_Q_OPERAND_RE = re.compile(r"(?:^|[\s,{\[])q[0-7](?:\[|[\s,}]|$)")
 # VFP mnemonics that may appear without a type suffix.
 _ARM_VFP_UNTYPED = frozenset("vmov vmrs vmsr vcmp vcmpe vabs vneg vsqrt vsel vmaxnm vminnm".split())
 _ARM_VECTOR_LOADSTORE = {
@@ -108,6 +120,9 @@ _ARM_VECTOR_LOADSTORE = {
     "vstr": "store", "vstm": "store", "vstmia": "store", "vstmdb": "store", "vpush": "store",
     "vst1": "store", "vst2": "store", "vst4": "store", "vstrb": "store", "vstrh": "store",
     "vstrw": "store", "vstrd": "store",
+    # Helium (MVE) de-interleaving loads and interleaving stores: one instruction per beat pair
+    "vld20": "load", "vld21": "load", "vld40": "load", "vld41": "load", "vld42": "load", "vld43": "load",
+    "vst20": "store", "vst21": "store", "vst40": "store", "vst41": "store", "vst42": "store", "vst43": "store",
 }
 _ARM_MULTI = frozenset(
     "ldm ldmia ldmib ldmda ldmdb ldmfd ldmea stm stmia stmib stmda stmdb stmfd stmea push pop "
@@ -195,6 +210,8 @@ def _classify_arm(mnemonic: str) -> tuple[str, bool, bool]:
     for base in _arm_base_candidates(name):
         if base in _ARM_VECTOR_LOADSTORE:
             return _ARM_VECTOR_LOADSTORE[base], True, base in _ARM_MULTI
+        if base in _ARM_MVE_UNTYPED and not types:
+            return "simd", True, False
         if base.startswith("v") and (base in _ARM_FP_ALWAYS or types or base in _ARM_VFP_UNTYPED):
             if base in _ARM_FP_ALWAYS or not types or any(_FP_TYPE_RE.match(t) for t in types):
                 return "fp", True, False
@@ -268,8 +285,11 @@ def parse_objdump(text: str, arch: str) -> dict[int, Insn]:
         # Thumb prints "f441 0170" (two halfwords), RISC-V "02528333", data ".word" "e000ed88".
         size = sum(len(h) for h in raw.split()) // 2
         mnemonic = m.group(3)
+        operands = (m.group(4) or "").strip()
         cls, known, multi = classify_full(mnemonic, arch)
-        out[addr] = Insn(mnemonic, size, cls, known, multi, (m.group(4) or "").strip())
+        if cls == "fp" and mnemonic.startswith("vmov") and _ARM_Q_OPERAND_RE.search(operands.split("@")[0]):
+            cls = "simd"          # an MVE vector move (vmov q0, q1 / vmov.i32 q0, #0 / lane moves)
+        out[addr] = Insn(mnemonic, size, cls, known, multi, operands)
     return out
 
 
@@ -286,12 +306,40 @@ def _disassemble_cached(elf: str, mtime_ns: int, size: int, arch: str,
     return parse_objdump(proc.stdout, arch)
 
 
+_TAG_CPU_ARCH_V8_1M_MAIN = 21     # Arm build attribute Tag_CPU_arch: Armv8.1-M Mainline (Cortex-M55, M85)
+
+
+@functools.lru_cache(maxsize=64)
+def _arm_machine_args(elf: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """objdump's ``-m armv8.1-m.main`` for an ELF built for Armv8.1-M (its Tag_CPU_arch build attribute):
+    without it objdump prints Helium/MVE instructions as coprocessor ones (ldc, cdp, mrc ...) and misses
+    the low-overhead-loop forms.  Other Arm ELFs disassemble as before (no option)."""
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(elf, "rb") as f:
+            sec = ELFFile(f).get_section_by_name(".ARM.attributes")
+            if sec is None:
+                return ()
+            for sub in sec.iter_subsections():
+                for subsub in sub.iter_subsubsections():
+                    for attr in subsub.iter_attributes():
+                        if attr.tag == "TAG_CPU_ARCH" and int(attr.value) == _TAG_CPU_ARCH_V8_1M_MAIN:
+                            return ("-m", "armv8.1-m.main")
+    except Exception:       # not an ELF pyelftools reads, or attributes it cannot parse: objdump decides
+        return ()
+    return ()
+
+
 def disassemble(elf: Path | str, arch: str, extra: tuple[str, ...] = ()) -> dict[int, Insn]:
     """Address -> Insn for every instruction objdump finds in the ELF (cached per file version).
 
-    ``extra`` passes options to objdump, e.g. ``("-m", "armv8.1-m.main")`` for Helium code.
+    ``extra`` passes options to objdump, e.g. ``("-m", "armv8.1-m.main")`` for Helium code; an Arm ELF
+    whose build attributes say Armv8.1-M gets that option by default (:func:`_arm_machine_args`).
     """
     p = Path(elf)
     st = p.stat()
-    return _disassemble_cached(str(p.resolve()), st.st_mtime_ns, st.st_size, normalize_arch(arch),
-                               tuple(extra))
+    a = normalize_arch(arch)
+    if a == "arm" and "-m" not in extra and not any(str(x).startswith("--architecture") for x in extra):
+        extra = (*_arm_machine_args(str(p.resolve()), st.st_mtime_ns, st.st_size), *extra)
+    return _disassemble_cached(str(p.resolve()), st.st_mtime_ns, st.st_size, a, tuple(extra))
