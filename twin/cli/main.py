@@ -339,10 +339,13 @@ def _what_if(reports: list[dict]) -> None:
     from twin.cli.predict import print_comparison
 
     counts = {r["platform"]: counts_from_report(r) for r in reports}
-    results, other_kernels = [], []
+    ran = {r["platform"] for r in reports}
+    results, other_kernels, own_isa = [], [], []
     for plat in all_platforms().values():
         c = counts.get(plat.counts_platform)
         if c is None:
+            if plat.isa_build and plat.twin.proxy in ran:    # its own ISA on a machine that ran: not these counts
+                own_isa.append(plat.id)
             continue
         if counts_kernels(plat) != c.kernels:      # e.g. an M0+ cannot run the proxy's DSP kernels
             other_kernels.append(plat.id)
@@ -358,6 +361,9 @@ def _what_if(reports: list[dict]) -> None:
     if other_kernels:
         click.echo(f"(not shown: {', '.join(other_kernels)} — their cores cannot run these runs' kernels; "
                    "`twin predict --platform ID` counts them with the reference kernels)")
+    if own_isa:
+        click.echo(f"(not shown: {', '.join(own_isa)} — counted on their own instruction set: "
+                   "`twin predict --platform ID` runs their build)")
 
 
 @main.command()
