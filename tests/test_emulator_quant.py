@@ -1,6 +1,6 @@
 """Quantization schemes end to end on real QEMU: the firmware's 2/3/4/8-bit kernels, symmetric and
 asymmetric, and a mixed-precision image give exactly the host reference's tokens on a Cortex-M4F, a
-Cortex-M7 and an RV32IMAC (soft-float). 4- and 8-bit symmetric runs on every platform are in
+Cortex-M7, a Cortex-M55 (the Helium kernel set) and an RV32IMAC (soft-float). 4- and 8-bit symmetric runs on every platform are in
 test_emulator.py; one image here mixes all four asymmetric widths so the matrix stays small."""
 
 import pytest
@@ -9,7 +9,7 @@ from twin.runner import RunSpec, run
 
 pytestmark = pytest.mark.qemu
 
-PLATFORMS = ["mps2-an386", "mps2-an500", "riscv32-virt"]
+PLATFORMS = ["mps2-an386", "mps2-an500", "mps3-an547", "riscv32-virt"]
 # (bits, group size, symmetric, overrides): every width in both schemes, every group size
 CASES = {
     "q2g32": (2, 32, True, ()),

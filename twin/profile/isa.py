@@ -24,7 +24,9 @@ fp       floating point arithmetic and moves: VFP v*.f32/f64 (vadd, vmul, vfma, 
 simd     Armv7E-M packed DSP/SIMD (sadd16, qadd, smlad, smuad, uxtb16, sxtab, sel, usad8, pkhbt
          ...), and Helium/MVE vector instructions with integer element types (vadd.i8, vmladava.s8
          -- objdump prints vmlava.s8 --, vaddva.s8, vshr.u8 ...), the untyped ones on Q registers
-         (vand, vorr, veor, vbic, vmvn), predication (vpst, vpsel, vctp) and vmov of Q registers
+         (vand, vorr, veor, vbic, vmvn), predication (vpst/vpt blocks, vpsel, vctp, vmsr p0) and
+         vmov of Q registers; an MVE instruction inside a VPT block (vmlavat.s8, vldrbt.u8) keeps
+         its class
 other    nop, it, barriers, system and CSR instructions, breakpoints, data in code, lctp
 =======  =====================================================================================
 
@@ -130,6 +132,7 @@ _ARM_MULTI = frozenset(
 )
 _ARM_CONDS = frozenset("eq ne cs hs cc lo mi pl vs vc hi ls ge lt gt le al".split())
 _IT_RE = re.compile(r"^it[te]{0,3}$")
+_VPT_RE = re.compile(r"^vp(?:st|t)[te]{0,3}$")    # MVE VPST / VPT blocks (vpst, vpstt, vptete ...)
 _FP_TYPE_RE = re.compile(r"^(f16|f32|f64|bf16)$")
 
 # ---------------------------------------------------------------------------------------------
@@ -207,9 +210,15 @@ def _classify_arm(mnemonic: str) -> tuple[str, bool, bool]:
     types = [p for p in parts[1:] if p not in ("w", "n")]
     if _IT_RE.match(name):
         return "other", True, False
-    for base in _arm_base_candidates(name):
+    if _VPT_RE.match(name):
+        return "simd", True, False
+    candidates = _arm_base_candidates(name)
+    if name.startswith("v") and name[-1] in "te" and len(name) > 3:
+        candidates.append(name[:-1])    # an MVE instruction in a VPT block: vmlavat.s8, vldrbt.u8, vandt
+    for base in candidates:
         if base in _ARM_VECTOR_LOADSTORE:
             return _ARM_VECTOR_LOADSTORE[base], True, base in _ARM_MULTI
+    for base in candidates:
         if base in _ARM_MVE_UNTYPED and not types:
             return "simd", True, False
         if base.startswith("v") and (base in _ARM_FP_ALWAYS or types or base in _ARM_VFP_UNTYPED):
@@ -289,6 +298,8 @@ def parse_objdump(text: str, arch: str) -> dict[int, Insn]:
         cls, known, multi = classify_full(mnemonic, arch)
         if cls == "fp" and mnemonic.startswith("vmov") and _ARM_Q_OPERAND_RE.search(operands.split("@")[0]):
             cls = "simd"          # an MVE vector move (vmov q0, q1 / vmov.i32 q0, #0 / lane moves)
+        elif cls == "fp" and mnemonic.startswith(("vmsr", "vmrs")) and re.search(r"\b(?:p0|vpr)\b", operands):
+            cls = "simd"          # the MVE predicate register P0 (set before VPST), not the FPSCR
         out[addr] = Insn(mnemonic, size, cls, known, multi, operands)
     return out
 
