@@ -1,7 +1,7 @@
 """Quantization schemes end to end on real QEMU: the firmware's 2/3/4/8-bit kernels, symmetric and
 asymmetric, and a mixed-precision image give exactly the host reference's tokens on a Cortex-M4F, a
-Cortex-M7, a Cortex-M55 (the Helium kernel set) and an RV32IMAC (soft-float). 4- and 8-bit symmetric runs on every platform are in
-test_emulator.py; one image here mixes all four asymmetric widths so the matrix stays small."""
+Cortex-M7, a Cortex-M55 (the Helium kernel set) and an RV32IMAC (soft-float). 4- and 8-bit symmetric
+runs on every platform are in test_emulator.py; one image here mixes all four asymmetric widths so the matrix stays small."""
 
 import pytest
 
