@@ -24,6 +24,7 @@ CATALOG = {  # id: (twin mode, proxy, confidence)
     "hifive1-revb": ("proxy", "riscv32-virt", "medium"),
     "gd32vf103": ("proxy", "riscv32-virt", "medium"),
     "stm32f4-disco": ("exact", "stm32f4-disco", "high"),
+    "alif-ensemble-e3": ("proxy", "mps3-an547", "medium"),      # Cortex-M55 + Helium: the M55 machine
 }
 
 
