@@ -34,7 +34,12 @@ from twin.device.protocol import (
 )
 from twin.platforms import all_platforms, get_platform
 
-EMULATED = [p for p in all_platforms().values() if p.emulator is not None]
+EMULATED = [p for p in all_platforms().values() if p.emulator is not None and p.vector != "mve"]
+
+
+def test_helium_platforms_are_refused_not_miscounted() -> None:
+    with pytest.raises(renode.RenodeError, match="do not cover Helium"):
+        renode.renode_platform(get_platform("mps3-an547"))
 
 
 # --------------------------------------------------------------------------- opcode patterns

@@ -357,6 +357,10 @@ def generate_repl(platform: Platform) -> str:
 
 
 def renode_platform(platform: Platform) -> RenodePlatform:
+    if platform.vector == "mve":
+        raise RenodeError(f"{platform.id}: the Renode opcode patterns do not cover Helium (MVE) or the Armv8.1-M "
+                          "low-overhead loops, so its counts would be wrong; profile it with QEMU "
+                          f"(`twin run --platform {platform.id}`)")
     if platform.id in SHIPPED:
         repl, uart = SHIPPED[platform.id]
         return RenodePlatform(repl, uart)
