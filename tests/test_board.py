@@ -289,3 +289,27 @@ def test_run_device_with_no_map_says_how_to_make_one(tmp_path: Path, monkeypatch
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(TwinCliError, match="no hardware map: set TWIN_HARDWARE_MAP=FILE .*twin hardware scan"):
         run_on_device({}, "f407", None)
+
+
+@pytest.mark.qemu
+def test_profile_device_runs_each_cell_on_the_board_and_stores_an_unplugged_one_as_failed(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from twin.cli.main import main
+    from twin.results.store import ResultsStore
+
+    _map(tmp_path, monkeypatch, str(tmp_path / "ttyACM7"))
+    db = tmp_path / "runs.sqlite"
+    r = CliRunner().invoke(main, ["profile", "--device", "f407", "--platforms", "mps2-an386", "--db", str(db)])
+    assert r.exit_code == 1 and "--device f407 is a stm32f4-disco: profile it with --platforms stm32f4-disco" in r.output
+    r = CliRunner().invoke(main, ["profile", "--device", "nope", "--platforms", "stm32f4-disco", "--db", str(db)])
+    assert r.exit_code == 1 and "no board 'nope'; boards: f407" in r.output
+    r = CliRunner().invoke(main, ["profile", "--device", "f407", "--platforms", "stm32f4-disco", "--bits", "4,8",
+                                  "--tokens", "2", "--db", str(db), "--json"])
+    assert r.exit_code == 1, r.output                        # both cells failed: the board is not plugged in
+    with ResultsStore(db) as store:
+        runs = store.runs()
+    assert len(runs) == 2 and set(runs["status"]) == {"failed"}
+    assert all(k.endswith("/dev-f407") for k in runs["cell_key"])
+    assert all("f407: its serial port" in e and "does not exist" in e for e in runs["error"])

@@ -356,6 +356,22 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
     }, dump
 
 
+def with_board(report: dict, device: str, spec: RunSpec) -> dict:
+    """``report`` (the twin's run of ``spec``) plus the same request on the board ``device`` of the
+    hardware map (twin/device/hardware.py): flashed, its tokens against the reference and its cycle
+    counter per phase (`twin run --device`, `twin profile --device`)."""
+    from twin.device.board import board_for, run_on_board
+
+    entry, _ = board_for(device)
+    fw = report["firmware"]
+    board = run_on_board(entry, get_platform(report["platform"]), Path(fw["elf"]), fw["build_id"],
+                         model_image(spec)[0], report["prompt_tokens"], spec.tokens, seed=spec.seed,
+                         temperature=spec.temperature, topp=spec.topp, expected=report["reference_tokens"],
+                         reply_timeout=spec.reply_timeout)
+    return {**report, "board": board, "cycles": board["cycles"],
+            "matches_reference": report["matches_reference"] and board["matches_reference"]}
+
+
 def _rtl_report(platform: Platform, board: list[Phase], twin: list[Phase], segments: list[SegmentProfile],
                 expected: list[int], stats: dict | None) -> dict:
     """What the RTL board measured, and the cross-check no other tool has: its retired-instruction

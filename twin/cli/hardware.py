@@ -76,29 +76,14 @@ def renode_script_cmd(platform: str, model: str, bits: str, port: int, counts: s
 
 
 def run_on_device(report: dict, device: str, spec) -> dict:
-    """`twin run --device ID`: the twin's report (QEMU's counts), plus the same request on the board of the
-    hardware map: its tokens against the reference, and its cycle counter per phase."""
-    from pathlib import Path
-
-    from twin.device.board import board_for, run_on_board
+    """`twin run --device ID`: twin.runner.with_board, its hardware-map errors as one line."""
     from twin.device.hardware import HardwareMapError
-    from twin.platforms import get_platform
-    from twin.runner import model_image
+    from twin.runner import with_board
 
     try:
-        entry, _ = board_for(device)
-    except HardwareMapError as exc:
+        return with_board(report, device, spec)
+    except HardwareMapError as exc:            # no map, an unknown id, an unplugged board
         raise TwinCliError(str(exc)) from None
-    fw = report["firmware"]
-    try:
-        board = run_on_board(entry, get_platform(report["platform"]), Path(fw["elf"]), fw["build_id"],
-                             model_image(spec)[0], report["prompt_tokens"], spec.tokens, seed=spec.seed,
-                             temperature=spec.temperature, topp=spec.topp, expected=report["reference_tokens"],
-                             reply_timeout=spec.reply_timeout)
-    except HardwareMapError as exc:          # e.g. the board is unplugged
-        raise TwinCliError(str(exc)) from None
-    return {**report, "board": board, "cycles": board["cycles"],
-            "matches_reference": report["matches_reference"] and board["matches_reference"]}
 
 
 class device_port:

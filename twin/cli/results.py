@@ -83,9 +83,12 @@ def _models(value: str) -> list[str]:
 @click.option("--mem-traffic/--no-mem-traffic", default=True, show_default=True,
               help="Count loads/stores per memory region: the predictions' flash loads (without: an assumed "
                    "fraction; faster on RISC-V).")
+@click.option("--device", default=None, metavar="ID",
+              help="Also run every cell on this board of the hardware map ($TWIN_HARDWARE_MAP, docs/hardware.md), "
+                   "one cell at a time: its tokens and cycle counts go to the store.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the batch summary.")
 def profile_cmd(platform_list, model_list, bits_list, prompt_list, tokens_list, kv_cache, seed, db_path, workers,
-                scheduler, retry_failed, timeout, mem_traffic, as_json) -> None:
+                scheduler, retry_failed, timeout, mem_traffic, device, as_json) -> None:
     """Profile a matrix (platforms × models × bits × prompt lengths × tokens) into the results store.
 
     Resumable: the cells the store has are skipped. A failing cell is stored with its error and the
@@ -107,8 +110,20 @@ def profile_cmd(platform_list, model_list, bits_list, prompt_list, tokens_list, 
                     prompt_text(m, n)
                 except Exception as exc:
                     raise TwinCliError(f"--models {m} --prompt-lengths {n}: {' '.join(str(exc).split())}") from None
+    if device is not None:
+        from twin.device.board import board_for
+        from twin.device.hardware import HardwareMapError
+
+        try:
+            entry, _ = board_for(device)         # a missing map or id fails before any cell runs
+        except HardwareMapError as exc:
+            raise TwinCliError(str(exc)) from None
+        others = [p for p in platforms if p != entry.platform]
+        if others:
+            raise TwinCliError(f"--device {device} is a {entry.platform}: profile it with --platforms "
+                               f"{entry.platform} (not {', '.join(others)})")
     cells = matrix(platforms, models, bits, prompts, tokens, kv_cache=kv_cache, seed=seed, timeout=timeout,
-                   mem_traffic=mem_traffic)
+                   mem_traffic=mem_traffic, device=device)
     try:
         store = ResultsStore(db_path)
     except StoreError as exc:

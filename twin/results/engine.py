@@ -59,6 +59,7 @@ class Cell:
     group_size: int = 32
     symmetric: bool = True
     kernels: str | None = None        # None: the platform's kernel set
+    device: str | None = None         # a board of the hardware map: the request runs on it too (cycles)
     mem_traffic: bool = True          # the predictions' flash loads (costs little emulator speed)
     timeout: float = 120.0            # seconds for the emulator run (not part of the key)
 
@@ -76,6 +77,8 @@ class Cell:
                  f"t{self.tokens}", f"s{self.seed}", f"kv-{self.kv_cache}"]
         if self.kernels:
             parts.append(f"k-{self.kernels}")
+        if self.device:
+            parts.append(f"dev-{self.device}")
         if not self.mem_traffic:
             parts.append("no-traffic")
         return "/".join(parts)
@@ -204,6 +207,10 @@ def profile_cell(cell: Cell) -> dict:
         from twin.runner import run
 
         report = run(rs)
+        if cell.device:                        # the same request on the board: its tokens and cycles
+            from twin.runner import with_board
+
+            report = with_board(report, cell.device, rs)
         predictions, notes = predictions_for(report, meta.get("model_sha256", ""))
         if notes:
             meta["prediction_notes"] = notes
@@ -354,7 +361,11 @@ def run_matrix(cells: Iterable[Cell], db: ResultsStore | os.PathLike | str, work
         progress = Progress(total=len(unique), skipped=len(unique) - len(todo))
         if workers is not None and workers < 1:
             raise EngineError(f"workers {workers}: give at least 1")
-        n_workers = workers or default_workers()
+        boards = sorted({c.device for c in todo if c.device})
+        if boards and scheduler is not None:
+            raise EngineError(f"cells on the board(s) {', '.join(boards)} run on this machine, where the board is "
+                              "plugged in: drop the Dask scheduler")
+        n_workers = 1 if boards else (workers or default_workers())   # a board is one device: one at a time
         if on_progress:
             on_progress(progress)
         failures = []
