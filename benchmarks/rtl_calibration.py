@@ -4,7 +4,7 @@ For each RTL board: bench the workload suite (`twin bench --port rtl`), calibrat
 held-out models the calibration never saw (other shapes, bit widths, KV cache, prompt lengths) and
 compare the measured per-token decode and prefill cycles with (a) the published-timing prior and
 (b) the calibrated prediction from the twin's counts, with the calibrated interval and whether the
-measurement fell inside it. Printed, not asserted (tests/test_rtl.py asserts the CI-sized version).
+measurement fell inside it. Printed, not asserted (tests/device/test_rtl.py asserts the CI-sized version).
 
     .venv/bin/python benchmarks/rtl_calibration.py [--boards rtl-ibex,rtl-cv32e40p] [--scale 0.5]
 """

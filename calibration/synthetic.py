@@ -9,7 +9,7 @@ The hidden model is an in-order pipeline, *not* linear in the estimator's featur
 buffer does), and a load stalls the next instruction when it is an ALU operation using the result
 (a share that depends on the mix, not on a count). So these datasets test the machinery — folds,
 intervals, files — against a truth the model cannot fit exactly; the accuracy the product claims is
-measured against the RTL boards (tests/test_rtl.py, benchmarks/rtl_calibration.py).
+measured against the RTL boards (tests/device/test_rtl.py, benchmarks/rtl_calibration.py).
 ``HiddenModel.linear()`` is the plain linear truth, for solver tests only.
 
 ``HiddenModel.regime_gain`` > 0 adds what no per-class linear model can express (it is scale-free:

@@ -1,6 +1,12 @@
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
+
+# The suite mirrors the packages (tests/model, tests/device, ...); tests/ itself holds the shared helpers
+# (fixtures/, native/), importable from every subdirectory.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _missing_emulator_tools() -> str | None:

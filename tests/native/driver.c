@@ -1,4 +1,4 @@
-/* Native test driver for the model runtime (host gcc). Used by tests/test_runtime_native.py.
+/* Native test driver for the model runtime (host gcc). Used by tests/model/test_runtime_native.py.
  *   driver open   IMAGE PARTITION ARENA          -> status, arena needed/used, crc, size, name
  *   driver gen    IMAGE N SEED TEMP TOPP TOK...  -> generated tokens (TEMP/TOPP: float32 bits, hex)
  *   driver logits IMAGE TOK...                   -> per position, the logits as float32 bits (hex)

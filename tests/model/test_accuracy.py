@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from twin.model import accuracy as acc
 from twin.model.image import QuantRecipe, write_image
 from twin.model.modelgen import BOS, builtin_model
 from twin.model.reference import FloatReference, QuantReference
+from twin.platforms import ROOT  # the repository
 
-ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "models" / "heldout.txt"
 FALLBACK_TEXT = (
     "The little robot walked along the river every morning, counting the boats and the birds. "

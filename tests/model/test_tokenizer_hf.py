@@ -27,6 +27,7 @@ from twin.model.tokenizer import (
     tokenizer_from_json,
 )
 from twin.model.tokenizer_hf import HFTokenizer
+from twin.platforms import ROOT  # the repository
 
 CORPUS = ["It is a truth universally acknowledged, that a single man in possession of a good fortune",
           "must be in want of a wife.", "Emma Woodhouse, handsome, clever, and rich, with a comfortable home",
@@ -306,9 +307,8 @@ def test_stored_tokenizer_that_is_corrupt_or_too_large(tmp_path, llama_tok):
 
 
 def test_old_npz_and_twin_tokenizer_json_load_unchanged():
-    from pathlib import Path
 
-    models_dir = Path(__file__).resolve().parent.parent / "models"
+    models_dir = ROOT / "models"
     own = load_tokenizer(models_dir / "tokenizer.json", 512)
     assert isinstance(own, Tokenizer) and own.name == "austen-bpe512"
     for name in ("austen-260k.npz", "austen-1m.npz"):

@@ -15,8 +15,8 @@ from twin.device.build import KERNELS, runtime_sources
 from twin.model import image as im
 from twin.model.modelgen import builtin_model, encode
 from twin.model.reference import QuantReference, tw_expf, tw_sincosf, tw_sqrtf
+from twin.platforms import ROOT  # the repository
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "firmware" / "runtime"
 SOURCES = runtime_sources("ref")     # runtime/*.c and the reference kernel set (firmware/kernels/ref)
 WARN = ["-Wall", "-Wextra", "-Wdouble-promotion", "-std=c11"]

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from twin.cli.main import _emulated
+from twin.platforms import ROOT  # the repository
 from twin.results import engine
 from twin.results.engine import Cell, matrix, run_matrix
 from twin.results.store import ResultsStore
@@ -27,7 +28,6 @@ from twin.runner import RunSpec, run
 pytestmark = pytest.mark.qemu
 TOKENS = 4
 BITS = (4, 8)
-ROOT = Path(__file__).resolve().parent.parent
 TWIN = str(Path(sys.executable).with_name("twin"))
 PROVENANCE = {"run_id", "created_at", "wall_seconds", "host"}      # differ between two runs of one cell
 

@@ -24,10 +24,13 @@ from twin.device.qemu import EmulatorError
 from twin.device.rtl import CORES, CoreRecipe, RtlError, RtlProcess, build_harness, harness_for
 from twin.model import modelgen
 from twin.model.image import write_image
-from twin.platforms import PlatformError, get_platform, parse_platform
+from twin.platforms import (
+    PlatformError,
+    get_platform,
+    parse_platform,
+)
 from twin.runner import RunSpec, rtl_session, run
 
-ROOT = Path(__file__).resolve().parent.parent
 TWIN = [str(Path(sys.executable).with_name("twin"))]   # the installed console script
 
 

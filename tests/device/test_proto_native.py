@@ -27,8 +27,8 @@ from twin.device.protocol import (
     cobs_encode,
     encode_frame,
 )
+from twin.platforms import ROOT  # the repository
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "firmware" / "app"
 RUNTIME = ROOT / "firmware" / "runtime"
 SOURCES = [APP / "proto.c", RUNTIME / "crc32.c", ROOT / "tests" / "native" / "proto_host.c"]
