@@ -211,3 +211,15 @@ def test_calibration_on_the_suite_predicts_unseen_models_within_3_percent(tmp_pa
             err = abs(pred[k].sum() / y[k].sum() - 1)
             assert err < 0.03, (name, phase, f"{100 * err:.2f}%")
         assert np.all((lo <= y) & (y <= hi)) and np.all(np.isfinite(hi))
+
+
+def test_the_fpu_board_runs_rv32f_in_hardware_bit_exact(tmp_path: Path) -> None:
+    """CV32E40P with its FPU (fpnew): the same model, RV32IMFC instead of soft-float — bit-exact,
+    minstret equal to the twin's count, and far fewer instructions and cycles per token."""
+    image = tiny_image(tmp_path)
+    hard = run(RunSpec(platform="rtl-cv32e40p-fpu", model=str(image), prompt="ab", tokens=2))
+    soft = run(RunSpec(platform="rtl-cv32e40p", model=str(image), prompt="ab", tokens=2))
+    assert hard["matches_reference"] and hard["board"]["instret_equals_twin"], hard["board"]["instret_mismatches"]
+    assert hard["tokens"] == soft["tokens"]                      # the same bits, soft-float or not
+    assert hard["instructions"]["by_class"]["fp"] > 0 == soft["instructions"]["by_class"]["fp"]
+    assert hard["cycles"]["decode"][0] * 2 < soft["cycles"]["decode"][0]

@@ -90,12 +90,15 @@ CORES: dict[str, CoreRecipe] = {
     "cv32e40p": CoreRecipe(
         name="cv32e40p", package="pythondata-cpu-cv32e40p", module="pythondata_cpu_cv32e40p",
         files=("rtl/include/cv32e40p_apu_core_pkg.sv", "rtl/include/cv32e40p_fpu_pkg.sv",
-               "rtl/include/cv32e40p_pkg.sv", "rtl/cv32e40p_register_file_ff.sv",
+               "rtl/include/cv32e40p_pkg.sv", "rtl/vendor/pulp_platform_common_cells/src/cf_math_pkg.sv",
+               "rtl/vendor/pulp_platform_fpnew/src/fpnew_pkg.sv", "rtl/cv32e40p_register_file_ff.sv",
                "bhv/cv32e40p_sim_clock_gate.sv"),
-        search=("rtl", "bhv"),
-        include=("rtl/include", "bhv", "bhv/include"),
+        search=("rtl", "bhv", "rtl/vendor/pulp_platform_fpnew/src", "rtl/vendor/pulp_platform_common_cells/src",
+                *(f"rtl/vendor/pulp_platform_fpnew/vendor/opene906/E906_RTL_FACTORY/gen_rtl/{d}/rtl"
+                  for d in ("clk", "fdsu", "fpu"))),
+        include=("rtl/include", "bhv", "bhv/include", "rtl/vendor/pulp_platform_common_cells/include"),
         flags=("-Wno-BLKANDNBLK",),
-        options={}),
+        options={"fpu": {"true": "+define+CV32E40P_FPU", "false": "+define+CV32E40P_NO_FPU"}}),
 }
 
 

@@ -12,6 +12,10 @@ twin_reset:
 #if defined(CYCLE_COUNTER_MCYCLE)
     csrw mcountinhibit, zero       /* some cores (CV32E40P) reset with mcycle/minstret stopped */
 #endif
+#if defined(__riscv_flen)
+    li t0, 0x2000                  /* mstatus.FS = Initial: the FPU is off at reset */
+    csrs mstatus, t0
+#endif
     call twin_c_start
 1:  j 1b
 
