@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,9 @@ _prctl = _load_prctl()     # resolved once, here: the child only calls a functio
 PDEATHSIG_SUPPORTED = _prctl is not None
 
 
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent_hook(parent_pid: int, then: Callable[[], object] | None) -> Callable[[], None]:
     def hook() -> None:
         if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -72,7 +76,14 @@ def _die_with_parent_hook(parent_pid: int, then: Callable[[], object] | None) ->
 
 def spawn(cmd: Sequence[str] | str, **popen_kwargs) -> subprocess.Popen:
     """Start ``cmd`` like ``subprocess.Popen(cmd, **popen_kwargs)``; the child is SIGKILLed by the
-    kernel when the calling thread (hence the process) goes away (Linux PR_SET_PDEATHSIG)."""
+    kernel when the calling thread (hence the process) goes away (Linux PR_SET_PDEATHSIG).
+
+    Where util-linux's ``setpriv`` is there (Debian's, always), the death signal is set by it just
+    before it execs the command, and no Python runs between fork and exec: a ``preexec_fn`` can
+    deadlock the child when other threads of this process hold locks at the fork (runs in threads,
+    the host reference computing beside the emulator), which left an emulator that never started."""
+    if _SETPRIV and not isinstance(cmd, (str, bytes)) and "preexec_fn" not in popen_kwargs:
+        return subprocess.Popen([_SETPRIV, "--pdeathsig", "KILL", "--", *cmd], **popen_kwargs)
     if _prctl is not None:
         popen_kwargs["preexec_fn"] = _die_with_parent_hook(os.getpid(), popen_kwargs.get("preexec_fn"))
     return subprocess.Popen(cmd, **popen_kwargs)
