@@ -1,6 +1,9 @@
-// OpenHW CV32E40P (RV32IMC, no PULP extensions) as the bench board's core; with the define
-// CV32E40P_FPU (rtl.config fpu: true) its FPU (fpnew, through cv32e40p_top): RV32IMFC. The RTL comes
-// from the pythondata-cpu-cv32e40p package.
+// OpenHW CV32E40P (RV32IMC, no PULP extensions) as the bench board's core; with CV32E40P_FPU_ON 1
+// (rtl.config fpu: true) its FPU, fpnew: RV32IMFC. The RTL comes from the pythondata-cpu-cv32e40p
+// package.
+`ifndef CV32E40P_FPU_ON
+  `define CV32E40P_FPU_ON 0
+`endif
 module twin_cpu (
   input  logic        clk_i,
   input  logic        rst_ni,
@@ -19,8 +22,7 @@ module twin_cpu (
   output logic [31:0] data_wdata_o,
   input  logic [31:0] data_rdata_i
 );
-`ifdef CV32E40P_FPU
-  cv32e40p_top #(.COREV_PULP(0), .COREV_CLUSTER(0), .FPU(1), .ZFINX(0), .NUM_MHPMCOUNTERS(1)) u_core (
+  cv32e40p_top #(.COREV_PULP(0), .COREV_CLUSTER(0), .FPU(`CV32E40P_FPU_ON), .ZFINX(0), .NUM_MHPMCOUNTERS(1)) u_core (
     .clk_i, .rst_ni,
     .pulp_clock_en_i(1'b1), .scan_cg_en_i(1'b0),
     .boot_addr_i, .mtvec_addr_i(boot_addr_i), .dm_halt_addr_i(32'h0000_0800), .hart_id_i(32'h0),
@@ -32,20 +34,4 @@ module twin_cpu (
     .debug_req_i(1'b0), .debug_havereset_o(), .debug_running_o(), .debug_halted_o(),
     .fetch_enable_i(1'b1), .core_sleep_o()
   );
-`else
-  cv32e40p_core #(.COREV_PULP(0), .COREV_CLUSTER(0), .FPU(0), .ZFINX(0), .NUM_MHPMCOUNTERS(1)) u_core (
-    .clk_i, .rst_ni,
-    .pulp_clock_en_i(1'b1), .scan_cg_en_i(1'b0),
-    .boot_addr_i, .mtvec_addr_i(boot_addr_i), .dm_halt_addr_i(32'h0000_0800), .hart_id_i(32'h0),
-    .dm_exception_addr_i(32'h0000_0800),
-    .instr_req_o, .instr_gnt_i, .instr_rvalid_i, .instr_addr_o, .instr_rdata_i,
-    .data_req_o, .data_gnt_i, .data_rvalid_i, .data_we_o, .data_be_o, .data_addr_o, .data_wdata_o,
-    .data_rdata_i,
-    .apu_busy_o(), .apu_req_o(), .apu_gnt_i(1'b0), .apu_operands_o(), .apu_op_o(), .apu_flags_o(),
-    .apu_rvalid_i(1'b0), .apu_result_i(32'h0), .apu_flags_i('0),
-    .irq_i(32'h0), .irq_ack_o(), .irq_id_o(),
-    .debug_req_i(1'b0), .debug_havereset_o(), .debug_running_o(), .debug_halted_o(),
-    .fetch_enable_i(1'b1), .core_sleep_o()
-  );
-`endif
 endmodule

@@ -98,7 +98,7 @@ CORES: dict[str, CoreRecipe] = {
                   for d in ("clk", "fdsu", "fpu"))),
         include=("rtl/include", "bhv", "bhv/include", "rtl/vendor/pulp_platform_common_cells/include"),
         flags=("-Wno-BLKANDNBLK",),
-        options={"fpu": {"true": "+define+CV32E40P_FPU", "false": "+define+CV32E40P_NO_FPU"}}),
+        options={"fpu": {"true": "+define+CV32E40P_FPU_ON=1", "false": "+define+CV32E40P_FPU_ON=0"}}),
 }
 
 
