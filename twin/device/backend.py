@@ -2,14 +2,20 @@
 and listens on the console's TCP socket itself and hands it to the child (so no other process can
 take the port in between, and a client may connect before the child accepts), the child is spawned so
 that it never outlives the host, and its stderr is kept for the error messages. A subclass says how
-to start it (``command``) and which of its stderr lines are routine (``routine``)."""
+to start it (``command``) and which of its stderr lines are routine (``routine``).
+
+Backends that are not a child process of ours (Renode in-process through pyrenode3, a flashed board)
+own the console socket through a :class:`Relay` instead: the host connects to it and the backend
+bridges the connection to what it drives."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 
 from twin.device.procguard import spawn
 from twin.platforms import Platform
@@ -97,3 +103,32 @@ class ProcessBackend:
         self.kill()
         self._closing_stderr = self.stderr_text()
         self._stderr.close()
+
+
+class Relay:
+    """A local socket the host opens (``socket://127.0.0.1:{port}``) and a thread that waits up to
+    ``timeout`` s for the host to connect, then runs ``serve(host)`` (which bridges it and closes it)."""
+
+    def __init__(self, serve: Callable[[socket.socket], None], name: str, timeout: float):
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(1)
+        self.port = self._listener.getsockname()[1]
+        self._serve, self._timeout = serve, timeout
+        self._thread = threading.Thread(target=self._accept, name=name, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self._listener.settimeout(max(0.1, self._timeout))
+        try:
+            host, _ = self._listener.accept()
+        except OSError:            # timed out, or closed: nobody came
+            return
+        self._serve(host)
+
+    def close(self) -> None:
+        """No more connections (one that is being served goes on)."""
+        self._listener.close()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout=timeout)

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from twin.device.backend import EmulatorError, Relay
 from twin.device.hardware import HardwareBoard, resolve_port
 from twin.device.protocol import Info
-from twin.device.qemu import EmulatorError
 from twin.platforms import FLASH_RUNNERS, Platform
 
 FLASH_TIMEOUT = 180.0        # seconds one runner command may take (a full-chip erase of a big part)
@@ -187,8 +187,7 @@ class BoardProcess:
         self.proc = _Status()
         self.deadline = 0.0
         self.notes: list[str] = []
-        self._listener: socket.socket | None = None
-        self._relay: threading.Thread | None = None
+        self._relay: Relay | None = None
         self._stop = threading.Event()
 
     @property
@@ -211,24 +210,14 @@ class BoardProcess:
             out = run_flash(self.plan)
             if out:
                 self.notes.append(out)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(1)
-        self.port = self._listener.getsockname()[1]
         self.deadline = time.monotonic() + self.timeout
-        self._relay = threading.Thread(target=self._serve, name="twin-board-relay", daemon=True)
-        self._relay.start()
+        self._relay = Relay(self._serve, "twin-board-relay", self.timeout)
+        self.port = self._relay.port
         return self
 
-    def _serve(self) -> None:
+    def _serve(self, host: socket.socket) -> None:
         import serial
 
-        assert self._listener is not None
-        self._listener.settimeout(max(0.1, self.remaining()))
-        try:
-            host, _ = self._listener.accept()
-        except OSError:
-            return
         try:
             ser = serial.serial_for_url(self.serial_port, baudrate=self.baudrate, timeout=0.05)
         except (serial.SerialException, OSError, ValueError) as exc:
@@ -285,9 +274,8 @@ class BoardProcess:
 
     def kill(self) -> None:
         self._stop.set()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        if self._relay is not None:
+            self._relay.close()
         if self.proc.returncode is None:
             self.proc.returncode = -1
 
@@ -300,7 +288,7 @@ class BoardProcess:
     def __exit__(self, *exc) -> None:
         self.kill()
         if self._relay is not None:
-            self._relay.join(timeout=3)
+            self._relay.join(3)
 
 
 def board_for(board_id: str, map_file: Path | str | None = None):

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from twin.device.qemu import EmulatorError
+from twin.device.backend import EmulatorError, Relay
 from twin.platforms import Platform
 
 RENODE_HINT = ("the Renode backend needs Renode and pyrenode3: pip install '.[renode]' (or Antmicro's pyrenode3 from "
@@ -574,8 +574,7 @@ class RenodeProcess:
         self.commands: list[str] = []       # what was said to the monitor, in order
         self._monitor = None
         self._tmp: tempfile.TemporaryDirectory | None = None
-        self._listener: socket.socket | None = None
-        self._relay: threading.Thread | None = None
+        self._relay: Relay | None = None
         self._snapshots: list[list[int]] | None = None
         self.counts_file: Path | None = None
 
@@ -630,22 +629,12 @@ class RenodeProcess:
             raise RenodeError(f"Renode failed while setting up {self.platform.id}: {type(exc).__name__}: {exc}") from None
         # The host connects to our port; the relay connects it to Renode's terminal and then starts the
         # emulation (nothing the firmware says is sent before the host listens).
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(1)
-        self.port = self._listener.getsockname()[1]
         self.deadline = time.monotonic() + self.timeout
-        self._relay = threading.Thread(target=self._serve, name="twin-renode-relay", daemon=True)
-        self._relay.start()
+        self._relay = Relay(self._serve, "twin-renode-relay", self.timeout)
+        self.port = self._relay.port
         return self
 
-    def _serve(self) -> None:
-        assert self._listener is not None
-        self._listener.settimeout(max(0.1, self.remaining()))
-        try:
-            host, _ = self._listener.accept()
-        except OSError:
-            return
+    def _serve(self, host: socket.socket) -> None:
         try:
             renode = socket.create_connection(("127.0.0.1", self.terminal_port), timeout=10)
         except OSError as exc:
@@ -701,9 +690,8 @@ class RenodeProcess:
                 self.execute("emulation Clear")
             except Exception as exc:     # noqa: BLE001
                 self.notes.append(f"emulation Clear failed: {exc}")
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        if self._relay is not None:
+            self._relay.close()
 
     def stderr(self) -> str:
         return "\n".join(self.notes).strip()
@@ -714,7 +702,7 @@ class RenodeProcess:
     def __exit__(self, *exc) -> None:
         self.kill()
         if self._relay is not None:
-            self._relay.join(timeout=5)
+            self._relay.join(5)
         if self._tmp is not None:
             if self.counting and self._snapshots is None and self.counts_file and self.counts_file.exists():
                 try:
