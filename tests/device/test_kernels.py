@@ -19,12 +19,12 @@ from twin.device import build
 from twin.device.build import BuildError, build_firmware, firmware_sources, kernel_sources, runtime_sources
 from twin.device.protocol import PhaseKind
 from twin.model import modelgen
-from twin.model.image import read_image
+from twin.model.image import read_image, write_image
 from twin.model.reference import QuantReference
 from twin.platforms import PLATFORM_DIR, PlatformError, all_platforms, get_platform, load_platform_file
 from twin.profile.counts import sum_profiles
 from twin.profile.isa import disassemble
-from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session
+from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session, run
 
 ARM_DSP = ["mps2-an386", "mps2-an500", "mps2-an505", "stm32f4-disco"]
 MATVECS = ["matvec_q2.c", "matvec_q3.c", "matvec_q4.c", "matvec_q8.c"]
@@ -171,3 +171,30 @@ def test_only_arm_dsp_matvecs_use_the_dsp_extension():
     for name in ("matvec_q8", "matvec_q4", "matvec_q3", "matvec_q2"):
         insns = disassemble(ref, "arm", (f"--disassemble={name}",)).values()
         assert insns and not any(i.cls == "simd" for i in insns), name
+
+
+def _edge_image(tmp_path: Path, group: int, symmetric: bool, bits: int) -> str:
+    """A random model whose shapes hit every edge of the arm_dsp kernels: row counts 90, 18, 545 and
+    511 leave 1, 2 and 3 rows over after the kernels' blocks of three (4-bit) and four (8-bit) rows,
+    545 columns are 18 groups of 32 (more than one chunk of activation sums) and 5 of 128 (several
+    32-element blocks per group); every width in one image."""
+    cfg = modelgen.ModelConfig(dim=90, hidden_dim=545, n_layers=2, n_heads=5, n_kv_heads=1, vocab_size=511,
+                               seq_len=32, name="dsp-edges")
+    others = {8: (4, 3), 4: (8, 2)}[bits]
+    image = write_image(modelgen.generate_model(cfg, seed=7), bits=bits, group_size=group, symmetric=symmetric,
+                        overrides={"w2": others[0], "w1": others[1], "wo": others[0]})
+    path = tmp_path / f"edges-q{bits}g{group}{'' if symmetric else 'a'}.twlm"
+    path.write_bytes(image)
+    return str(path)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_arm_dsp_matches_the_reference_at_every_shape_edge(tmp_path, bits, group, symmetric):
+    r = run(RunSpec(platform="mps2-an386", model=_edge_image(tmp_path, group, symmetric, bits), tokens=6,
+                    temperature=0.9, seed=3))
+    assert r["matches_reference"], (r["tokens"], r["reference_tokens"])
+    names = {f["name"] for f in r["functions"]}
+    assert {"matvec_q8", "matvec_q4"} <= names
