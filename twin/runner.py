@@ -1,6 +1,13 @@
 """One profiling run end to end: build what is missing, start the emulator, talk to the firmware
-through pyserial, cut the plugin's counts at the firmware's phase markers, check the generated tokens
-against the host reference, and return one report."""
+through pyserial, cut the counts at the firmware's phase markers, check the generated tokens against
+the host reference, and return one report.
+
+The emulator that counts is ``RunSpec.emulator``: QEMU under the profiling plugin (the default), or
+Renode (twin/device/renode.py) with its opcode counters. Both go through :func:`backend_session`; only
+:func:`profiled_session` knows which one counts and how. What a backend cannot count is no invented
+figure: the report's ``unavailable`` maps each such report field to why (empty for QEMU; for Renode
+``functions``, ``memory_traffic`` and ``instructions.branches.not_taken``, whose values are ``[]``,
+``None`` and ``None``)."""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twin import atomic
+from twin.device import renode
 from twin.device.build import build_firmware, cache_dir
 from twin.device.protocol import DeviceError, Info, Phase, PhaseKind
 from twin.device.qemu import EmulatorError, QemuConfig, QemuProcess
@@ -26,6 +34,10 @@ from twin.platforms import Platform, get_platform, with_kernels
 from twin.profile.counts import Dump, SegmentProfile, analyze, parse_dump, plugin_args, sum_profiles
 
 DEFAULT_PROMPT = "Once upon a time"
+EMULATORS = ("qemu", "renode")     # RunSpec.emulator: what runs the firmware and counts its instructions
+# A SegmentProfile field a backend cannot count -> the report field that says so in "unavailable"
+REPORT_FIELDS = {"by_function": "functions", "mem": "memory_traffic", "by_class": "instructions.by_class",
+                 "branches_not_taken": "instructions.branches.not_taken"}
 
 
 class RunError(RuntimeError):
@@ -51,6 +63,7 @@ class RunSpec:
     mem_traffic: bool = False        # count loads/stores per memory region (costs emulator speed)
     kernels: str | None = None       # kernel set of the build (firmware/kernels); None: the platform's
     board: bool = True               # an RTL platform: also run the requests on its RTL board (slow)
+    emulator: str = "qemu"           # the counting backend, one of EMULATORS (an RTL board runs beside either)
 
 
 def model_image(spec: RunSpec) -> tuple[Path, bytes, str]:
@@ -131,24 +144,27 @@ def _check_fits(platform: Platform, image: bytes) -> None:
                        f"partition ({platform.model.size} bytes): use fewer bits or a smaller model")
 
 
+Backend = QemuProcess | RtlProcess | renode.RenodeProcess   # one interface (url, remaining, kill, ...)
+
+
 @dataclass
 class Session:
-    """A running device backend with its firmware, and the device it exposes (already said HELLO).
-    ``backend`` is a QemuProcess or an RtlProcess: the same interface (url, remaining, kill, ...)."""
-    backend: QemuProcess | RtlProcess
+    """A running device backend with its firmware, and the device it exposes (already said HELLO)."""
+    backend: Backend
     device: Device
     boot_phases: list[Phase]
     info: Info
-    segments: list[SegmentProfile] | None = None    # profiled_session: the counts, once QEMU has exited
-    dump: Dump | None = None                        # profiled_session: the plugin's per-block counts
+    segments: list[SegmentProfile] | None = None    # profiled_session: the counts, once the backend has ended
+    dump: Dump | None = None                        # profiled_session under QEMU: the plugin's per-block counts
+    unavailable: dict[str, str] | None = None       # profiled_session: SegmentProfile field -> why not counted
 
     @property
-    def qemu(self) -> QemuProcess | RtlProcess:     # the name older callers use
+    def qemu(self) -> Backend:     # the name older callers use
         return self.backend
 
 
 @contextmanager
-def backend_session(backend: QemuProcess | RtlProcess, reply_timeout: float = 30.0) -> Iterator[Session]:
+def backend_session(backend: Backend, reply_timeout: float = 30.0) -> Iterator[Session]:
     """Start ``backend``, open its UART through pyserial and say HELLO. On leaving, the firmware is
     told to EXIT and the backend must end by itself. A firmware that stops answering, or a backend that
     dies, becomes an EmulatorError that says so (with what the backend wrote to stderr)."""
@@ -186,11 +202,41 @@ def rtl_session(platform: Platform, elf: Path, image: Path | None, *, timeout: f
     return backend_session(RtlProcess(platform, elf, image, timeout=timeout), reply_timeout)
 
 
+def check_emulator(platform: Platform, emulator: str, mem_traffic: bool = False) -> None:
+    """Refuse, before anything is built or started, a run ``emulator`` cannot do on ``platform``."""
+    if emulator not in EMULATORS:
+        raise RunError(f"unknown emulator {emulator!r}: one of {', '.join(EMULATORS)}")
+    if platform.emulator is None:
+        t = platform.twin_mode
+        kind = "same-core twin" if t.mode == "proxy" else "cross-core stand-in"
+        hint = f"`twin run --platform {t.proxy}` runs its {kind}; " if t.proxy else ""
+        raise RunError(f"platform {platform.id} has no emulator model: {hint}`twin predict --platform "
+                       f"{platform.id}` predicts it; `twin bench --port PORT` measures the board")
+    if emulator == "renode":
+        if mem_traffic:
+            raise RunError(f"--mem-traffic is not available with Renode: {renode.UNAVAILABLE['mem']}; "
+                           "count it under QEMU (drop --emulator renode)")
+        reason = renode.available()
+        if reason is not None:
+            raise RunError(reason)
+        renode.renode_platform(platform)      # a RenodeError for what Renode cannot model or count (Helium)
+
+
 @contextmanager
 def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_traffic: bool = False,
-                     timeout: float = 120.0, reply_timeout: float = 30.0) -> Iterator[Session]:
-    """An emulator session under the profiling plugin. When the block ends and QEMU has exited,
-    ``session.segments`` holds the counts cut at the firmware's markers: boot | phase | io | phase | …"""
+                     timeout: float = 120.0, reply_timeout: float = 30.0, emulator: str = "qemu") -> Iterator[Session]:
+    """An emulator session that counts: QEMU under the profiling plugin, or Renode with its opcode
+    counters. When the block ends and the backend has ended, ``session.segments`` holds the counts cut at
+    the firmware's markers (boot | phase | io | phase | …) and ``session.unavailable`` what it could not count."""
+    check_emulator(platform, emulator, mem_traffic)
+    if emulator == "renode":
+        backend = renode.RenodeProcess(platform, elf, image, timeout=timeout)
+        with backend_session(backend, reply_timeout) as session:
+            yield session
+        segments = backend.segments()
+        session.segments = [seg.as_profile(SegmentProfile) for seg in segments]
+        session.unavailable = {k: v for seg in segments for k, v in seg.unavailable.items()}
+        return
     regions = memory_regions(platform) if mem_traffic else None
     with tempfile.TemporaryDirectory(prefix="twin-profile-") as tmp:
         dump = Path(tmp) / "profile.dump"
@@ -199,6 +245,7 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
             yield session
         session.dump = parse_dump(dump)
         session.segments = analyze(session.dump, elf, platform.arch)
+        session.unavailable = {}
 
 
 def prompt_tokens(text: str, tokenizer, vocab_size: int) -> tuple[list[int], str | None]:
@@ -250,17 +297,13 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     return run_with_dump(spec, on_phase)[0]
 
 
-def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> tuple[dict, Dump]:
+def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> tuple[dict, Dump | None]:
     """``run``, also returning the plugin's dump (per-block counts, segments boot | phase | io | …),
-    for analyses beyond the report's totals (e.g. calibration.mca's per-block cycle estimate)."""
+    for analyses beyond the report's totals (e.g. calibration.mca's per-block cycle estimate); None
+    under Renode (no per-block counts)."""
     started = time.perf_counter()
     platform = with_kernels(get_platform(spec.platform), spec.kernels)
-    if platform.emulator is None:
-        t = platform.twin_mode
-        kind = "same-core twin" if t.mode == "proxy" else "cross-core stand-in"
-        hint = f"`twin run --platform {t.proxy}` runs its {kind}; " if t.proxy else ""
-        raise RunError(f"platform {platform.id} has no emulator model: {hint}`twin predict --platform "
-                       f"{platform.id}` predicts it; `twin bench --port PORT` measures the board")
+    check_emulator(platform, spec.emulator, spec.mem_traffic)
     firmware = build_firmware(platform)
     image_path, image, model_name = model_image(spec)
     _check_fits(platform, image)
@@ -275,13 +318,13 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
     expected = reference.generate(prompt_ids, spec.tokens, seed=spec.seed, temperature=spec.temperature,
                                   topp=spec.topp)
     with profiled_session(platform, firmware.elf, image_path, mem_traffic=spec.mem_traffic,
-                          timeout=spec.timeout, reply_timeout=spec.reply_timeout) as s:
+                          timeout=spec.timeout, reply_timeout=spec.reply_timeout, emulator=spec.emulator) as s:
         if s.info.status != 0:
             raise DeviceError(s.info.status, request="model image check")
         phases, result = s.device.run(prompt_ids, spec.tokens, seed=spec.seed,
                                       temperature=spec.temperature, topp=spec.topp, on_phase=on_phase)
         mem = s.device.mem()
-    segments, info, dump = s.segments, s.info, s.dump
+    segments, info, dump, unavailable = s.segments, s.info, s.dump, s.unavailable
     board = None
     if platform.rtl is not None and spec.board:   # the board is an RTL simulation: the same requests on it
         with rtl_session(platform, firmware.elf, image_path, timeout=spec.timeout * RTL_SLOWDOWN,
@@ -306,6 +349,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
     ranked = sorted(inference.by_function.items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "platform": platform.id,
+        "emulator": spec.emulator,
         "model": model_name,
         "bits": spec.bits if spec.model == "builtin" else image_bits(reference.model),
         "kv_cache": reference.model.kv_cache,
@@ -326,8 +370,9 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
             "by_phase_class": {"prefill": prefill_sum.by_class, "decode": decode_sum.by_class},
             # Control transfers (twin/profile/counts.py "Taken branches"): unresolved conditional branches
             # are in neither taken nor not_taken.
-            "branches": _branches(inference),
-            "by_phase_branches": {"prefill": _branches(prefill_sum), "decode": _branches(decode_sum)},
+            "branches": _branches(inference, unavailable),
+            "by_phase_branches": {"prefill": _branches(prefill_sum, unavailable),
+                                  "decode": _branches(decode_sum, unavailable)},
             # bytes of instructions executed: what a fetch unit reads (compressed code: fewer words)
             "by_phase_fetch_bytes": {"prefill": prefill_sum.fetch_bytes, "decode": decode_sum.fetch_bytes},
         },
@@ -349,6 +394,8 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
         "firmware": {"build_id": info.build_id, "elf": str(firmware.elf), "kernels": platform.kernels},
         "clock_hz": info.clock_hz,
         "board": board,
+        # report field -> why this backend could not count it (its value is then [] or None, not a guess)
+        "unavailable": {REPORT_FIELDS[k]: why for k, why in unavailable.items()},
         "wall_seconds": round(time.perf_counter() - started, 3),
     }, dump
 
@@ -393,12 +440,12 @@ def _rtl_report(platform: Platform, board: list[Phase], twin: list[Phase], segme
     }
 
 
-def _branches(p) -> dict:
-    return {"taken": p.branches_taken, "not_taken": p.branches_not_taken,
-            "unresolved": p.branches_unresolved}
+def _branches(p, unavailable: dict[str, str]) -> dict:
+    return {"taken": p.branches_taken, "unresolved": p.branches_unresolved,
+            "not_taken": None if "branches_not_taken" in unavailable else p.branches_not_taken}
 
 
-def _emulator_failure(exc: Exception, backend: QemuProcess | RtlProcess, exited: int | None) -> str:
+def _emulator_failure(exc: Exception, backend: Backend, exited: int | None) -> str:
     err = backend.stderr()
     detail = f" {backend.name} said: {err}" if err else ""
     if isinstance(exc, DeviceTimeout):

@@ -4,34 +4,19 @@ backend's control flow against a fake pyrenode3 that records the monitor command
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import types
 from pathlib import Path
 
 import pytest
+from fixtures.fake_renode import FakeRenode
 
 from twin.device import renode
-from twin.device.protocol import (
-    PROTO_VERSION,
-    SEQ_NONE,
-    Boot,
-    Bye,
-    Exit,
-    Frame,
-    FrameDecoder,
-    Hello,
-    Info,
-    Phase,
-    Result,
-    RunRequest,
-    encode_frame,
-)
 from twin.platforms import all_platforms, get_platform
 
 EMULATED = [p for p in all_platforms().values() if p.emulator is not None and p.vector != "mve"]
@@ -264,123 +249,53 @@ def test_renode_script_cli(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the backend against a fake pyrenode3
 
 
-INFO = Info(PROTO_VERSION, 0, 25_000_000, 0x1234, 4096, 0, "mps2-an386", "cortex-m4f", "fake-build", "tiny")
-
-
-class FakeRenode:
-    """Records monitor commands; plays Renode's terminal and a firmware that marks its phases."""
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-        self.counts_path: Path | None = None
-        self.names: list[str] = []
-        self.totals: list[int] = []           # cumulative count in the first pattern ("alu.0")
-        self.server: socket.socket | None = None
-        self.firmware: threading.Thread | None = None
-        self.silent = False
-
-    def snapshot(self) -> None:
-        """What the twin_mark hook writes: ExecutedInstructions, then every counter."""
-        n = len(self.totals) + 1
-        total = (self.totals[-1] if self.totals else 0) + 10 * n
-        self.totals.append(total)
-        values = self.values(total, n)
-        with open(self.counts_path, "a") as f:
-            f.write(" ".join(map(str, values)) + "\n")
-
-    def monitor_class(self):
-        fake = self
-
-        class Monitor:
-            def execute(self, command: str):
-                fake.commands.append(command)
-                return fake.handle(command)
-        return Monitor
-
-    def handle(self, cmd: str):
-        if cmd.startswith("emulation CreateServerSocketTerminal"):
-            port = int(cmd.split()[2])
-            self.server = socket.socket()
-            self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.server.bind(("127.0.0.1", port))
-            self.server.listen(1)
-        elif "InstallOpcodeCounterPattern" in cmd:
-            self.names.append(cmd.split('"')[1])
-        elif "AddHook" in cmd:
-            self.counts_path = Path(re.search(r"open\(r'([^']+)'", cmd)[1])
-        elif cmd == "start":
-            self.firmware = threading.Thread(target=self.play, daemon=True)
-            self.firmware.start()
-        elif cmd.endswith("ExecutedInstructions"):
-            return f"{self.final()[0]:#x}\n", ""
-        elif "GetOpcodeCounter" in cmd:
-            name = cmd.split('"')[1]
-            return f"{self.final()[1 + self.names.index(name)]}\n", ""
-        elif cmd.startswith("bogus"):
-            return "", "There is no such command"
-        return "", ""
-
-    def values(self, first: int, n: int) -> list[int]:
-        """ExecutedInstructions and the counters after n marks: the first pattern at ``first``, the last at
-        n, the others 0, and two executed instructions per segment that no pattern matched."""
-        return [first + n + 2 * n, first] + [0] * (len(self.names) - 2) + [n]
-
-    def final(self) -> list[int]:
-        return self.values(self.totals[-1] + 7, len(self.totals) + 1)
-
-    def play(self) -> None:
-        conn, _ = self.server.accept()
-        dec = FrameDecoder()
-
-        def send(msg, seq):
-            conn.sendall(b"\x00" + encode_frame(msg.TYPE, seq, msg.pack()))
-
-        def frames():
-            while True:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                yield from (f for f in dec.feed(data) if isinstance(f, Frame))
-
-        self.snapshot()                      # boot | validate
-        self.snapshot()
-        send(Boot(PROTO_VERSION), SEQ_NONE)
-        if self.silent:
-            time.sleep(5)
-            conn.close()
-            return
-        for req in frames():
-            if req.type == Hello.TYPE:
-                send(Phase(0, 0, 0, 0, 64), req.seq)
-                send(INFO, req.seq)
-            elif req.type == RunRequest.TYPE:
-                run = RunRequest.unpack(req.body)
-                self.snapshot()
-                self.snapshot()
-                send(Phase(1, 0, 0, 0, 100), req.seq)
-                for i in range(run.n_tokens):
-                    self.snapshot()
-                    self.snapshot()
-                    send(Phase(2, i, 40 + i, 0, 100), req.seq)
-                send(Result(0, run.n_tokens + 1, run.n_tokens, 0, 100), req.seq)
-            elif req.type == Exit.TYPE:
-                send(Bye(), req.seq)
-                break
-        conn.close()
-
-
 @pytest.fixture
 def fake_renode(monkeypatch):
+    """A FakeRenode (tests/fixtures/fake_renode.py: what is real, what is faked) as pyrenode3.wrappers."""
     fake = FakeRenode()
     pkg = types.ModuleType("pyrenode3")
     wrappers = types.ModuleType("pyrenode3.wrappers")
-    wrappers.Monitor = fake.monitor_class()
+    wrappers.Monitor = lambda: fake
     pkg.wrappers = wrappers
     monkeypatch.setitem(sys.modules, "pyrenode3", pkg)
     monkeypatch.setitem(sys.modules, "pyrenode3.wrappers", wrappers)
+    monkeypatch.delenv("TWIN_NO_RENODE", raising=False)
     yield fake
     if fake.server is not None:
         fake.server.close()
+
+
+def fake_segments(snapshots: list[list[int]], arch: str) -> list[dict]:
+    """The segments a run must report, computed here from the fake's snapshots (cumulative
+    ExecutedInstructions, then one count per counter): differences of consecutive snapshots, each counter's
+    class from its name (``alu.0``, ``branch.cond.0``), what no counter counted as "other"."""
+    pats = renode.opcode_patterns(arch)
+    out, prev = [], [0] * (len(pats) + 1)
+    for snap in snapshots:
+        d = [b - a for a, b in zip(prev, snap, strict=True)]
+        prev = snap
+        by_class = dict.fromkeys(renode.CLASSES, 0)
+        for pat, n in zip(pats, d[1:], strict=True):
+            by_class[pat.name.split(".")[0]] += n
+        undecoded = d[0] - sum(d[1:])
+        by_class["other"] += undecoded
+        out.append({"total": d[0], "by_class": by_class, "undecoded": undecoded,
+                    "fetch": sum(n * pat.width for pat, n in zip(pats, d[1:], strict=True)),
+                    "unresolved": sum(n for pat, n in zip(pats, d[1:], strict=True) if ".cond." in pat.name)})
+    return out
+
+
+def _image(platform: str = "mps2-an386") -> Path:
+    from twin.runner import RunSpec, model_image
+
+    return model_image(RunSpec(platform=platform))[0]
+
+
+def _reference(prompt: list[int], n: int) -> list[int]:
+    from twin.model.image import read_image
+    from twin.model.reference import QuantReference
+
+    return QuantReference(read_image(_image().read_bytes())).generate(prompt, n)
 
 
 def test_backend_runs_the_protocol_and_cuts_counts_at_the_marks(tmp_path: Path, fake_renode: FakeRenode) -> None:
@@ -389,13 +304,12 @@ def test_backend_runs_the_protocol_and_cuts_counts_at_the_marks(tmp_path: Path, 
 
     p = get_platform("mps2-an386")
     elf = _fake_elf(tmp_path, "arm", 0x2000)
-    image = tmp_path / "m.twlm"
-    image.write_bytes(b"model")
+    image = _image()
     backend = renode.RenodeProcess(p, elf, image, timeout=60)
     with backend_session(backend, reply_timeout=30) as s:   # generous: CI builds the RTL boards beside it
         assert s.info.board == "mps2-an386" and len(s.boot_phases) == 1
         phases, result = s.device.run([1, 2, 3], 2)
-        assert [ph.token for ph in phases[1:]] == [40, 41] and result.n_tokens == 2
+        assert [ph.token for ph in phases[1:]] == _reference([1, 2, 3], 2) and result.n_tokens == 2
     cmds = fake_renode.commands
     order = [next(i for i, c in enumerate(cmds) if c.startswith(k)) for k in
              ("mach create", "machine LoadPlatformDescription @", "sysbus LoadELF", "sysbus LoadBinary",
@@ -406,16 +320,11 @@ def test_backend_runs_the_protocol_and_cuts_counts_at_the_marks(tmp_path: Path, 
     assert fake_renode.names == [q.name for q in renode.opcode_patterns("arm")]
     segs = backend.segments()
     n_marks = 2 + 2 * 3                         # validate, prefill, 2 tokens: two marks each
-    assert len(segs) == n_marks + 1 == 2 * (1 + 1 + 2) + 1   # boot | phase | io | ... | io, as QEMU's
-    first, last = renode.opcode_patterns("arm")[0], renode.opcode_patterns("arm")[-1]
-    for k, seg in enumerate(segs):
-        expect = dict.fromkeys(renode.CLASSES, 0)
-        expect[first.cls] += 7 if k == len(segs) - 1 else 10 * (k + 1)
-        expect[last.cls] += 1
-        expect["other"] += 2                                      # undecoded: counted as other
-        assert seg.by_class == expect
-        assert seg.undecoded == 2 and seg.total == sum(seg.by_class.values())
-        assert seg.fetch_bytes == (expect[first.cls] - (1 if last.cls == first.cls else 0)) * first.width + last.width
+    assert len(segs) == n_marks + 1 == 2 * (1 + 1 + 2) + 1 == len(fake_renode.snapshots)   # boot | phase | io | ...
+    for seg, want in zip(segs, fake_segments(fake_renode.snapshots, "arm"), strict=True):
+        assert (seg.total, seg.by_class, seg.undecoded) == (want["total"], want["by_class"], want["undecoded"])
+        assert (seg.fetch_bytes, seg.branches_unresolved) == (want["fetch"], want["unresolved"])
+        assert seg.total == sum(seg.by_class.values())
         assert seg.by_function == {} and seg.mem is None and "by_function" in seg.unavailable
     prof = [seg.as_profile(SegmentProfile) for seg in segs]
     assert sum_profiles(prof).total == sum(seg.total for seg in segs)
@@ -438,9 +347,105 @@ def test_backend_silent_firmware_is_a_timeout_not_a_hang(tmp_path: Path, fake_re
 
 def test_a_refused_command_names_it(tmp_path: Path, fake_renode: FakeRenode) -> None:
     backend = renode.RenodeProcess(get_platform("riscv32-virt"), _fake_elf(tmp_path, "riscv", 0x80000100))
-    backend._monitor = fake_renode.monitor_class()()
+    backend._monitor = fake_renode
     with pytest.raises(renode.RenodeError, match="Renode refused `bogus`: There is no such command"):
         backend.execute("bogus")
+
+
+# --------------------------------------------------------------------------- `twin run --emulator renode`
+
+
+def _check_renode_report(report: dict, snapshots: list[list[int]], arch: str, n_tokens: int) -> None:
+    """The report of a Renode run against the fake's own snapshots: tokens as the host reference, and
+    the per-phase counts equal to the sums computed here (segment 2i+1 is phase i: validate, prefill,
+    each decoded token)."""
+    from twin.runner import REPORT_FIELDS
+
+    assert report["emulator"] == "renode"
+    assert report["matches_reference"] and report["tokens"] == report["reference_tokens"]
+    assert len(report["tokens"]) == n_tokens
+    segs = fake_segments(snapshots, arch)
+    assert len(segs) == 2 * (2 + n_tokens) + 1
+    phase = [segs[2 * i + 1] for i in range(2 + n_tokens)]
+    ins = report["instructions"]
+    assert ins["by_phase"] == {"validate": phase[0]["total"], "prefill": phase[1]["total"],
+                               "decode": [s["total"] for s in phase[2:]]}
+    assert ins["total"] == phase[1]["total"] + sum(s["total"] for s in phase[2:])
+    assert ins["by_class"] == {c: sum(s["by_class"][c] for s in phase[1:]) for c in renode.CLASSES}
+    assert ins["by_phase_class"]["prefill"] == phase[1]["by_class"]
+    assert ins["by_phase_fetch_bytes"]["prefill"] == phase[1]["fetch"]
+    assert ins["branches"]["unresolved"] == sum(s["unresolved"] for s in phase[1:])
+    # what Renode cannot count is said, not invented
+    assert report["unavailable"] == {REPORT_FIELDS[k]: why for k, why in renode.UNAVAILABLE.items()}
+    assert report["functions"] == [] and report["memory_traffic"] is None
+    assert ins["branches"]["not_taken"] is None and ins["by_phase_branches"]["decode"]["not_taken"] is None
+
+
+def test_run_with_renode_checks_tokens_and_reports_the_phase_counts(fake_renode: FakeRenode) -> None:
+    """twin.run with emulator="renode" end to end: the real firmware ELF built and loaded, the real
+    protocol over pyserial socket://, the fake's firmware and counters (tests/fixtures/fake_renode.py)."""
+    from twin.runner import RunSpec, run_with_dump
+
+    report, dump = run_with_dump(RunSpec(platform="mps2-an386", tokens=3, emulator="renode", timeout=60))
+    assert dump is None
+    assert f"sysbus LoadELF @{report['firmware']['elf']}" in fake_renode.commands
+    assert any(c.startswith("sysbus.cpu AddHook 0x") for c in fake_renode.commands)   # the real ELF's twin_mark
+    _check_renode_report(report, fake_renode.snapshots, "arm", 3)
+
+
+def test_twin_run_emulator_renode_cli_text_and_json(fake_renode: FakeRenode) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from twin.cli.main import main
+
+    r = CliRunner().invoke(main, ["run", "--platform", "riscv32-virt", "--emulator", "renode", "--tokens", "2",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+    _check_renode_report(report, fake_renode.snapshots, "riscv", 2)
+    fake_renode.__init__()                 # a fresh fake for the second run
+    r = CliRunner().invoke(main, ["run", "--platform", "riscv32-virt", "--emulator", "renode", "--tokens", "2"])
+    assert r.exit_code == 0, r.output
+    assert "riscv32-virt (renode)" in r.output and "matches the host reference" in r.output
+    for name in ("functions", "memory_traffic", "instructions.branches.not_taken"):
+        assert f"unavailable {name}: " in r.output
+    assert "top functions" not in r.output
+
+
+def test_twin_run_renode_refusals_are_one_line_errors(fake_renode: FakeRenode) -> None:
+    from click.testing import CliRunner
+
+    from twin.cli.main import main
+
+    cases = {("--platform", "mps2-an386", "--mem-traffic"): "--mem-traffic is not available with Renode",
+             ("--platform", "mps3-an547"): "do not cover Helium",
+             ("--platform", "nrf52840-dk"): "has no emulator model"}
+    for args, message in cases.items():
+        r = CliRunner().invoke(main, ["run", *args, "--emulator", "renode", "--tokens", "1"])
+        assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1, r.output
+    assert fake_renode.commands == []                     # refused before Renode was asked anything
+
+
+def test_twin_run_renode_silent_firmware_is_a_timeout_not_a_hang(fake_renode: FakeRenode) -> None:
+    from twin.device.qemu import EmulatorError
+    from twin.runner import RunSpec, run
+
+    fake_renode.silent = True
+    started = time.monotonic()
+    with pytest.raises(EmulatorError, match="The firmware is hung; Renode was killed"):
+        run(RunSpec(platform="mps2-an386", tokens=1, emulator="renode", timeout=20, reply_timeout=0.5))
+    assert time.monotonic() - started < 10
+
+
+def test_twin_run_renode_without_pyrenode3_is_the_one_line_hint() -> None:
+    """`twin` in another process, pyrenode3 made unloadable (TWIN_NO_RENODE: as on a machine without it)."""
+    twin = str(Path(sys.executable).with_name("twin"))
+    r = subprocess.run([twin, "run", "--platform", "mps2-an386", "--emulator", "renode", "--tokens", "1"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "TWIN_NO_RENODE": "1"})
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == f"Error: {renode.RENODE_HINT}"
 
 
 def test_missing_pyrenode3_is_one_line_saying_how_to_get_it(monkeypatch, tmp_path: Path) -> None:

@@ -154,8 +154,9 @@ def _print_report(r: dict) -> None:
     decode = ins["by_phase"]["decode"]
     verdict = "matches the host reference" if r["matches_reference"] else (
         f"DIFFERS from the host reference {r['reference_tokens']}")
-    click.echo(f"{r['platform']} · {r['model']} · {r['firmware']['kernels']} kernels · {len(r['tokens'])} tokens "
-               f"· {verdict}")
+    emulator = "" if r.get("emulator", "qemu") == "qemu" else f" ({r['emulator']})"
+    click.echo(f"{r['platform']}{emulator} · {r['model']} · {r['firmware']['kernels']} kernels · "
+               f"{len(r['tokens'])} tokens · {verdict}")
     click.echo(f"  text        {r['text']!r}")
     click.echo(f"  tokens      {r['tokens']}")
     per_token = sum(decode) / len(decode) if decode else 0
@@ -174,9 +175,12 @@ def _print_report(r: dict) -> None:
             cells = "  ".join(f"{name} {v['loads']:,} / {v['stores']:,}" for name, v in regions.items()
                               if v["loads"] or v["stores"])
             click.echo(f"    {phase:<8}{cells}")
-    click.echo("  top functions")
+    if r["functions"]:
+        click.echo("  top functions")
     for f in r["functions"][:8]:
         click.echo(f"    {f['instructions']:>14,}  {100 * f['instructions'] / total:5.1f}%  {f['name']}")
+    for name, why in (r.get("unavailable") or {}).items():
+        click.echo(f"  unavailable {name}: {why}")
     m = r["memory"]
     click.echo(f"  memory      flash {m['flash_bytes']:,} B · static RAM {m['ram_static_bytes']:,} B · "
                f"run state {m['arena_bytes']:,} B · stack peak {m['stack_peak_bytes']:,} B · "
@@ -238,7 +242,8 @@ def _spec(platform: str, **kw) -> RunSpec:
                    group_size=int(kw["group_size"]), symmetric=not kw["asymmetric"],
                    overrides=_overrides(kw["overrides"]), kv_cache=kw["kv_cache"], prompt=DEFAULT_PROMPT if kw["prompt"] is None else kw["prompt"],
                    tokens=kw["tokens"], seed=kw["seed"], temperature=kw["temperature"], topp=kw["topp"],
-                   timeout=kw["timeout"], mem_traffic=kw["mem_traffic"], kernels=kw["kernels"])
+                   timeout=kw["timeout"], mem_traffic=kw["mem_traffic"], kernels=kw["kernels"],
+                   emulator=kw.get("emulator", "qemu"))
 
 
 def _refuse_quantization_for_image(kw: dict) -> None:
@@ -261,6 +266,9 @@ def _refuse_quantization_for_image(kw: dict) -> None:
 @click.option("--platform", required=True, help="Platform id (see `twin platforms`).")
 @click.option("--device", default=None, metavar="ID",
               help="Also flash and run this board of the hardware map ($TWIN_HARDWARE_MAP, docs/hardware.md).")
+@click.option("--emulator", default="qemu", show_default=True, type=click.Choice(["qemu", "renode"]),
+              help="What runs the firmware and counts: QEMU's plugin, or Renode's opcode counters (pyrenode3; "
+                   "no per-function or per-region counts, the report says so).")
 @_run_options
 def run(platform: str, device: str | None, as_json: bool, **kw) -> None:
     """Profile the model on one emulated platform (and, with --device, on a real board)."""

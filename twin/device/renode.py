@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from twin.device.backend import EmulatorError, Relay
@@ -737,8 +737,10 @@ class RenodeProcess:
         matched = sum(s.total - s.undecoded for s in segs)
         executed = sum(s.total for s in segs)
         if executed and not matched:
-            self.notes.append("Renode executed instructions but no opcode counter counted any: this Renode "
-                              "build does not count opcodes on this core; the class counts are all 'other'")
+            why = ("Renode executed instructions but no opcode counter counted any: this Renode build does not "
+                   "count opcodes on this core; the class counts are all 'other'")
+            self.notes.append(why)
+            segs = [replace(seg, unavailable={**seg.unavailable, "by_class": why}) for seg in segs]
         return segs
 
 
