@@ -441,8 +441,9 @@ def _rtl_report(platform: Platform, board: list[Phase], twin: list[Phase], segme
 
 
 def _branches(p, unavailable: dict[str, str]) -> dict:
-    return {"taken": p.branches_taken, "unresolved": p.branches_unresolved,
-            "not_taken": None if "branches_not_taken" in unavailable else p.branches_not_taken}
+    return {"taken": p.branches_taken,
+            "not_taken": None if "branches_not_taken" in unavailable else p.branches_not_taken,
+            "unresolved": p.branches_unresolved}
 
 
 def _emulator_failure(exc: Exception, backend: Backend, exited: int | None) -> str:

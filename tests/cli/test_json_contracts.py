@@ -26,9 +26,9 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def twin_json(*args: str, cwd: Path | None = None):
+def twin_json(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
     r = subprocess.run([TWIN, *args], capture_output=True, text=True, timeout=600, cwd=cwd,
-                       env={**os.environ, "COLUMNS": "200"})
+                       env={**os.environ, "COLUMNS": "200", **(env or {})})
     assert r.returncode == 0, f"twin {' '.join(args)}: exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     try:
         return strict_loads(r.stdout)
@@ -126,7 +126,12 @@ def _quantize(work, **_):
 
 def _run(work, **_):
     r = twin_json("run", "--platform", "mps2-an386", "--tokens", "2", "--json")
-    assert r["matches_reference"] and len(r["tokens"]) == 2
+    assert r["matches_reference"] and len(r["tokens"]) == 2 and r["unavailable"] == {}
+    # Renode's report (its null fields and "unavailable"), under the fake pyrenode3 (tests/fixtures/fake_renode.py)
+    tests = Path(__file__).resolve().parents[1]
+    fake = {"PYTHONPATH": os.pathsep.join([str(tests / "fixtures" / "pyrenode3_fake"), str(tests)]), "TWIN_NO_RENODE": ""}
+    r = twin_json("run", "--platform", "mps2-an386", "--emulator", "renode", "--tokens", "2", "--json", env=fake)
+    assert r["matches_reference"] and r["emulator"] == "renode" and "functions" in r["unavailable"]
 
 
 def _demo(work, **_):
