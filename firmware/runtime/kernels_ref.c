@@ -10,6 +10,14 @@ typedef union {
 
 /* ---------------------------------------------------------------- math */
 
+/* v >= 0 ? 0.5f : -0.5f for every v but nan, from v's sign bit (no float compare; for v = -0
+ * it is -0.5f, and (int)(-0 - 0.5f) = (int)(-0 + 0.5f) = 0: the rounding rule 3 of model.h). */
+static inline float half_like(float v) {
+    f32bits b = {v}, h = {0.5f};
+    h.u |= b.u & 0x80000000u;
+    return h.f;
+}
+
 /* Correctly rounded square root by a bitwise integer square root of the mantissa.
  * Equal to IEEE sqrt for every input, so the host mirror is numpy's float32 sqrt. */
 float tw_sqrtf(float x) {
@@ -50,7 +58,7 @@ float tw_expf(float x) {
     if (x < -80.0f) return 0.0f;               /* keeps every result normal */
     if (x > 88.0f) { f32bits inf = {.u = 0x7F800000u}; return inf.f; }
     float t = x * LOG2E;
-    int32_t k = (int32_t)(t + (t >= 0.0f ? 0.5f : -0.5f));
+    int32_t k = (int32_t)(t + half_like(t));
     float kf = (float)k;
     float r = (x - kf * LN2_HI) - kf * LN2_LO;
     float p = 0x1.6c16c2p-10f;                 /* 1/720 */
@@ -74,7 +82,7 @@ float tw_expf(float x) {
  * Accurate for |x| < 6000 (n * PIO2_HI exact); defined while n fits an int32. */
 void tw_sincosf(float x, float *s, float *c) {
     float t = x * TWO_OVER_PI;
-    int32_t n = (int32_t)(t + (t >= 0.0f ? 0.5f : -0.5f));
+    int32_t n = (int32_t)(t + half_like(t));
     float nf = (float)n;
     float r = ((x - nf * PIO2_HI) - nf * PIO2_MID) - nf * PIO2_LO;
     float r2 = r * r;
@@ -180,15 +188,33 @@ void attention_head(float *out, float *att, const float *q, const float *key_cac
     for (uint32_t t = 0; t < n_pos; t++) {
         const float *k = key_cache + t * kv_stride;
         float score = 0.0f;
+#pragma GCC unroll 4
         for (uint32_t i = 0; i < head_size; i++) score = score + q[i] * k[i];
         att[t] = score * scale;
     }
     softmax(att, n_pos);
-    for (uint32_t i = 0; i < head_size; i++) out[i] = 0.0f;
-    for (uint32_t t = 0; t < n_pos; t++) {
-        const float *v = value_cache + t * kv_stride;
-        float a = att[t];
-        for (uint32_t i = 0; i < head_size; i++) out[i] = out[i] + a * v[i];
+    /* out[i] = sum over t of att[t] * v_t[i], each sum from 0.0f in t order; four outputs at a time
+     * in registers (the order of each sum is unchanged: the same bits) */
+    uint32_t i = 0;
+    for (; i + 4 <= head_size; i += 4) {
+        float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+        const float *v = value_cache + i;
+        for (uint32_t t = 0; t < n_pos; t++, v += kv_stride) {
+            float a = att[t];
+            o0 = o0 + a * v[0];
+            o1 = o1 + a * v[1];
+            o2 = o2 + a * v[2];
+            o3 = o3 + a * v[3];
+        }
+        out[i] = o0;
+        out[i + 1] = o1;
+        out[i + 2] = o2;
+        out[i + 3] = o3;
+    }
+    for (; i < head_size; i++) {
+        float o = 0.0f;
+        for (uint32_t t = 0; t < n_pos; t++) o = o + att[t] * value_cache[t * kv_stride + i];
+        out[i] = o;
     }
 }
 
@@ -220,18 +246,21 @@ void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t gr
     uint32_t ng = (n + group_size - 1) / group_size;
     for (uint32_t g = 0; g < ng; g++) {
         uint32_t lo = g * group_size, hi = lo + group_size < n ? lo + group_size : n;
-        float maxabs = 0.0f;
+        /* max |x| on the bit patterns: for finite floats |a| < |b| exactly when their magnitude
+         * bits compare so as unsigned integers (the same maximum, without float compares) */
+        uint32_t maxbits = 0;
         for (uint32_t j = lo; j < hi; j++) {
-            float a = x[j] < 0.0f ? -x[j] : x[j];
-            if (a > maxabs) maxabs = a;
+            f32bits a = {x[j]};
+            if ((a.u & 0x7FFFFFFFu) > maxbits) maxbits = a.u & 0x7FFFFFFFu;
         }
-        float scale = maxabs / 127.0f;
+        f32bits maxabs = {.u = maxbits};
+        float scale = maxabs.f / 127.0f;
         xs[g] = scale;
         uint32_t j = lo;
         if (scale != 0.0f) {
             for (; j < hi; j++) {
                 float v = x[j] / scale; /* |v| <= 127 (+ rounding): no overflow, no nan */
-                int32_t q = (int32_t)(v + (v >= 0.0f ? 0.5f : -0.5f));
+                int32_t q = (int32_t)(v + half_like(v));
                 xq[j] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
             }
         }
