@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,6 +16,7 @@ from twin.platforms import ROOT, Platform
 
 FIRMWARE = ROOT / "firmware"
 KERNELS = FIRMWARE / "kernels"        # kernel sets: ref (the truth) and optimized ones (README.md)
+SOFTFLOAT = FIRMWARE / "softfloat" / "softfloat.c"   # exact binary32 helpers for soft-float RISC-V (its README.md)
 
 COMMON_CFLAGS = (
     "-O2", "-g", "-std=c11", "-ffreestanding", "-fno-common", "-ffunction-sections", "-fdata-sections",
@@ -78,7 +80,33 @@ def runtime_sources(kernels: str = "ref") -> list[Path]:
     return sorted([*(FIRMWARE / "runtime").glob("*.c"), *kernel_sources(kernels)])
 
 
-def firmware_sources(platform: Platform) -> list[Path]:
+def _flag(cflags: tuple[str, ...] | list[str], name: str) -> str:
+    """The value of the last ``-<name>=`` flag ('' without one): the compiler takes the last."""
+    values = [f.split("=", 1)[1] for f in cflags if f.startswith(f"-{name}=")]
+    return values[-1] if values else ""
+
+
+def riscv_soft_float(platform: Platform) -> bool:
+    """True when the build's own flags leave float arithmetic to library calls on RV32IM: ``-march``
+    with M (the product's mulhu) but without F, D, Q, G or Zfinx/Zdinx, and ``-mabi`` ilp32/ilp32e.
+    Decided from the flags the compiler gets, never from a board id."""
+    march, mabi = _flag(platform.cflags, "march").lower(), _flag(platform.cflags, "mabi").lower()
+    if platform.arch != "riscv" or not march.startswith("rv32") or mabi not in ("ilp32", "ilp32e"):
+        return False
+    base, *multi = march[4:].split("_")
+    letters = re.match(r"[^zsx]*", base).group()      # single-letter extensions (g = imafd)
+    multi.append(base[len(letters):])                 # a multi-letter one right after them
+    hard = bool(set(letters) & set("fdqg")) or any(x.startswith(("zfinx", "zdinx", "zhinx")) for x in multi)
+    return "m" in letters and not hard
+
+
+def softfloat_sources(platform: Platform, softfloat: bool = True) -> list[Path]:
+    """firmware/softfloat/softfloat.c for a soft-float RV32IM build (``riscv_soft_float``), else nothing;
+    ``softfloat=False`` leaves libgcc's soft-fp helpers in (to measure against them)."""
+    return [SOFTFLOAT] if softfloat and riscv_soft_float(platform) else []
+
+
+def firmware_sources(platform: Platform, softfloat: bool = True) -> list[Path]:
     board = FIRMWARE / "boards" / f"{platform.board}.c"
     if not board.exists():
         raise BuildError(f"platform {platform.id}: no board support file {board.relative_to(ROOT)} "
@@ -95,6 +123,7 @@ def firmware_sources(platform: Platform) -> list[Path]:
         board,
         *arch_dir.glob("*.c"),
         *arch_dir.glob("*.S"),
+        *softfloat_sources(platform, softfloat),
     ])
 
 
@@ -137,13 +166,15 @@ def _content_key(platform: Platform, sources: list[Path], version: str) -> str:
     return h.hexdigest()
 
 
-def build_firmware(platform: Platform, force: bool = False) -> Firmware:
-    """Compile and link the firmware for ``platform``; reuse the cached ELF when nothing changed."""
+def build_firmware(platform: Platform, force: bool = False, softfloat: bool = True) -> Firmware:
+    """Compile and link the firmware for ``platform``; reuse the cached ELF when nothing changed.
+    ``softfloat=False``: a soft-float RISC-V build with libgcc's float helpers instead of
+    firmware/softfloat (for measurements; the build id differs)."""
     if not platform.has_firmware:
         raise BuildError(f"platform {platform.id} has no firmware build yet (its file has no 'board:' "
                          f"section); predict it through its proxy: twin predict --platform {platform.id}")
     compiler = require_tool(platform.toolchain + "gcc", platform.toolchain_package)
-    sources = firmware_sources(platform)
+    sources = firmware_sources(platform, softfloat)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = _content_key(platform, sources, version)
     build_id = key[:12]

@@ -1,0 +1,270 @@
+/* softfloat.c: IEEE-754 binary32 arithmetic for soft-float RISC-V builds (RV32IM without F).
+ *
+ * What: __addsf3, __subsf3, __mulsf3, __floatsisf, __floatunsisf and the comparisons __eqsf2,
+ * __nesf2, __ltsf2, __lesf2, __gtsf2, __gesf2 — the libgcc helpers GCC calls for float arithmetic
+ * when the ISA has no F extension. Linked before -lgcc, so these definitions win and libgcc's
+ * generic soft-fp (which also calls __clzsi2) is not pulled in for them. twin/device/build.py
+ * (`softfloat_sources`) adds this file to a build when the platform's -march has no F/D/G (and
+ * no Zfinx) and its -mabi is ilp32/ilp32e: decided by the flags, never by a board id. Hardware-float
+ * builds (rtl-cv32e40p-fpu: RV32IMFC) and Arm builds do not get it.
+ *
+ * Why it is exact: every result is the infinitely precise result rounded once, to nearest, ties
+ * to even (the firmware is compared bit for bit with numpy float32 on the host).
+ *  - Significands are kept in a 32-bit word with the leading 1 at bit 30 and 7 bits below the
+ *    result's last bit; bits shifted out to the right are OR-ed into bit 0 ("sticky"). A value and
+ *    its sticky approximation lie in the same open interval between multiples of 2 (of 4 after one
+ *    left shift), so they round alike at bit 7 (halfway = bit 6); ties are seen only when exact.
+ *  - Multiply: the 24x24-bit product is formed exactly (one mul + one mulhu on RV32IM) from the
+ *    operands shifted to bits 31 and 30; its high word is the significand at bit 30 or 29 (one
+ *    shift normalizes), the low word's nonzero-ness is the sticky bit.
+ *  - Add: the larger magnitude first; the smaller is aligned with sticky. In an effective
+ *    subtraction with an exponent difference of 0 or 1 nothing is shifted out (exact; any
+ *    cancellation is renormalized), with a difference >= 2 at most one left shift follows.
+ *  - pack(): rounding adds 0x3f + (last bit) at bit 7; a carry out of the significand moves into the
+ *    exponent field by itself (largest finite rounds up to infinity exactly so). A biased exponent
+ *    <= 0 denormalizes with sticky first and rounds once (underflow to subnormal or zero); >= 255 is
+ *    infinity.
+ *  - Subnormal inputs: mul normalizes them (exponent below 1), add takes them with exponent 1 and
+ *    no hidden bit. Signed zeros: x + (-x) = +0, -0 + -0 = -0, the product's sign is the xor.
+ *  - NaN: any NaN operand, inf - inf and 0 * inf give the canonical quiet NaN 0x7fc00000, as
+ *    RISC-V's F extension and libgcc's RISC-V soft-fp do (the reference never sees a NaN).
+ * The fast path (operands normal, result normal) is straight-line code with one or two branches;
+ * everything else goes to out-of-line slow paths. Leading zeros are counted by five compare-and-shift
+ * steps, without branches or __clzsi2.
+ *
+ * Tests: tests/device/test_softfloat.py compiles this file for the host (-DTW_SF_PREFIX=tw_sf_, so
+ * the names are tw_sf_mulsf3 ...) and compares it bit for bit with the host CPU's float arithmetic
+ * on special-class combinations and millions of random operands. Figures: README.md here. */
+#include <stdint.h>
+
+#ifdef TW_SF_PREFIX
+#define TW_SF_CAT2(p, n) p##n
+#define TW_SF_CAT(p, n) TW_SF_CAT2(p, n)
+#define TW_SF(name) TW_SF_CAT(TW_SF_PREFIX, name)
+#else
+#define TW_SF(name) __##name
+#endif
+
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define NOINLINE __attribute__((noinline))
+
+#define SIGN 0x80000000u
+#define INF 0x7f800000u
+#define QNAN 0x7fc00000u
+#define FRAC 0x007fffffu
+#define TOP 0x40000000u          /* the leading 1 of a working significand */
+
+/* The helpers' interface. In the soft-float ABI (ilp32) a float travels in an integer register,
+ * so on the target the helpers take and return its bits as uint32_t: the same registers as libgcc's
+ * float signatures, and the slow paths become tail calls. The host tests (TW_SF_PREFIX) get float
+ * in and out, in the host's own calling convention. */
+#if defined(TW_SF_PREFIX)
+typedef float tw_sf_t;
+typedef union { float f; uint32_t u; } tw_sf_bits;
+static inline uint32_t bits_of(float f) { tw_sf_bits b; b.f = f; return b.u; }
+static inline float float_of(uint32_t u) { tw_sf_bits b; b.u = u; return b.f; }
+#define IN(x) bits_of(x)
+#define OUT(x) float_of(x)
+#elif defined(__riscv_float_abi_soft)
+typedef uint32_t tw_sf_t;
+#define IN(x) (x)
+#define OUT(x) (x)
+#else
+#error "softfloat.c is for the soft-float ABI (RISC-V -mabi=ilp32/ilp32e); the host tests define TW_SF_PREFIX"
+#endif
+
+tw_sf_t TW_SF(addsf3)(tw_sf_t a, tw_sf_t b);
+tw_sf_t TW_SF(subsf3)(tw_sf_t a, tw_sf_t b);
+tw_sf_t TW_SF(mulsf3)(tw_sf_t a, tw_sf_t b);
+tw_sf_t TW_SF(floatsisf)(int32_t i);
+tw_sf_t TW_SF(floatunsisf)(uint32_t i);
+int TW_SF(eqsf2)(tw_sf_t a, tw_sf_t b);
+int TW_SF(nesf2)(tw_sf_t a, tw_sf_t b);
+int TW_SF(ltsf2)(tw_sf_t a, tw_sf_t b);
+int TW_SF(lesf2)(tw_sf_t a, tw_sf_t b);
+int TW_SF(gtsf2)(tw_sf_t a, tw_sf_t b);
+int TW_SF(gesf2)(tw_sf_t a, tw_sf_t b);
+
+/* Leading zeros of x != 0: five compare-and-shift steps, no branches. */
+static inline uint32_t lz32(uint32_t x)
+{
+    uint32_t n, s;
+    n = (uint32_t)(x < 0x00010000u) << 4; x <<= n;
+    s = (uint32_t)(x < 0x01000000u) << 3; x <<= s; n += s;
+    s = (uint32_t)(x < 0x10000000u) << 2; x <<= s; n += s;
+    s = (uint32_t)(x < 0x40000000u) << 1; x <<= s; n += s;
+    return n + (uint32_t)(x < 0x80000000u);
+}
+
+/* m >> s (0 <= s <= 31) with the bits shifted out OR-ed into bit 0. */
+static inline uint32_t shift_sticky(uint32_t m, uint32_t s)
+{
+    return (m >> s) | (uint32_t)((m & ((1u << s) - 1u)) != 0);
+}
+
+/* Biased exponent outside 1..254: infinity, or a subnormal / zero rounded once. */
+static NOINLINE uint32_t pack_slow(uint32_t sign, int32_t e, uint32_t m)
+{
+    if (e > 0)
+        return sign | INF;                       /* overflow (round to nearest: infinity) */
+    uint32_t s = (uint32_t)(1 - e);
+    m = shift_sticky(m, s < 31u ? s : 31u);      /* the leading 1 now below bit 30 */
+    m += 0x3fu + ((m >> 7) & 1u);                /* a carry into bit 30 gives the smallest normal */
+    return sign | (m >> 7);
+}
+
+/* sign | the value m * 2^(e - 157), m in [2^30, 2^31) with round and sticky bits in bits 6..0. */
+static inline uint32_t pack(uint32_t sign, int32_t e, uint32_t m)
+{
+    if (LIKELY((uint32_t)(e - 1) < 254u)) {
+        m += 0x3fu + ((m >> 7) & 1u);            /* round to nearest, ties to even */
+        return sign | (((uint32_t)(e - 1) << 23) + (m >> 7));   /* hidden bit adds 1 to e - 1 */
+    }
+    return pack_slow(sign, e, m);
+}
+
+/* ---- multiply ---------------------------------------------------------------------------- */
+
+/* 24-bit significands ma, mb (leading 1 at bit 23), biased exponents (may be < 1). */
+static inline uint32_t mul_core(uint32_t sign, int32_t e, uint32_t ma, uint32_t mb)
+{
+    uint64_t p = (uint64_t)ma * mb;              /* ma at bit 31, mb at bit 30: p in [2^61, 2^63) */
+    uint32_t hi = (uint32_t)(p >> 32), lo = (uint32_t)p;
+    uint32_t n = (uint32_t)(hi < TOP);           /* leading 1 at bit 29: one shift */
+    hi = (hi << n) | (uint32_t)(lo != 0);
+    return pack(sign, e - (int32_t)n, hi);
+}
+
+static NOINLINE uint32_t mul_slow(uint32_t a, uint32_t b)
+{
+    uint32_t sign = (a ^ b) & SIGN, aa = a & ~SIGN, ab = b & ~SIGN;
+    if (aa > INF || ab > INF)
+        return QNAN;
+    if (aa == INF || ab == INF)
+        return (aa == 0 || ab == 0) ? QNAN : (sign | INF);   /* 0 * inf is invalid */
+    if (aa == 0 || ab == 0)
+        return sign;
+    int32_t ea = (int32_t)(aa >> 23), eb = (int32_t)(ab >> 23);
+    uint32_t ma = aa & FRAC, mb = ab & FRAC;
+    if (ea == 0) { uint32_t k = lz32(ma) - 8u; ma <<= k; ea = 1 - (int32_t)k; } else ma |= 0x800000u;
+    if (eb == 0) { uint32_t k = lz32(mb) - 8u; mb <<= k; eb = 1 - (int32_t)k; } else mb |= 0x800000u;
+    return mul_core(sign, ea + eb - 126, ma << 8, mb << 7);
+}
+
+static inline uint32_t mul_bits(uint32_t a, uint32_t b)
+{
+    uint32_t ea = (a >> 23) & 0xffu, eb = (b >> 23) & 0xffu;
+    if (LIKELY(ea - 1u < 254u && eb - 1u < 254u))
+        return mul_core((a ^ b) & SIGN, (int32_t)(ea + eb) - 126, (a << 8) | SIGN, ((b << 8) | SIGN) >> 1);
+    return mul_slow(a, b);
+}
+
+tw_sf_t TW_SF(mulsf3)(tw_sf_t a, tw_sf_t b) { return OUT(mul_bits(IN(a), IN(b))); }
+
+/* ---- add, subtract ----------------------------------------------------------------------- */
+
+/* |a| >= |b|, and a is infinity or NaN, or b is zero or subnormal. */
+static NOINLINE uint32_t add_slow(uint32_t a, uint32_t b)
+{
+    uint32_t aa = a & ~SIGN, ab = b & ~SIGN;
+    if (aa >= INF) {
+        if (aa > INF)
+            return QNAN;                        /* NaN has the largest magnitude: a if either */
+        return (ab == INF && ((a ^ b) & SIGN)) ? QNAN : a;   /* inf - inf is invalid */
+    }
+    if (ab == 0)
+        return aa == 0 ? (a & b) : a;           /* -0 + -0 = -0, +0 + -0 = +0 */
+    int32_t e = (int32_t)(aa >> 23);             /* b subnormal: exponent 1, no hidden bit */
+    uint32_t ma = (aa & FRAC) << 7, mb = (ab & FRAC) << 7, m;
+    if (e != 0) ma |= TOP; else e = 1;
+    uint32_t d = (uint32_t)e - 1u;
+    mb = shift_sticky(mb, d < 31u ? d : 31u);
+    if ((a ^ b) & SIGN) {
+        m = ma - mb;
+        if (m == 0)
+            return 0;
+    } else {
+        m = ma + mb;
+        if (m >> 31) { m = (m >> 1) | (m & 1u); e++; }
+    }
+    if (m < TOP) { uint32_t k = lz32(m) - 1u; m <<= k; e -= (int32_t)k; }
+    return pack(a & SIGN, e, m);
+}
+
+static inline uint32_t add_bits(uint32_t a, uint32_t b)
+{
+    if ((a & ~SIGN) < (b & ~SIGN)) { uint32_t t = a; a = b; b = t; }
+    uint32_t ea = (a >> 23) & 0xffu, eb = (b >> 23) & 0xffu;
+    if (LIKELY(ea != 255u && eb != 0)) {        /* both normal: ea >= eb >= 1 */
+        uint32_t ma = ((a << 8) | SIGN) >> 1, mb = ((b << 8) | SIGN) >> 1, m;
+        uint32_t d = ea - eb;
+        int32_t e = (int32_t)ea;
+        mb = shift_sticky(mb, d < 31u ? d : 31u);
+        if ((int32_t)(a ^ b) >= 0) {
+            m = ma + mb;                         /* < 2^32 */
+            uint32_t c = m >> 31;                /* carry: one shift right, sticky kept */
+            m = (m >> c) | (m & c);
+            e += (int32_t)c;
+        } else {
+            m = ma - mb;                         /* >= 0: |a| >= |b| */
+            if (m < TOP) {
+                if (m >= (TOP >> 1)) {
+                    m <<= 1; e--;
+                } else {                         /* cancellation: d <= 1, exact */
+                    if (m == 0)
+                        return 0;                /* x - x = +0 */
+                    uint32_t k = lz32(m) - 1u;
+                    m <<= k; e -= (int32_t)k;
+                }
+            }
+        }
+        return pack(a & SIGN, e, m);
+    }
+    return add_slow(a, b);
+}
+
+tw_sf_t TW_SF(addsf3)(tw_sf_t a, tw_sf_t b) { return OUT(add_bits(IN(a), IN(b))); }
+tw_sf_t TW_SF(subsf3)(tw_sf_t a, tw_sf_t b) { return OUT(add_bits(IN(a), IN(b) ^ SIGN)); }
+
+/* ---- integer to float -------------------------------------------------------------------- */
+
+static inline uint32_t from_u32(uint32_t sign, uint32_t u)
+{
+    if (u == 0)
+        return 0;
+    uint32_t k = lz32(u);
+    u <<= k;                                     /* leading 1 at bit 31: the value is u * 2^-k */
+    return pack(sign, 158 - (int32_t)k, (u >> 1) | (u & 1u));
+}
+
+tw_sf_t TW_SF(floatsisf)(int32_t i)
+{
+    uint32_t sign = (uint32_t)i & SIGN;
+    return OUT(from_u32(sign, sign ? 0u - (uint32_t)i : (uint32_t)i));
+}
+
+tw_sf_t TW_SF(floatunsisf)(uint32_t i) { return OUT(from_u32(0, i)); }
+
+/* ---- comparisons ------------------------------------------------------------------------- */
+/* libgcc's contract: eq/ne return 0 iff equal; lt/le return < 0 / <= 0 iff a < b / a <= b; gt/ge
+ * return > 0 / >= 0 iff a > b / a >= b; unordered (a NaN) makes each of those false. */
+
+static inline int32_t order_key(uint32_t x)     /* monotonic in the value; -0 and +0 both 0 */
+{
+    return (int32_t)x < 0 ? -(int32_t)(x & ~SIGN) : (int32_t)x;
+}
+
+static inline int compare(uint32_t a, uint32_t b, int unordered)
+{
+    if ((a & ~SIGN) > INF || (b & ~SIGN) > INF)
+        return unordered;
+    int32_t ka = order_key(a), kb = order_key(b);
+    return (ka > kb) - (ka < kb);
+}
+
+int TW_SF(eqsf2)(tw_sf_t a, tw_sf_t b) { return compare(IN(a), IN(b), 1); }
+int TW_SF(nesf2)(tw_sf_t a, tw_sf_t b) { return compare(IN(a), IN(b), 1); }
+int TW_SF(ltsf2)(tw_sf_t a, tw_sf_t b) { return compare(IN(a), IN(b), 2); }
+int TW_SF(lesf2)(tw_sf_t a, tw_sf_t b) { return compare(IN(a), IN(b), 2); }
+int TW_SF(gtsf2)(tw_sf_t a, tw_sf_t b) { return compare(IN(a), IN(b), -2); }
+int TW_SF(gesf2)(tw_sf_t a, tw_sf_t b) { return compare(IN(a), IN(b), -2); }
