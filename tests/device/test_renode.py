@@ -405,6 +405,7 @@ def test_twin_run_emulator_renode_cli_text_and_json(fake_renode: FakeRenode) -> 
     assert r.exit_code == 0, r.output
     report = json.loads(r.output, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
     _check_renode_report(report, fake_renode.snapshots, "riscv", 2)
+    fake_renode.server.close()
     fake_renode.__init__()                 # a fresh fake for the second run
     r = CliRunner().invoke(main, ["run", "--platform", "riscv32-virt", "--emulator", "renode", "--tokens", "2"])
     assert r.exit_code == 0, r.output
@@ -462,10 +463,12 @@ def test_real_pyrenode3() -> None:
     if reason is not None:
         pytest.skip(f"Renode not installed here: {reason}")
     from twin.device.build import build_firmware
-    from twin.runner import backend_session
+    from twin.runner import RunSpec, backend_session, run
 
     p = get_platform("mps2-an386")
     backend = renode.RenodeProcess(p, build_firmware(p).elf, None, timeout=120)
     with backend_session(backend, reply_timeout=60) as s:
         assert s.info.board == p.id
     assert len(backend.segments()) == 2 * len(s.boot_phases) + 1
+    report = run(RunSpec(platform=p.id, tokens=2, emulator="renode", timeout=600, reply_timeout=120))
+    assert report["matches_reference"] and report["instructions"]["by_phase"]["prefill"] > 0

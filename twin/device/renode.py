@@ -19,6 +19,8 @@ from Renode's opcode counters cut at the firmware's phase markers.
   (``as_profile(SegmentProfile)`` makes one). Renode counts by encoding, not by address: per function
   and per memory region there is no count, and the record says so (``unavailable``) instead of
   inventing one; branches split into unconditional (taken) and conditional (unresolved).
+  ``twin run --emulator renode`` (twin.runner.profiled_session) turns that into the report's
+  ``unavailable``.
 
 Thumb encodings reach the counters in the canonical form of the Arm ARM: a 16-bit instruction as
 ``0x0000hhhh``, a 32-bit one as ``first halfword << 16 | second``; so every Arm pattern is 32 bits
