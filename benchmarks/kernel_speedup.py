@@ -11,6 +11,15 @@ instructions per decoded token (matvec_q2/q3/q4/q8 together), ref and the optimi
 with the ratio ref / optimized, the simd-class share of a token, and whether both builds produced the host
 reference's tokens. Counts are exact (QEMU + plugin), so one run each is enough; time on a board is
 the calibration's business (docs/calibration.md).
+
+With --softfloat, the soft-float RISC-V builds (RV32IM, no F: firmware/softfloat/README.md) instead, each
+built twice, with libgcc's float helpers and with firmware/softfloat/softfloat.c (the kernels as the
+platform has them), side by side: instructions per decoded token and those of the float helpers
+(__*sf*, __clzsi2); with --rtl also, on the RTL boards among the platforms, the cycles per decoded token
+that the cycle-exact simulation of the core counts (mcycle; minutes per build).
+
+    .venv/bin/python benchmarks/kernel_speedup.py --softfloat [--platforms riscv32-virt,rtl-ibex] [--bits 4]
+                                                 [--rtl] [--tokens 4]
 """
 
 from __future__ import annotations
@@ -23,19 +32,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twin.device.build import build_firmware  # noqa: E402
+from twin.device.build import build_firmware, riscv_soft_float  # noqa: E402
 from twin.device.protocol import PhaseKind  # noqa: E402
 from twin.model import modelgen  # noqa: E402
 from twin.model.image import read_image  # noqa: E402
 from twin.model.reference import QuantReference  # noqa: E402
 from twin.platforms import all_platforms  # noqa: E402
 from twin.profile.counts import sum_profiles  # noqa: E402
-from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session  # noqa: E402
+from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session, rtl_session  # noqa: E402
 
 
-def decode_counts(platform, spec: RunSpec) -> dict:
-    """One greedy generation of ``spec`` on ``platform`` as given (its kernel set included)."""
-    fw = build_firmware(platform)
+def float_helper(name: str) -> bool:
+    """A compiler-runtime float helper (libgcc's or firmware/softfloat's): __mulsf3, __floatsisf, __ltsf2, ..."""
+    return name.startswith("__") and ("sf" in name or name == "__clzsi2")
+
+
+def decode_counts(platform, spec: RunSpec, softfloat: bool = True) -> dict:
+    """One greedy generation of ``spec`` on ``platform`` as given (its kernel set included);
+    ``softfloat=False``: a soft-float RISC-V build with libgcc's float helpers (build_firmware)."""
+    fw = build_firmware(platform, softfloat=softfloat)
     image_path, image, _ = model_image(spec)
     tokenizer = model_tokenizer(spec.model)       # the prompt as `twin run` encodes it
     prompt = tokenizer.encode(spec.prompt) if tokenizer else modelgen.encode(spec.prompt)
@@ -54,24 +69,46 @@ def decode_counts(platform, spec: RunSpec) -> dict:
         "instructions_per_token": total.total / n,
         "matvec_per_token": sum(v for f, v in total.by_function.items() if f.startswith("matvec_q")) / n,
         "simd_per_token": total.by_class["simd"] / n,
+        "float_helpers_per_token": sum(v for f, v in total.by_function.items() if float_helper(f)) / n,
         "matches_reference": tokens == expected,
     }
+
+
+def rtl_cycles(platform, spec: RunSpec, softfloat: bool = True) -> dict:
+    """The same generation on the platform's RTL board: mcycle per decoded token (mean), the tokens."""
+    fw = build_firmware(platform, softfloat=softfloat)
+    image_path, image, _ = model_image(spec)
+    tokenizer = model_tokenizer(spec.model)
+    prompt = tokenizer.encode(spec.prompt) if tokenizer else modelgen.encode(spec.prompt)
+    expected = QuantReference(read_image(image)).generate(prompt, spec.tokens)
+    with rtl_session(platform, fw.elf, image_path, timeout=3600.0, reply_timeout=1200.0) as b:
+        phases, _ = b.device.run(prompt, spec.tokens)
+    decode = [ph for ph in phases if ph.kind == PhaseKind.DECODE]
+    return {"build_id": fw.build_id, "cycles_per_token": sum(ph.cycles for ph in decode) / len(decode),
+            "decode_cycles": [ph.cycles for ph in decode],
+            "matches_reference": [ph.token for ph in decode] == expected}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     optimized = [p.id for p in all_platforms().values() if p.kernels != "ref" and p.emulator]
-    ap.add_argument("--platforms", default=",".join(optimized), help="comma-separated (default: every emulated "
-                    "platform whose kernels: is an optimized set: arm_dsp, mve)")
+    ap.add_argument("--platforms", default=None, help="comma-separated (default: every emulated platform whose "
+                    "kernels: is an optimized set: arm_dsp, mve; with --softfloat: riscv32-virt,rtl-ibex)")
     ap.add_argument("--bits", default="2,3,4,8", help="weight widths of the built-in model (default 2,3,4,8)")
     ap.add_argument("--asymmetric", action="store_true", help="asymmetric (zero-point) quantization")
     ap.add_argument("--tokens", type=int, default=8)
     ap.add_argument("--json", action="store_true", help="one JSON list instead of the table")
+    ap.add_argument("--softfloat", action="store_true", help="libgcc's float helpers against firmware/softfloat "
+                    "on soft-float RISC-V builds, instead of the kernel sets")
+    ap.add_argument("--rtl", action="store_true", help="with --softfloat: also cycles per decoded token on the "
+                    "RTL boards among the platforms (cycle-exact simulation, minutes)")
     args = ap.parse_args(argv)
 
     platforms = all_platforms()
+    if args.softfloat:
+        return softfloat_rows(platforms, args)
     rows = []
-    for pid in args.platforms.split(","):
+    for pid in (args.platforms or ",".join(optimized)).split(","):
         base = platforms[pid]
         for bits in (int(b) for b in args.bits.split(",")):
             spec = RunSpec(platform=pid, bits=bits, symmetric=not args.asymmetric, tokens=args.tokens)
@@ -92,6 +129,42 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
     if not all(r["ref"]["matches_reference"] and r["optimized"]["matches_reference"] for r in rows):
+        raise SystemExit("a build's tokens differ from the host reference")
+
+
+def softfloat_rows(platforms: dict, args: argparse.Namespace) -> None:
+    rows = []
+    for pid in (args.platforms or "riscv32-virt,rtl-ibex").split(","):
+        base = platforms[pid]
+        if not riscv_soft_float(base):
+            raise SystemExit(f"{pid}: not a soft-float RV32IM build (its -march/-mabi); see firmware/softfloat/README.md")
+        for bits in (int(b) for b in args.bits.split(",")):
+            spec = RunSpec(platform=pid, bits=bits, symmetric=not args.asymmetric, tokens=args.tokens)
+            libgcc = decode_counts(base, spec, softfloat=False)
+            ours = decode_counts(base, spec, softfloat=True)
+            rows.append({"platform": pid, "bits": bits, "scheme": "asym" if args.asymmetric else "sym",
+                         "libgcc": libgcc, "softfloat": ours,
+                         "token_ratio": libgcc["instructions_per_token"] / ours["instructions_per_token"],
+                         "float_ratio": libgcc["float_helpers_per_token"] / ours["float_helpers_per_token"]})
+            if args.rtl and base.rtl is not None:
+                rows[-1]["rtl"] = {"libgcc": rtl_cycles(base, spec, False), "softfloat": rtl_cycles(base, spec, True)}
+            if not args.json:
+                print(f"{pid:15s} q{bits} {rows[-1]['scheme']:4s}  instr/token {libgcc['instructions_per_token']:>11,.0f}"
+                      f" -> {ours['instructions_per_token']:>11,.0f}  ({rows[-1]['token_ratio']:.2f}x)   "
+                      f"float helpers/token {libgcc['float_helpers_per_token']:>11,.0f} -> "
+                      f"{ours['float_helpers_per_token']:>11,.0f}  ({rows[-1]['float_ratio']:.2f}x)   "
+                      f"tokens match: libgcc {libgcc['matches_reference']}, softfloat {ours['matches_reference']}",
+                      flush=True)
+                if "rtl" in rows[-1]:
+                    a, b = rows[-1]["rtl"]["libgcc"], rows[-1]["rtl"]["softfloat"]
+                    print(f"{'':15s} rtl {base.rtl.core:9s} cycles/token {a['cycles_per_token']:>11,.0f} -> "
+                          f"{b['cycles_per_token']:>11,.0f}  ({a['cycles_per_token'] / b['cycles_per_token']:.2f}x)   "
+                          f"tokens match: libgcc {a['matches_reference']}, softfloat {b['matches_reference']}",
+                          flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    builds = [x for r in rows for x in (r["libgcc"], r["softfloat"], *r.get("rtl", {}).values())]
+    if not all(x["matches_reference"] for x in builds):
         raise SystemExit("a build's tokens differ from the host reference")
 
 

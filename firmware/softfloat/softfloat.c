@@ -99,7 +99,8 @@ static inline uint32_t lz32(uint32_t x)
 /* m >> s (0 <= s <= 31) with the bits shifted out OR-ed into bit 0. */
 static inline uint32_t shift_sticky(uint32_t m, uint32_t s)
 {
-    return (m >> s) | (uint32_t)((m & ((1u << s) - 1u)) != 0);
+    uint32_t r = m >> s;
+    return r | (uint32_t)((r << s) != m);
 }
 
 /* Biased exponent outside 1..254: infinity, or a subnormal / zero rounded once. */
@@ -239,8 +240,11 @@ static inline uint32_t from_u32(uint32_t sign, uint32_t u)
 
 tw_sf_t TW_SF(floatsisf)(int32_t i)
 {
-    uint32_t sign = (uint32_t)i & SIGN;
-    return OUT(from_u32(sign, sign ? 0u - (uint32_t)i : (uint32_t)i));
+    uint32_t sign = (uint32_t)i & SIGN, u = sign ? 0u - (uint32_t)i : (uint32_t)i;
+    if (u == 0)
+        return OUT(0);
+    uint32_t k = lz32(u);                        /* |i| <= 2^31: bit 0 of u << k is 0 unless k = 0, */
+    return OUT(pack(sign, 158 - (int32_t)k, (u << k) >> 1));   /* and then it is 2^31: exact */
 }
 
 tw_sf_t TW_SF(floatunsisf)(uint32_t i) { return OUT(from_u32(0, i)); }
