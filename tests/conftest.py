@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 # The suite mirrors the packages (tests/model, tests/device, ...); tests/ itself holds the shared helpers
-# (fixtures/, native/), importable from every subdirectory.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# (fixtures/, native/), importable from every subdirectory. The repository root goes before it, so that
+# `calibration` is the package and not the namespace of tests/calibration (`pytest` run without `python -m`).
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 
 def _missing_emulator_tools() -> str | None:
