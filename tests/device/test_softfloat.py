@@ -29,7 +29,7 @@ from twin.profile.counts import sum_profiles
 from twin.runner import RunSpec, model_image, profiled_session
 
 CHECKER = ROOT / "tests" / "fixtures" / "softfloat_check.c"
-OPS = {"add": 0, "sub": 1, "mul": 2, "i2f": 3, "u2f": 4, "cmp": 5}
+OPS = {"add": 0, "sub": 1, "mul": 2, "i2f": 3, "u2f": 4, "cmp": 5, "div": 6}
 SOFT_FLOAT_BUILDS = {"riscv32-virt", "rtl-ibex", "rtl-ibex-ws2", "rtl-cv32e40p", "rtl-cv32e40p-ws3",
                      "esp32-c3-devkit"}
 
@@ -66,6 +66,8 @@ def _compile(tmp: Path, source: Path) -> ctypes.CDLL:
     dll.tw_check_pairs.restype = ctypes.c_long
     dll.tw_check_random.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_uint64, msg, ctypes.c_size_t]
     dll.tw_check_random.restype = ctypes.c_long
+    dll.tw_check_every_divisor.argtypes = [ctypes.c_uint32, msg, ctypes.c_size_t]
+    dll.tw_check_every_divisor.restype = ctypes.c_long
     for name in ("tw_sf_addsf3", "tw_sf_mulsf3"):
         getattr(dll, name).argtypes = [ctypes.c_float, ctypes.c_float]
         getattr(dll, name).restype = ctypes.c_float
@@ -106,7 +108,8 @@ def test_every_pair_of_special_values_is_exact(checker):
 
 
 @pytest.mark.parametrize("op,n", [("add", 3_000_000), ("sub", 2_000_000), ("mul", 3_000_000),
-                                  ("i2f", 1_000_000), ("u2f", 500_000), ("cmp", 1_000_000)])
+                                  ("div", 3_000_000), ("i2f", 1_000_000), ("u2f", 500_000),
+                                  ("cmp", 1_000_000)])
 def test_millions_of_random_operands_are_exact(checker, op, n):
     """Random bit patterns biased to the edges: subnormals, the largest and smallest normals, exponents
     close together (alignment, cancellation), products near overflow and underflow, significands with
@@ -115,8 +118,15 @@ def test_millions_of_random_operands_are_exact(checker, op, n):
     assert _first_mismatch(lambda b, k: checker.tw_check_random(OPS[op], n, seed, b, k)) == ""
 
 
+@pytest.mark.parametrize("a", [0x3f800000, 0x3fffffff, 0x3fc00001, 0x3f800001])
+def test_every_divisor_significand_is_exact(checker, a):
+    """The divide estimates the quotient with a reciprocal and corrects it by the remainder: exact
+    for every divisor significand, not only for the random ones."""
+    assert _first_mismatch(lambda b, k: checker.tw_check_every_divisor(a, b, k)) == ""
+
+
 @settings(max_examples=400, deadline=None)
-@given(op=st.sampled_from(["add", "sub", "mul", "cmp"]),
+@given(op=st.sampled_from(["add", "sub", "mul", "div", "cmp"]),
        a=st.one_of(st.integers(0, 2**32 - 1), st.floats(width=32).map(_bits)),
        b=st.one_of(st.integers(0, 2**32 - 1), st.floats(width=32).map(_bits)))
 def test_property_binary_ops_are_exact(checker, op, a, b):
@@ -172,7 +182,7 @@ def _defined_in(elf: Path, symbol: str) -> str:
 def test_soft_float_builds_link_ours_and_the_fpu_build_does_not():
     for pid in ("riscv32-virt", "rtl-ibex"):
         elf = build_firmware(get_platform(pid)).elf
-        for helper in ("__mulsf3", "__addsf3", "__subsf3", "__floatsisf", "__ltsf2"):
+        for helper in ("__mulsf3", "__addsf3", "__subsf3", "__divsf3", "__floatsisf", "__ltsf2"):
             assert re.search(r"firmware/softfloat/softfloat\.c:\d+", _defined_in(elf, helper)), (pid, helper)
         libgcc = build_firmware(get_platform(pid), softfloat=False).elf
         assert "softfloat.c" not in _defined_in(libgcc, "__mulsf3")
