@@ -47,6 +47,8 @@ def test_a_set_replaces_ref_files_by_name():
     dsp = {p.name: p.parent.name for p in kernel_sources("arm_dsp")}
     assert sorted(dsp) == MATVECS                            # the same files, some from the set
     assert dsp["matvec_q8.c"] == dsp["matvec_q4.c"] == "arm_dsp"
+    mve = {p.name: p.parent.name for p in kernel_sources("mve")}
+    assert sorted(mve) == MATVECS and set(mve.values()) == {"mve"}   # Helium has every matvec, 3-bit too
     sources = firmware_sources(get_platform("mps2-an386"))
     assert sum(p.name == "matvec_q8.c" for p in sources) == 1
     assert build.KERNELS / "arm_dsp" / "matvec_q8.c" in sources
@@ -54,7 +56,7 @@ def test_a_set_replaces_ref_files_by_name():
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-@pytest.mark.parametrize("kernels", ["ref", "arm_dsp"])
+@pytest.mark.parametrize("kernels", ["ref", "arm_dsp", "mve"])
 def test_runtime_mk_applies_the_same_rule(tmp_path, kernels):
     (tmp_path / "Makefile").write_text(f"include {build.FIRMWARE / 'runtime' / 'runtime.mk'}\n"
                                        "print:\n\t@echo $(RUNTIME_SRCS)\n")
