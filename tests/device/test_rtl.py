@@ -211,6 +211,17 @@ def test_calibration_on_the_suite_predicts_unseen_models_within_3_percent(tmp_pa
             err = abs(pred[k].sum() / y[k].sum() - 1)
             assert err < 0.03, (name, phase, f"{100 * err:.2f}%")
         assert np.all((lo <= y) & (y <= hi)) and np.all(np.isfinite(hi))
+    # at one wait-state setting the wait terms keep the prior's cost: the calibration then carries to
+    # the same core without wait states far better than one that fitted them (measured: 15 % vs 28 %)
+    assert cal.cycles.cv["held_at_prior"] == ["fetch_wait", "flash_load_wait"]
+    fit_calibration(suite, tmp_path / "fitted.json", hold_wait_terms=False)
+    fitted = store.load(tmp_path / "fitted.json")
+    image = tiny_image(tmp_path, name="d48q8", dim=48, hidden_dim=128, n_layers=2, n_heads=6, n_kv_heads=2, bits=8)
+    df = dataset(bench(BenchSpec(platform="rtl-ibex", port="rtl", model=str(image), tokens=2, suite=[])), "ws0")
+    y = df["cycles"].to_numpy(float)
+    held_err = abs(cal.cycles.predict(feature_matrix(df)).sum() / y.sum() - 1)
+    fitted_err = abs(fitted.cycles.predict(feature_matrix(df)).sum() / y.sum() - 1)
+    assert held_err < fitted_err, (f"{100 * held_err:.1f}%", f"{100 * fitted_err:.1f}%")
 
 
 def test_the_fpu_board_runs_rv32f_in_hardware_bit_exact(tmp_path: Path) -> None:
@@ -222,4 +233,5 @@ def test_the_fpu_board_runs_rv32f_in_hardware_bit_exact(tmp_path: Path) -> None:
     assert hard["matches_reference"] and hard["board"]["instret_equals_twin"], hard["board"]["instret_mismatches"]
     assert hard["tokens"] == soft["tokens"]                      # the same bits, soft-float or not
     assert hard["instructions"]["by_class"]["fp"] > 0 == soft["instructions"]["by_class"]["fp"]
-    assert hard["cycles"]["decode"][0] * 2 < soft["cycles"]["decode"][0]
+    # 1.87x with firmware/softfloat's helpers on the soft-float side (2.8x against libgcc's)
+    assert hard["cycles"]["decode"][0] * 1.5 < soft["cycles"]["decode"][0]
