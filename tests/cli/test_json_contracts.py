@@ -181,7 +181,12 @@ def _ci(work, **_):
 
 
 def _count(work, **_):
-    from test_count import _build, _words  # the own-firmware test's tiny Arm program
+    import importlib.util  # the own-firmware test's tiny Arm program (tests/profile, not on sys.path here)
+
+    spec = importlib.util.spec_from_file_location("_test_count", Path(__file__).parents[1] / "profile" / "test_count.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    _build, _words = mod._build, mod._words
 
     elf = _build("arm", work)
     load = _words(work, "count-n.bin", 5, 0)
