@@ -1,6 +1,6 @@
 /* The matvec driver the optimized kernel sets share (firmware/kernels/README.md): the reference's
- * float step per group, two rows at a time over one activation vector, and the groups TW_CHUNK at a
- * time with their activation sums for the zero points. Portable C: a set's header defines
+ * float step per group, several rows at a time over one activation vector, and the groups TW_CHUNK
+ * at a time with their activation sums for the zero points. Portable C: a set's header defines
  * TW_ALWAYS_INLINE, TW_CHUNK and tw_group_sums() with its own instructions, then includes this. */
 #ifndef TW_KERNELS_DRIVER_H
 #define TW_KERNELS_DRIVER_H

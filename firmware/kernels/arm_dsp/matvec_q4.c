@@ -7,7 +7,7 @@
  * (x0, x4), (x1, x5), (x2, x6), (x3, x7). SMLAD adds two products at a time to the exact int32
  * sum of codes times activations; the zero point (8, or the asymmetric z) comes off once per
  * group, isum = sum c * xq - z * sum xq, with the groups' sums of xq computed once per call
- * (TW_CHUNK in dsp.h). Two rows share each unpacked activation pair. The float part is the
+ * (TW_CHUNK in dsp.h). Three rows share each unpacked activation pair. The float part is the
  * reference's: acc = acc + ((float)isum * scale) * xs, groups in order, per row. */
 #include "dsp.h"
 #include "kernels.h"
@@ -74,8 +74,6 @@ TW_ALWAYS_INLINE void rows3_q4(float *out, const int8_t *xq, const float *xs, co
     out[r + 2] = acc2;
 }
 
-/* Groups g0 .. g0 + n_groups - 1 of rows r .. r + n_rows - 1 (n_rows 1 or 2, asym: constants after
- * inlining); sums[i] is the activation sum of group g0 + i. */
 /* One row r's groups g0 .. g0 + n_groups - 1 in C (the rows left over by three). */
 TW_ALWAYS_INLINE void row1_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, uint32_t r,
                               int asym, uint32_t g0, uint32_t n_groups, const int32_t *sums) {

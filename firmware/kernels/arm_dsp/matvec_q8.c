@@ -2,9 +2,9 @@
  *
  * Four codes and four activations per word load: SXTB16 / UXTB16 (plain and ROR #8) split a word
  * into its even and odd bytes as two int16 pairs, and two SMLADs add the four products to the
- * group's int32 sum. Two rows share each activation word (the x unpacking is done once per two
- * rows). Asymmetric codes are unsigned: isum = sum c * xq - z * sum xq, with the groups' sums of xq
- * computed once per call (TW_CHUNK in dsp.h). Every integer step is exact, and the float part is
+ * group's int32 sum. Four rows share each activation word (the x unpacking is done once per four
+ * rows; the rows left over two or one at a time). Asymmetric codes are unsigned: isum = sum c * xq
+ * - z * sum xq, with the groups' sums of xq computed once per call (TW_CHUNK in dsp.h). Every integer step is exact, and the float part is
  * the reference's: acc = acc + ((float)isum * scale) * xs, groups in order, per row. */
 #include "dsp.h"
 #include "kernels.h"
