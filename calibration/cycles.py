@@ -64,6 +64,7 @@ class CorePrior:
     fp_divsqrt_cycles: Figure | None = None
     coremark_per_mhz: Figure | None = None
     fetch_width_bytes: Figure | None = None    # bytes one instruction fetch reads (None: one per instruction)
+    issue_width: Figure | None = None          # instructions retired per cycle at most (None: not given)
 
     @property
     def has_timings(self) -> bool:
@@ -128,6 +129,7 @@ def load_tables(path: Path = CORES_FILE) -> Tables:
             if "coremark_per_mhz" in c else None,
             fetch_width_bytes=_figure(c["fetch_width_bytes"], f"{where}.fetch_width_bytes")
             if "fetch_width_bytes" in c else None,
+            issue_width=_figure(c["issue_width"], f"{where}.issue_width") if "issue_width" in c else None,
         )
     memory = data.get("memory", {})
     for key in ("xip_miss_cycles", "taken_fraction", "flash_load_fraction", "fp_divsqrt_fraction"):

@@ -125,12 +125,16 @@ class NonNegativeLinear(RegressorMixin, BaseEstimator):
     ``relative=True`` minimises relative errors (rows weighted by 1/y), so a workload of 10⁴ cycles
     counts as much as one of 10⁹.  ``prior`` (vector, {feature: cost}, platform id or core name) with
     ``prior_strength`` > 0 adds a ridge penalty pulling each coefficient toward its prior, measured
-    relative to the prior: useful when few workloads leave some classes unidentified."""
+    relative to the prior: useful when few workloads leave some classes unidentified. ``min_cost``:
+    the least cycles an instruction of any class may cost (1 / the core's issue width; 0: no bound),
+    so that a fit cannot make instructions cheaper than the pipeline can retire them and put the
+    difference into the wait-state or branch terms."""
 
-    def __init__(self, prior=None, prior_strength: float = 0.0, relative: bool = True):
+    def __init__(self, prior=None, prior_strength: float = 0.0, relative: bool = True, min_cost: float = 0.0):
         self.prior = prior
         self.prior_strength = prior_strength
         self.relative = relative
+        self.min_cost = min_cost
 
     def fit(self, X, y, sample_weight=None):
         X = _as_matrix(X)
@@ -148,7 +152,13 @@ class NonNegativeLinear(RegressorMixin, BaseEstimator):
             b = np.concatenate([b, scale * prior])
         norms = np.linalg.norm(A, axis=0)
         norms[norms == 0] = 1.0
-        res = lsq_linear(A / norms, b, bounds=(0.0, np.inf), method="bvls" if A.shape[1] <= 64 else "trf")
+        lower = np.zeros(X.shape[1])
+        if self.min_cost:                     # no instruction class retires faster than this
+            if X.shape[1] != len(FEATURES):
+                raise ValueError(f"min_cost bounds the class costs of the {len(FEATURES)} FEATURES; "
+                                 f"X has {X.shape[1]} columns")
+            lower[[FEATURES.index(f) for f in CLASS_FEATURES]] = self.min_cost
+        res = lsq_linear(A / norms, b, bounds=(lower * norms, np.inf), method="bvls" if A.shape[1] <= 64 else "trf")
         coef = np.maximum(res.x / norms, 0.0)   # the solver's rounding may leave -1e-27: costs are >= 0
         if prior is not None:   # a feature never seen in training keeps its prior cost
             unseen = ~np.any(X != 0, axis=0)

@@ -32,7 +32,7 @@ from calibration.estimators import (
     mape,
     predict_interval,
 )
-from calibration.fit import calibrate
+from calibration.fit import PRIOR_STRENGTH, calibrate
 from calibration.predict import TwinCounts, predict_from_counts
 from calibration.synthetic import bench_dataset, default_hidden
 from twin.platforms import get_platform
@@ -116,6 +116,32 @@ def test_fitted_costs_recover_the_hidden_ones():
     for i, f in enumerate(FEATURES):
         if f in ("n_load", "n_alu", "branches_taken", "flash_load_wait"):
             assert est.coef_[i] == pytest.approx(truth[i], rel=0.1), f
+
+
+def test_min_cost_bounds_every_class_cost_and_nothing_else(bench):
+    X = CycleFeatures().fit_transform(bench)
+    y = bench["cycles"].to_numpy()
+    free = NonNegativeLinear().fit(X, y)
+    cls = [FEATURES.index(f) for f in FEATURES if f.startswith("n_")]
+    floor = float(np.sort(free.coef_[cls])[2]) + 1e-3      # above the three cheapest fitted class costs
+    bounded = NonNegativeLinear(min_cost=floor).fit(X, y)
+    assert (bounded.coef_[cls] >= floor - 1e-9).all()
+    assert (free.coef_[cls] < floor).sum() >= 3                # so the bound did bind
+    others = [i for i in range(len(FEATURES)) if i not in cls]
+    assert (bounded.coef_[others] >= 0).all()
+    with pytest.raises(ValueError, match="min_cost bounds the class costs"):
+        NonNegativeLinear(min_cost=1.0).fit(X[:, :5], y)
+
+
+def test_calibrate_bounds_the_class_costs_by_the_cores_issue_width(bench):
+    cal = calibrate(bench)
+    assert cal.cycles.cv["min_cost"] == 1.0                    # cortex-m4f: single issue (cores.yaml)
+    assert all(cal.cycles.coef[f] >= 1.0 - 1e-9 for f in FEATURES if f.startswith("n_"))
+    assert cal.cycles.cv["prior_strength"] == PRIOR_STRENGTH
+    free = calibrate(bench, prior_strength=1e-4, min_cost=0.0)
+    assert free.cycles.cv["prior_strength"] == 1e-4 and free.cycles.cv["min_cost"] == 0.0
+    with pytest.raises(ValueError, match="prior_strength"):
+        calibrate(bench, prior_strength=-1.0)
 
 
 def test_residual_model_and_hold_out_boards(bench):
