@@ -481,6 +481,12 @@ def test_calibrate_on_a_normal_bench_has_finite_interval_and_predicts_finite(tmp
     d = json.loads(out.read_text(), parse_constant=_reject_constant)
     assert math.isfinite(d["cycles"]["q"]) and d["cycles"]["q"] < 1
     assert d["cycles"]["cv"]["interval"]["basis"] in ("split-conformal", "cross-validated")
+    assert d["cycles"]["cv"]["prior_strength"] == 1.0
+    weak = tmp_path / "weak.json"
+    assert _invoke("calibrate", str(ds), "-o", str(weak), "--prior-strength", "0").exit_code == 0
+    assert json.loads(weak.read_text())["cycles"]["cv"]["prior_strength"] == 0.0
+    bad = _invoke("calibrate", str(ds), "-o", str(tmp_path / "bad.json"), "--prior-strength", "-1")
+    assert bad.exit_code == 2 and "--prior-strength" in bad.output
 
 
 def _reject_constant(name):

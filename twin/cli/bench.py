@@ -116,13 +116,18 @@ def _interrupted_message(result, port: str, output: str) -> str:
 @click.option("--residual-auto", is_flag=True,
               help="Like --residual, but keep the residual only when it lowers the cross-validated "
                    "error (by workload); the file says which was chosen.")
+@click.option("--prior-strength", type=click.FloatRange(min=0.0), default=None,
+              help="Pull of the fitted costs toward the core's published timings [default: "
+                   "calibration.fit.PRIOR_STRENGTH, 1.0, set on the RTL boards]; 0 fits the data alone.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (id, core, boards, CV errors).")
 def calibrate(datasets: tuple[str, ...], output: str, skip_unmeasured: bool, residual: bool,
-              residual_auto: bool, as_json: bool) -> None:
+              residual_auto: bool, prior_strength: float | None, as_json: bool) -> None:
     """Fit the cycle/energy models to bench datasets (rows with a real board's cycle counts)."""
     from calibration.fit import calibrate_files
 
     fit_kw = {"residual": "auto"} if residual_auto else {"residual": "on"} if residual else {}
+    if prior_strength is not None:
+        fit_kw["prior_strength"] = prior_strength
     try:
         r = calibrate_files(list(datasets), output, skip_unmeasured=skip_unmeasured, **fit_kw)
     except (ValueError, KeyError) as exc:      # DatasetError and the calibration file's errors are ValueErrors
