@@ -4,11 +4,12 @@ the board's optimized kernel set, measured in one run; with ``--baseline REV`` a
 of another revision of this repository (a git worktree, the same script run there), as before -> after.
 
     .venv/bin/python benchmarks/cycles_per_mac.py [--boards stm32f4-disco,...] [--bits 4,8]
-                                                 [--tokens 8] [--top 6] [--baseline REV] [--json]
+                                                 [--tokens 8] [--top 6] [--terms] [--baseline REV] [--json]
 
 Per board and weight width it prints, for each build: instructions per decoded token, the prior's
 cycles per decoded token (`twin predict`: the board's clock, flash wait states and hit rates), cycles
-per MAC, and the functions that run most per decoded token. A MAC is one weight multiply-accumulate
+per MAC, the functions that run most per decoded token and, with --terms, where the prior's cycles go
+(per MAC: each instruction class, taken branches, fetch and flash-load wait states). A MAC is one weight multiply-accumulate
 of the token's matrix-vector products (n_layers x (q, k, v, o, w1, w2, w3) + the classifier); the
 attention's dot products, norms and softmax are in the cycles but not in the MAC count. Counts are
 exact (QEMU + plugin); the cycles are the prior's, not a bench measurement (docs/calibration.md).
@@ -67,6 +68,7 @@ def measure(board: str, bits: int, tokens: int, kernels: str) -> dict:
         "instructions_per_token": total.total / n,
         "cycles_per_token": cycles, "macs_per_token": macs, "cycles_per_mac": cycles / macs,
         "clock_mhz": prediction.get("clock_mhz"),
+        "cycle_terms": prediction["cycles"]["per_token_terms"],
         "functions": {f: v / n for f, v in sorted(total.by_function.items(), key=lambda kv: -kv[1])},
     }
 
@@ -107,6 +109,7 @@ def main() -> None:
     ap.add_argument("--bits", type=lambda s: [int(b) for b in s.split(",")], default=[4, 8])
     ap.add_argument("--tokens", type=int, default=8)
     ap.add_argument("--top", type=int, default=6, help="functions shown per build")
+    ap.add_argument("--terms", action="store_true", help="also where the prior's cycles go (its terms)")
     ap.add_argument("--baseline", metavar="REV", help="also measure this git revision's optimized kernels")
     ap.add_argument("--root", type=Path, default=HERE.parents[1], help=argparse.SUPPRESS)   # the tree measured
     ap.add_argument("--json", action="store_true")
@@ -134,6 +137,10 @@ def main() -> None:
         top = list(r["functions"].items())[: args.top]
         bf = b["functions"] if b else {}
         print("      " + " · ".join(f"{f} {v:,.0f}" + (f" (was {bf[f]:,.0f})" if f in bf else "") for f, v in top))
+        if args.terms:
+            terms = sorted(r["cycle_terms"].items(), key=lambda kv: -kv[1])
+            print("      cycles: " + " · ".join(f"{t.removeprefix('n_')} {v / r['macs_per_token']:.2f}/MAC"
+                                              for t, v in terms if v > 0))
     print(f"\nMACs per decoded token (weights only): {rows[0]['macs_per_token']:,}; instructions exact, "
           "cycles by the prior (twin predict)")
 

@@ -434,13 +434,17 @@ def _cv_summary(cv: dict) -> str:
 
 def _cycles(bm: BoardModel, by_class: dict[str, float], loads_flash: float | None, ws: float,
             branches_taken: float | None, fetch_bytes: float | None = None,
-            fetch_width: float | None = None) -> tuple[float, float]:
-    """(cycles, residual factor 1 + r): the factor is 1 without a residual."""
+            fetch_width: float | None = None) -> tuple[float, float, dict[str, float]]:
+    """(cycles, residual factor 1 + r, cycles by term): the factor is 1 without a residual; the terms
+    (one per feature of the cycle model, with the residual and cross-core factors applied, and the
+    soft-float calls of a cross-core prediction) add up to the cycles."""
     x = feature_vector(by_class, wait_states=ws, loads_flash=loads_flash, branches_taken=branches_taken,
                        fetch_bytes=fetch_bytes, fetch_width=fetch_width)
-    linear = float(x @ bm.coef)
     factor = 1.0 + float(bm.residual.correction(x[None, :])[0]) if bm.residual is not None else 1.0
-    return linear * factor * bm.factor + bm.extra_per_fp * by_class.get("fp", 0.0), factor
+    terms = {f: float(v) * factor * bm.factor for f, v in zip(FEATURES, x * bm.coef, strict=True)}
+    if bm.extra_per_fp:
+        terms["soft_float_calls"] = bm.extra_per_fp * by_class.get("fp", 0.0)
+    return sum(terms.values()), factor, terms
 
 
 def _interval(value: float | None, lo: float, hi: float) -> dict:
@@ -541,10 +545,11 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     except CycleModelError as exc:
         raise PredictError(str(exc)) from None
     width = msetup.fetch_width if proxy_plat.isa == plat.isa else None   # fetch bytes of the same code
-    prefill_cycles, prefill_factor = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws,
-                                             counts.prefill_branches_taken, counts.prefill_fetch_bytes, width)
-    token_cycles, token_factor = _cycles(bm, counts.decode, counts.decode_loads_flash, ws,
-                                         counts.decode_branches_taken, counts.decode_fetch_bytes, width)
+    prefill_cycles, prefill_factor, _ = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws,
+                                                counts.prefill_branches_taken, counts.prefill_fetch_bytes, width)
+    token_cycles, token_factor, token_terms = _cycles(bm, counts.decode, counts.decode_loads_flash, ws,
+                                                      counts.decode_branches_taken, counts.decode_fetch_bytes,
+                                                      width)
     token_s = token_cycles / clock_hz
     ttft_s = (prefill_cycles + token_cycles) / clock_hz
     notes = list(bm.notes)
@@ -614,7 +619,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         "twin": {"mode": mode.mode, "proxy": proxy, "confidence": mode.confidence,
                  "cross_core": mode.mode == "none", "kernels": counts.kernels},
         "cycles": {"prefill": prefill_cycles, "per_token": token_cycles,
-                   "wait_states": ws},
+                   "per_token_terms": token_terms, "wait_states": ws},
         "counts": {"platform": counts.platform, "build_id": counts.build_id,
                    "image_sha256": counts.image_sha256, "tokens": counts.tokens,
                    "matches_reference": counts.matches_reference},

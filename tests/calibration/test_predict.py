@@ -57,6 +57,12 @@ def test_predict_json_contract(model_file):
     assert r["energy_per_token_joules"]["value"] is None          # no power figure for the F746: n/a, said so
     assert any("energy not predicted" in n for n in r["notes"])
     assert r["counts"]["matches_reference"] is True
+    # where the cycles go: one term per feature of the cycle model, adding up to the token's cycles;
+    # the F746 at 216 MHz has flash wait states, so fetch and flash loads cost something
+    terms = r["cycles"]["per_token_terms"]
+    assert set(terms) >= {"n_alu", "n_load", "fetch_wait", "flash_load_wait", "branches_taken"}
+    assert sum(terms.values()) == pytest.approx(r["cycles"]["per_token"], rel=1e-12)
+    assert terms["fetch_wait"] > 0 and terms["flash_load_wait"] > 0 and min(terms.values()) >= 0
 
     pico = _predict_json("--platform", "rpi-pico", "--model", model_file)
     _check_contract(pico, "rpi-pico")
@@ -64,6 +70,8 @@ def test_predict_json_contract(model_file):
     assert pico["twin"]["mode"] == "isa-proxy" and pico["twin"]["cross_core"] is False
     assert pico["counts"]["platform"] == "rpi-pico" and pico["twin"]["kernels"] == "ref"
     assert not any("cross-core" in n for n in pico["notes"])
+    s3 = _predict_json("--platform", "esp32-s3-devkit", "--model", model_file)   # across cores: soft-float calls
+    assert sum(s3["cycles"]["per_token_terms"].values()) == pytest.approx(s3["cycles"]["per_token"], rel=1e-12)
 
     l4 = _predict_json("--platform", "nucleo-l4r5zi", "--model", model_file, "--clock", "60")
     l4_fast = _predict_json("--platform", "nucleo-l4r5zi", "--model", model_file)

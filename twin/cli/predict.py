@@ -99,6 +99,10 @@ def predict_cmd(platform: str, model: str, bits: str, tokens: int, prompt: str |
     click.echo(f"  time per token       {_fmt_interval(r['token_seconds'], 1e3, 'ms')}")
     click.echo(f"  tokens per second    {_fmt_interval(r['tokens_per_second'], 1, 'tok/s')}")
     click.echo(f"  energy per token     {_fmt_interval(r['energy_per_token_joules'], 1e3, 'mJ')}")
+    terms = sorted(r["cycles"]["per_token_terms"].items(), key=lambda kv: -kv[1])
+    total = r["cycles"]["per_token"] or 1.0
+    click.echo("  cycles per token     " + " · ".join(f"{name.removeprefix('n_')} {100 * v / total:.0f}%"
+                                                     for name, v in terms[:5] if v > 0))
     m = r["memory"]
     click.echo(f"  memory               flash {_human_bytes(m['flash_bytes'])} of "
                f"{_human_bytes(m['flash_available'])}, RAM {_human_bytes(m['ram_bytes'])} of "
