@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from twin import atomic
-from twin.platforms import Platform, get_platform
+from twin.platforms import PORTABLE_KERNELS, Platform, get_platform
 from twin.profile.isa import CLASSES
 
 from . import store
@@ -487,11 +487,13 @@ def predict(platform: str, *, model: str = "builtin", bits: int = 4, clock_mhz: 
 
 def counts_kernels(plat: Platform) -> str:
     """The kernel set whose counts stand for ``plat``: its proxy's, when ``plat``'s core can run it
-    (arm_dsp needs the Arm DSP extension); otherwise the portable reference — an M0+ or an Xtensa
-    core predicted from Cortex-M4 counts must not be credited with SMLAD."""
+    (arm_dsp needs the Arm DSP extension, mve Helium); otherwise the portable set — an M0+ or an
+    Xtensa core predicted from Cortex-M4 counts must not be credited with SMLAD."""
     proxy = get_platform(plat.counts_platform)
     if proxy.kernels == "arm_dsp" and not (plat.arch == "arm" and plat.dsp):
-        return "ref"
+        return PORTABLE_KERNELS
+    if proxy.kernels == "mve" and not (plat.arch == "arm" and plat.vector == "mve"):
+        return PORTABLE_KERNELS
     return proxy.kernels
 
 

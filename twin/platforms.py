@@ -269,10 +269,12 @@ _FPUS = ("none", "sp", "dp")
 _VECTORS = ("none", "mve", "pie")
 _FLASH_KINDS = ("internal", "xip", "ram")
 _ACCEL_KINDS = ("icache", "dcache", "cache", "art", "xip-cache", "prefetch", "tcm")
-# Kernel sets (firmware/kernels/<set>/) and what a core needs to run one: ref is portable C;
+# Kernel sets (firmware/kernels/<set>/) and what a core needs to run one: ref is portable C (the
+# truth), scalar portable C with fewer instructions (any core: the set of a core without packed SIMD);
 # arm_dsp uses the Armv7E-M / Armv8-M DSP extension (SMLAD, SXTB16, ...); mve the Armv8.1-M Helium
 # vector extension (VMLADAVA, VLD2/VLD4, ...: a core with vector: mve, e.g. the Cortex-M55).
-KERNEL_SETS = ("ref", "arm_dsp", "mve")
+KERNEL_SETS = ("ref", "arm_dsp", "mve", "scalar")
+PORTABLE_KERNELS = "scalar"    # what a core gets when it cannot run its proxy's set
 POWER_BASES = ("vdd", "chip", "core", "board")   # what a run-current figure covers (Power.basis)
 TWIN_MODES = ("exact", "isa-proxy", "proxy", "none")
 CONFIDENCES = ("high", "medium", "low")
@@ -651,10 +653,11 @@ def check_catalog(platforms: dict[str, Platform]) -> None:
 
 def with_isa_build(board: Platform, machine: Platform) -> Platform:
     """``board`` (twin mode isa-proxy) with a firmware build: its own ISA flags, the machine's board
-    support, memory windows and emulator, the reference kernels (a subset ISA has no DSP set)."""
+    support, memory windows and emulator, the portable kernels (a subset ISA has no DSP set)."""
     return dataclasses.replace(board, board=machine.board, cflags=board.twin.cflags, defines=dict(machine.defines),
                                flash=machine.flash, model=machine.model, ram=machine.ram,
-                               stack_size=machine.stack_size, emulator=machine.emulator, kernels="ref")
+                               stack_size=machine.stack_size, emulator=machine.emulator,
+                               kernels=PORTABLE_KERNELS)
 
 
 def load_platform_file(path: Path) -> Platform:

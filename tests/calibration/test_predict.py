@@ -68,7 +68,7 @@ def test_predict_json_contract(model_file):
     _check_contract(pico, "rpi-pico")
     # the M0+ counts its own ARMv6-M build (on the M4 machine), timed with the M0+ table
     assert pico["twin"]["mode"] == "isa-proxy" and pico["twin"]["cross_core"] is False
-    assert pico["counts"]["platform"] == "rpi-pico" and pico["twin"]["kernels"] == "ref"
+    assert pico["counts"]["platform"] == "rpi-pico" and pico["twin"]["kernels"] == "scalar"
     assert not any("cross-core" in n for n in pico["notes"])
     s3 = _predict_json("--platform", "esp32-s3-devkit", "--model", model_file)   # across cores: soft-float calls
     assert sum(s3["cycles"]["per_token_terms"].values()) == pytest.approx(s3["cycles"]["per_token"], rel=1e-12)
@@ -88,11 +88,11 @@ def test_boards_sharing_a_proxy_run_the_emulator_once(model_file):
     results = P.compare(["nrf52840-dk", "nucleo-l4r5zi", "esp32-s3-devkit"], model=model_file,
                         tokens=int(TOKENS))
     # all three count on mps2-an386: the two DSP cores on its arm_dsp build, the Xtensa (no Arm DSP)
-    # on its reference build — one run each at most
+    # on its portable (scalar) build — one run each at most
     assert P.STATS["runs"] - before["runs"] <= 2
     assert P.STATS["cache_hits"] - before["cache_hits"] >= 1
     assert len({r["counts"]["build_id"] for r in results}) == 2
-    assert [r["twin"]["kernels"] for r in results] == ["arm_dsp", "arm_dsp", "ref"]
+    assert [r["twin"]["kernels"] for r in results] == ["arm_dsp", "arm_dsp", "scalar"]
 
 
 @pytest.mark.qemu
@@ -146,15 +146,17 @@ def test_unknown_platform_and_bad_clock_fail_in_one_line():
 
 
 @pytest.mark.qemu
-def test_a_core_without_dsp_is_counted_with_the_reference_kernels(model_file):
+def test_a_core_without_dsp_is_counted_with_the_portable_kernels(model_file):
     """The M4F proxy builds arm_dsp kernels; an Xtensa core (esp32-s3) predicted from it must not be
-    credited with SMLAD: its counts come from the proxy built with the reference kernels."""
+    credited with SMLAD: its counts come from the proxy built with the portable (scalar) kernels."""
     m4 = P.predict("nrf52840-dk", model=model_file, tokens=int(TOKENS))
     m0 = P.predict("esp32-s3-devkit", model=model_file, tokens=int(TOKENS))
-    assert (m4["twin"]["kernels"], m0["twin"]["kernels"]) == ("arm_dsp", "ref")
+    assert (m4["twin"]["kernels"], m0["twin"]["kernels"]) == ("arm_dsp", "scalar")
     assert m4["counts"]["platform"] == m0["counts"]["platform"] == "mps2-an386"
     assert m4["counts"]["build_id"] != m0["counts"]["build_id"]
     ref_counts = P.twin_counts("mps2-an386", model=model_file, tokens=int(TOKENS), kernels="ref")
     dsp_counts = P.twin_counts("mps2-an386", model=model_file, tokens=int(TOKENS))
     assert sum(ref_counts.decode.values()) > 1.5 * sum(dsp_counts.decode.values())
     assert ref_counts.decode["simd"] == 0 < dsp_counts.decode["simd"]
+    scalar_counts = P.twin_counts("mps2-an386", model=model_file, tokens=int(TOKENS), kernels="scalar")
+    assert scalar_counts.decode["simd"] == 0 and sum(scalar_counts.decode.values()) < sum(ref_counts.decode.values())

@@ -30,7 +30,7 @@ def _instructions(elf, objdump: str) -> list[tuple[str, str]]:
 
 def test_the_m0plus_build_holds_no_thumb2_only_instruction_and_runs_bit_exact() -> None:
     p = get_platform("rpi-pico")
-    assert p.isa_build and p.emulator.machine == "mps2-an386" and p.kernels == "ref"
+    assert p.isa_build and p.emulator.machine == "mps2-an386" and p.kernels == "scalar"
     wide = {m for enc, m in _instructions(build_firmware(p).elf, "arm-none-eabi-objdump")
             if len(enc) == 8 and not m.startswith(".")}
     assert wide and wide <= ARMV6M_WIDE, wide - ARMV6M_WIDE

@@ -59,10 +59,11 @@ def tiny_image(tmp_path: Path, *, bits: int = 4, kv_cache: str = "f32", name: st
     return path
 
 
-@pytest.mark.parametrize("platform", ["rtl-ibex", "rtl-cv32e40p"])
-def test_minstret_equals_the_twin_and_tokens_are_bit_exact(platform: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("platform,kernels", [("rtl-ibex", None), ("rtl-cv32e40p", None), ("rtl-ibex", "scalar")])
+def test_minstret_equals_the_twin_and_tokens_are_bit_exact(platform: str, kernels: str | None, tmp_path: Path) -> None:
     image = tiny_image(tmp_path)
-    r = run(RunSpec(platform=platform, model=str(image), prompt="ab", tokens=3))
+    r = run(RunSpec(platform=platform, model=str(image), prompt="ab", tokens=3, kernels=kernels))
+    assert r["firmware"]["kernels"] == (kernels or get_platform(platform).kernels)
     b = r["board"]
     assert b["kind"] == "rtl" and b["core"] == get_platform(platform).rtl.core
     # every phase (validation, prefill, each token): the core's minstret == the plugin's count

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from twin.platforms import PlatformError, all_platforms, get_platform
+from twin.platforms import KERNEL_SETS, PlatformError, all_platforms, get_platform
 
 if TYPE_CHECKING:
     from twin.runner import RunSpec
@@ -215,7 +215,7 @@ def _run_options(f):
                      help="Seconds before the emulator is killed."),
         click.option("--mem-traffic", is_flag=True,
                      help="Also count loads/stores per memory region (code, model, RAM); slower."),
-        click.option("--kernels", default=None, type=click.Choice(["ref", "arm_dsp"]),
+        click.option("--kernels", default=None, type=click.Choice(KERNEL_SETS),
                      help="Kernel set of the firmware [default: the platform's kernels: field]; "
                           "e.g. ref to see what the optimized kernels save."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
