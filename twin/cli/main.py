@@ -368,7 +368,7 @@ def _what_if(reports: list[dict]) -> None:
         print_comparison(results)
     if other_kernels:
         click.echo(f"(not shown: {', '.join(other_kernels)} — their cores cannot run these runs' kernels; "
-                   "`twin predict --platform ID` counts them with the reference kernels)")
+                   "`twin predict --platform ID` counts them with the portable (scalar) kernels)")
     if own_isa:
         click.echo(f"(not shown: {', '.join(own_isa)} — counted on their own instruction set: "
                    "`twin predict --platform ID` runs their build)")
