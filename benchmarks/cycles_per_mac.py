@@ -1,4 +1,4 @@
-"""Cycles per multiply-accumulate per decoded token, by the twin's own prior, on catalog boards of five
+"""Cycles per multiply-accumulate per decoded token, by the twin's own prior, on catalog boards of six
 cores: the firmware's portable reference kernels (`ref`, about what llama2.c's runq.c costs) against
 the board's optimized kernel set, measured in one run; with ``--baseline REV`` also the optimized set
 of another revision of this repository (a git worktree, the same script run there), as before -> after.
@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-BOARDS = ("stm32f4-disco", "nucleo-h743zi", "b-u585i-iot02a", "alif-ensemble-e3", "esp32-c3-devkit")
+BOARDS = ("stm32f4-disco", "nucleo-h743zi", "b-u585i-iot02a", "alif-ensemble-e3", "esp32-c3-devkit", "rpi-pico")
 
 
 def macs_per_token(config) -> int:
@@ -68,7 +68,7 @@ def measure(board: str, bits: int, tokens: int, kernels: str) -> dict:
         "instructions_per_token": total.total / n,
         "cycles_per_token": cycles, "macs_per_token": macs, "cycles_per_mac": cycles / macs,
         "clock_mhz": prediction.get("clock_mhz"),
-        "cycle_terms": prediction["cycles"]["per_token_terms"],
+        "cycle_terms": prediction["cycles"].get("per_token_terms", {}),   # older revisions: none
         "functions": {f: v / n for f, v in sorted(total.by_function.items(), key=lambda kv: -kv[1])},
     }
 
@@ -121,15 +121,22 @@ def main() -> None:
     if args.json:
         print(json.dumps({"rows": rows, "baseline": args.baseline, "baseline_rows": base}))
         return
-    before = {(r["board"], r["bits"], r["kernels"]): r for r in base}
+    def earlier(r: dict) -> dict | None:
+        """The baseline's build in the same role: its ref, or its optimized set (ref where it had none)."""
+        same = [b for b in base if (b["board"], b["bits"]) == (r["board"], r["bits"])]
+        if r["kernels"] == "ref":
+            return next((b for b in same if b["kernels"] == "ref"), None)
+        return next((b for b in same if b["kernels"] != "ref"), next(iter(same), None))
+
     print(f"{'board':18} {'bits':>4} {'kernels':8} {'instr/token':>12} {'cycles/token':>13} {'cycles/MAC':>10}"
           + ("   before (" + args.baseline + ") -> now" if base else ""))
     for r in rows:
         line = (f"{r['board']:18} {r['bits']:>4} {r['kernels']:8} {r['instructions_per_token']:12,.0f} "
                 f"{r['cycles_per_token']:13,.0f} {r['cycles_per_mac']:10.2f}")
-        b = before.get((r["board"], r["bits"], r["kernels"]))
+        b = earlier(r)
         if b:
-            line += (f"   {b['cycles_per_mac']:.2f} -> {r['cycles_per_mac']:.2f} cycles/MAC "
+            was = "" if b["kernels"] == r["kernels"] else f" ({b['kernels']})"
+            line += (f"   {b['cycles_per_mac']:.2f}{was} -> {r['cycles_per_mac']:.2f} cycles/MAC "
                      f"({b['cycles_per_token'] / r['cycles_per_token']:.2f}x)")
         if not r["matches_reference"]:
             line += "   TOKENS DIFFER FROM THE REFERENCE"
