@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from twin import atomic
-from twin.platforms import PORTABLE_KERNELS, Platform, get_platform
+from twin.platforms import PORTABLE_KERNELS, Platform, get_platform, runs_kernels
 from twin.profile.isa import CLASSES
 
 from . import store
@@ -490,11 +490,7 @@ def counts_kernels(plat: Platform) -> str:
     (arm_dsp needs the Arm DSP extension, mve Helium); otherwise the portable set — an M0+ or an
     Xtensa core predicted from Cortex-M4 counts must not be credited with SMLAD."""
     proxy = get_platform(plat.counts_platform)
-    if proxy.kernels == "arm_dsp" and not (plat.arch == "arm" and plat.dsp):
-        return PORTABLE_KERNELS
-    if proxy.kernels == "mve" and not (plat.arch == "arm" and plat.vector == "mve"):
-        return PORTABLE_KERNELS
-    return proxy.kernels
+    return proxy.kernels if runs_kernels(plat, proxy.kernels) else PORTABLE_KERNELS
 
 
 def mca_for_board(plat: Platform, **run) -> McaEstimate | str:

@@ -527,13 +527,24 @@ def _kernels(data: dict, where: str, arch: str, dsp: bool, board: str | None, ve
                           vector)
 
 
-def _check_kernels(kernels: str, arch: str, dsp: bool, what: str, vector: str = "none") -> str:
+def _missing_for(kernels: str, arch: str, dsp: bool, vector: str = "none") -> str | None:
+    """What a core lacks to run kernel set ``kernels`` (None: it runs it)."""
     if kernels == "arm_dsp" and not (arch == "arm" and dsp):
-        raise PlatformError(f"{what} is 'arm_dsp' but the core has no Arm DSP extension "
-                            "(it needs arch: arm and dsp: true); use kernels: ref")
+        return "the core has no Arm DSP extension (it needs arch: arm and dsp: true)"
     if kernels == "mve" and not (arch == "arm" and vector == "mve"):
-        raise PlatformError(f"{what} is 'mve' but the core has no Helium (MVE) vector extension "
-                            "(it needs arch: arm and vector: mve); use kernels: ref")
+        return "the core has no Helium (MVE) vector extension (it needs arch: arm and vector: mve)"
+    return None
+
+
+def runs_kernels(platform: Platform, kernels: str) -> bool:
+    """Whether ``platform``'s core can run kernel set ``kernels`` (e.g. a proxy's, for its counts)."""
+    return _missing_for(kernels, platform.arch, platform.dsp, platform.vector) is None
+
+
+def _check_kernels(kernels: str, arch: str, dsp: bool, what: str, vector: str = "none") -> str:
+    missing = _missing_for(kernels, arch, dsp, vector)
+    if missing is not None:
+        raise PlatformError(f"{what} is {kernels!r} but {missing}; use kernels: ref")
     if not (KERNELS_DIR / kernels).is_dir():
         raise PlatformError(f"{what} is {kernels!r} but there is no directory {KERNELS_DIR / kernels}")
     return kernels

@@ -6,20 +6,15 @@ instructions (objdump with -m armv8.1-m.main), the byte gathers of the 3-bit ker
 
 from __future__ import annotations
 
-import dataclasses
-from functools import cache
-
 import pytest
+from fixtures.decode import decode_builtin  # tests/ is on sys.path under pytest
 
-from twin.device.build import build_firmware, kernel_sources
-from twin.device.protocol import PhaseKind
+from twin.device.build import kernel_sources
 from twin.model import modelgen
-from twin.model.image import read_image, write_image
-from twin.model.reference import QuantReference
+from twin.model.image import write_image
 from twin.platforms import get_platform
 from twin.profile import isa
-from twin.profile.counts import sum_profiles
-from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session, run
+from twin.runner import RunSpec, run
 
 PLATFORM = "mps3-an547"
 MATVECS = ("matvec_q8", "matvec_q4", "matvec_q3", "matvec_q2")
@@ -64,28 +59,9 @@ def test_gathers_are_loads():
     assert [(insns[a].cls, insns[a].known) for a in sorted(insns)] == [("load", True), ("simd", True), ("simd", True)]
 
 
-@cache
 def _decode(kernels: str, bits: int, symmetric: bool) -> dict:
     """Greedy decoding of the built-in model on mps3-an547 built with ``kernels``."""
-    platform = dataclasses.replace(get_platform(PLATFORM), kernels=kernels)
-    fw = build_firmware(platform)
-    spec = RunSpec(platform=PLATFORM, bits=bits, symmetric=symmetric, tokens=4)
-    image_path, image, _ = model_image(spec)
-    tokenizer = model_tokenizer(spec.model)
-    prompt = tokenizer.encode(spec.prompt) if tokenizer else modelgen.encode(spec.prompt)
-    with profiled_session(platform, fw.elf, image_path) as s:
-        phases, _ = s.device.run(prompt, spec.tokens)
-    kinds = [ph.kind for ph in (*s.boot_phases, *phases)]
-    decode = sum_profiles(s.segments[2 * i + 1] for i, k in enumerate(kinds) if k == PhaseKind.DECODE)
-    return {
-        "elf": fw.elf,
-        "build_id": fw.build_id,
-        "tokens": [ph.token for ph in phases if ph.kind == PhaseKind.DECODE],
-        "reference": QuantReference(read_image(image)).generate(prompt, spec.tokens),
-        "total": decode.total,
-        "matvec": sum(v for f, v in decode.by_function.items() if f.startswith("matvec_q")),
-        "by_class": dict(decode.by_class),
-    }
+    return decode_builtin(PLATFORM, kernels, bits, symmetric)
 
 
 @pytest.mark.qemu
