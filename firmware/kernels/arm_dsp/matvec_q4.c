@@ -60,7 +60,10 @@ TW_ALWAYS_INLINE void rows3_q4(float *out, const int8_t *xq, const float *xs, co
     float acc0 = g0 ? out[r] : 0.0f, acc1 = g0 ? out[r + 1] : 0.0f, acc2 = g0 ? out[r + 2] : 0.0f;
     do {
         int32_t s0 = 0, s1 = 0, s2 = 0;
-        for (uint32_t k = gs / 32; k; k--) Q4_THREE_ROWS_32(x, p, stride, s0, s1, s2);
+        if (gs == 32) /* the common group: no loop around the block (its counter would spill) */
+            Q4_THREE_ROWS_32(x, p, stride, s0, s1, s2);
+        else
+            for (uint32_t k = gs / 32; k; k--) Q4_THREE_ROWS_32(x, p, stride, s0, s1, s2);
         int32_t sum = *sums++;
         float xsv = *xsg++;
         acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 8, sum, sc[0], xsv);

@@ -56,12 +56,17 @@ TW_ALWAYS_INLINE void rows4_q8(float *out, const int8_t *xq, const float *xs, co
     float acc2 = g0 ? out[r + 2] : 0.0f, acc3 = g0 ? out[r + 3] : 0.0f;
     do {
         int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        for (uint32_t k = gs / 32; k; k--) {
-            if (asym)
-                Q8_FOUR_ROWS_32("uxtb16", x, p, q, stride, s0, s1, s2, s3);
-            else
-                Q8_FOUR_ROWS_32("sxtb16", x, p, q, stride, s0, s1, s2, s3);
-        }
+        if (gs == 32 && asym) /* the common group: no loop around the block (see rows3_q4) */
+            Q8_FOUR_ROWS_32("uxtb16", x, p, q, stride, s0, s1, s2, s3);
+        else if (gs == 32)
+            Q8_FOUR_ROWS_32("sxtb16", x, p, q, stride, s0, s1, s2, s3);
+        else
+            for (uint32_t k = gs / 32; k; k--) {
+                if (asym)
+                    Q8_FOUR_ROWS_32("uxtb16", x, p, q, stride, s0, s1, s2, s3);
+                else
+                    Q8_FOUR_ROWS_32("sxtb16", x, p, q, stride, s0, s1, s2, s3);
+            }
         int32_t sum = asym ? *sums++ : 0;      /* symmetric 8-bit codes are signed: no zero point */
         float xsv = *xsg++;
         acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 0, sum, sc[0], xsv);
