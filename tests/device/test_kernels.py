@@ -141,7 +141,7 @@ def test_arm_dsp_gives_the_reference_tokens_with_fewer_instructions(platform_id,
     assert ref["matvec"] >= 2.0 * dsp["matvec"], (ref["matvec"], dsp["matvec"])
     assert dsp["total"] < ref["total"]                                   # per decoded token too
     assert ref["total"] - dsp["total"] == ref["matvec"] - dsp["matvec"]   # nothing else changed
-    assert dsp["by_class"]["simd"] > 0.2 * dsp["total"] and ref["by_class"]["simd"] == 0
+    assert dsp["by_class"]["simd"] > 0.25 * dsp["matvec"] and ref["by_class"]["simd"] == 0  # SMLAD and kin
 
 
 @pytest.mark.qemu

@@ -2,19 +2,23 @@
  *
  * One word of a row holds 8 codes, element k in bits 4k..4k+3, so (w >> 4k) & 0x000F000F is the
  * int16 pair (c_k, c_k+4) for k = 0..3: one AND (with a shifted operand) per pair, no unpacking.
- * The activations are paired to match on the fly, without a buffer: PKHBT / PKHTB gather the
- * bytes (x0 x1 x4 x5) and (x2 x3 x6 x7) of two activation words, SXTB16 (plain and ROR #8) makes
- * (x0, x4), (x1, x5), (x2, x6), (x3, x7). SMLAD adds two products at a time to the exact int32
- * sum of codes times activations; the zero point (8, or the asymmetric z) comes off once per
- * group, isum = sum c * xq - z * sum xq, with the groups' sums of xq computed once per call
- * (TW_CHUNK in dsp.h). Three rows share each unpacked activation pair. The float part is the
- * reference's: acc = acc + ((float)isum * scale) * xs, groups in order, per row. */
+ * The activations are paired to match once per call, a chunk of Q4_PAIRED at a time on the stack:
+ * PKHBT / PKHTB gather the bytes (x0 x1 x4 x5) and (x2 x3 x6 x7) of two activation words, SXTB16
+ * (plain and ROR #8) makes the words (x0, x4), (x1, x5), (x2, x6), (x3, x7), which the rows then
+ * read with two LDRDs per 8 elements. SMLAD adds two products at a time to the exact int32 sum of
+ * codes times activations; the zero point (8, or the asymmetric z) comes off once per group,
+ * isum = sum c * xq - z * sum xq, with the groups' sums of xq taken in the same pass. Three rows
+ * share each loaded activation pair. The float part is the reference's:
+ * acc = acc + ((float)isum * scale) * xs, groups in order, per row. */
 #include "dsp.h"
 #include "kernels.h"
 
+/* Activations paired per chunk: 1 KB of stack, whole groups (4 or more of the largest, 128). */
+#define Q4_PAIRED 512u
+
 /* One 8-element step of three rows (at p, p + stride, p + 2 stride), in registers throughout: the
- * activation words paired as above into (x0, x4), (x1, x5), (x2, x6), (x3, x7), then each row's word
- * loaded, its four code pairs masked out and multiplied in (SMLAD); x and p advance. */
+ * four activation pairs loaded, then each row's word loaded, its four code pairs masked out and
+ * multiplied in (SMLAD); x and p advance. */
 #define Q4_ROW(S, ADDR)                                                                          \
     "ldr    %[w], " ADDR "\n\t"                                                                  \
     "and    %[t], %[w], %[m]\n\t"                                                                \
@@ -26,13 +30,8 @@
     "and    %[t], %[m], %[w], lsr #12\n\t"                                                       \
     "smlad  %[" S "], %[t], %[x37], %[" S "]\n\t"
 #define Q4_STEP                                                                                  \
-    "ldrd   %[x04], %[x37], [%[x]], #8\n\t" /* (x0 x1 x2 x3), (x4 x5 x6 x7) */                     \
-    "pkhbt  %[x15], %[x04], %[x37], lsl #16\n\t" /* (x0 x1 x4 x5) */                              \
-    "pkhtb  %[x37], %[x37], %[x04], asr #16\n\t" /* (x2 x3 x6 x7) */                              \
-    "sxtb16 %[x04], %[x15]\n\t"                                                                  \
-    "sxtb16 %[x15], %[x15], ror #8\n\t"                                                          \
-    "sxtb16 %[x26], %[x37]\n\t"                                                                  \
-    "sxtb16 %[x37], %[x37], ror #8\n\t"                                                          \
+    "ldrd   %[x26], %[x37], [%[x], #8]\n\t"                                                      \
+    "ldrd   %[x04], %[x15], [%[x]], #16\n\t"                                                     \
     Q4_ROW("s1", "[%[p], %[stride]]") Q4_ROW("s2", "[%[p], %[stride], lsl #1]")                  \
     Q4_ROW("s0", "[%[p]], #4")
 
@@ -48,24 +47,52 @@
                 : "memory");                                                                    \
     } while (0)
 
-/* Groups g0 .. g0 + n_groups - 1 of three rows from r (the common case: see rows_q4). */
-TW_ALWAYS_INLINE void rows3_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, uint32_t r,
-                               int asym, uint32_t g0, uint32_t n_groups, const int32_t *sums) {
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs, stride = w->padded_cols / 2;
+/* The activations of n_groups groups of gs paired into pr: per group its gs / 2 pair words (four
+ * per 8 elements, above), then the sum of its int8 activations (USADA8 on the bytes biased by 128)
+ * and its scale xs (bits), read by the group step through the same pointer. */
+TW_ALWAYS_INLINE void pair_q4(uint32_t *pr, const int8_t *x, const float *xs, uint32_t n_groups, uint32_t gs) {
+    for (uint32_t i = 0; i < n_groups; i++) {
+        uint32_t s = 0;
+        for (const int8_t *end = x + gs; x != end; x += 8, pr += 4) {
+            uint32_t a = tw_load4(x), b = tw_load4(x + 4);
+            s = __usada8(a ^ 0x80808080u, 0, s);
+            s = __usada8(b ^ 0x80808080u, 0, s);
+            uint32_t lo = tw_pkhbt(a, b), hi = tw_pkhtb(a, b); /* (x0 x1 x4 x5), (x2 x3 x6 x7) */
+            pr[0] = (uint32_t)tw_sxtb16(lo);
+            pr[1] = (uint32_t)tw_sxtb16_ror8(lo);
+            pr[2] = (uint32_t)tw_sxtb16(hi);
+            pr[3] = (uint32_t)tw_sxtb16_ror8(hi);
+        }
+        pr[0] = s - 128u * gs;
+        union { float f; uint32_t u; } v = {xs[i]};
+        pr[1] = v.u;
+        pr += 2;
+    }
+}
+
+/* The group's activation sum and scale after its pairs (pair_q4); x advances past them. */
+#define Q4_GROUP_TAIL(x, sum, xsv)                                                            \
+    do {                                                                                        \
+        union { uint32_t u; float f; } v_ = {(x)[1]};                                           \
+        (sum) = (int32_t)(x)[0];                                                                \
+        (xsv) = v_.f;                                                                           \
+        (x) += 2;                                                                               \
+    } while (0)
+
+/* Groups g0 .. g0 + n_groups - 1 of three rows from r, their activations in pr (pair_q4). */
+TW_ALWAYS_INLINE void rows3_q4(float *out, const uint32_t *pr, const tw_tensor *w, uint32_t r, int asym,
+                               uint32_t gs, uint32_t g0, uint32_t n_groups) {
+    uint32_t ng = w->padded_cols / gs, stride = w->padded_cols / 2;
     const uint8_t *p = (const uint8_t *)w->data + r * stride + g0 * gs / 2;
     const float *sc = w->scales + r * ng + g0;
     const uint8_t *zeros = asym ? w->zeros + r * ng + g0 : 0;
-    const int8_t *x = xq + g0 * gs, *x_end = x + n_groups * gs;
-    const float *xsg = xs + g0;
+    const uint32_t *x = pr, *x_end = pr + n_groups * (gs / 2 + 2);
     float acc0 = g0 ? out[r] : 0.0f, acc1 = g0 ? out[r + 1] : 0.0f, acc2 = g0 ? out[r + 2] : 0.0f;
     do {
-        int32_t s0 = 0, s1 = 0, s2 = 0;
-        if (gs == 32) /* the common group: no loop around the block (its counter would spill) */
-            Q4_THREE_ROWS_32(x, p, stride, s0, s1, s2);
-        else
-            for (uint32_t k = gs / 32; k; k--) Q4_THREE_ROWS_32(x, p, stride, s0, s1, s2);
-        int32_t sum = *sums++;
-        float xsv = *xsg++;
+        int32_t s0 = 0, s1 = 0, s2 = 0, sum;
+        float xsv;
+        for (uint32_t k = gs / 32; k; k--) Q4_THREE_ROWS_32(x, p, stride, s0, s1, s2);
+        Q4_GROUP_TAIL(x, sum, xsv);
         acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 8, sum, sc[0], xsv);
         acc1 = tw_group_step(acc1, s1, asym ? zeros[ng] : 8, sum, sc[ng], xsv);
         acc2 = tw_group_step(acc2, s2, asym ? zeros[2 * ng] : 8, sum, sc[2 * ng], xsv);
@@ -78,49 +105,58 @@ TW_ALWAYS_INLINE void rows3_q4(float *out, const int8_t *xq, const float *xs, co
 }
 
 /* One row r's groups g0 .. g0 + n_groups - 1 in C (the rows left over by three). */
-TW_ALWAYS_INLINE void row1_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, uint32_t r,
-                              int asym, uint32_t g0, uint32_t n_groups, const int32_t *sums) {
+TW_ALWAYS_INLINE void row1_q4(float *out, const uint32_t *pr, const tw_tensor *w, uint32_t r, int asym,
+                              uint32_t g0, uint32_t n_groups) {
     uint32_t gs = w->group_size, ng = w->padded_cols / gs, stride = w->padded_cols / 2;
     const uint8_t *p = (const uint8_t *)w->data + r * stride + g0 * gs / 2;
     const float *sc = w->scales + r * ng + g0;
     const uint8_t *zeros = asym ? w->zeros + r * ng + g0 : 0;
-    const int8_t *x = xq + g0 * gs, *x_end = x + n_groups * gs;
-    const float *xsg = xs + g0;
+    const uint32_t *x = pr, *x_end = pr + n_groups * (gs / 2 + 2);
     float acc = g0 ? out[r] : 0.0f;
     do {
-        const int8_t *group_end = x + gs;
-        int32_t s0 = 0;
+        const uint32_t *group_end = x + gs / 2;
+        int32_t s0 = 0, sum;
+        float xsv;
         do { /* gs is a multiple of 32: 8 elements per turn */
             uint32_t m = 0x000F000Fu; /* (c_k, c_k+4) = (w >> 4k) & m */
-            uint32_t x0 = tw_load4(x), x1 = tw_load4(x + 4);
-            uint32_t lo = tw_pkhbt(x0, x1), hi = tw_pkhtb(x0, x1);
             uint32_t w0 = tw_load4(p);
-            s0 = __smlad((int32_t)(w0 & m), tw_sxtb16(lo), s0);
-            s0 = __smlad((int32_t)TW_AND_LSR(w0, m, 4), tw_sxtb16_ror8(lo), s0);
-            s0 = __smlad((int32_t)TW_AND_LSR(w0, m, 8), tw_sxtb16(hi), s0);
-            s0 = __smlad((int32_t)TW_AND_LSR(w0, m, 12), tw_sxtb16_ror8(hi), s0);
-            x += 8;
+            s0 = __smlad((int32_t)(w0 & m), (int32_t)x[0], s0);
+            s0 = __smlad((int32_t)TW_AND_LSR(w0, m, 4), (int32_t)x[1], s0);
+            s0 = __smlad((int32_t)TW_AND_LSR(w0, m, 8), (int32_t)x[2], s0);
+            s0 = __smlad((int32_t)TW_AND_LSR(w0, m, 12), (int32_t)x[3], s0);
+            x += 4;
             p += 4;
         } while (x != group_end);
-        acc = tw_group_step(acc, s0, asym ? zeros[0] : 8, *sums++, sc[0], *xsg);
-        xsg++;
+        Q4_GROUP_TAIL(x, sum, xsv);
+        acc = tw_group_step(acc, s0, asym ? zeros[0] : 8, sum, sc[0], xsv);
         sc++;
         if (asym) zeros++;
     } while (x != x_end);
     out[r] = acc;
 }
 
-/* Groups g0 .. g0 + n_groups - 1 of rows r .. r + n_rows - 1 (n_rows 3, or 1-2 left over; asym: a
- * constant after inlining); sums[i] is the activation sum of group g0 + i. */
-TW_ALWAYS_INLINE void rows_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, uint32_t r,
-                              uint32_t n_rows, int asym, uint32_t g0, uint32_t n_groups, const int32_t *sums) {
-    if (n_rows == 3) {
-        rows3_q4(out, xq, xs, w, r, asym, g0, n_groups, sums);
-        return;
-    }
-    for (uint32_t k = 0; k < n_rows; k++) row1_q4(out, xq, xs, w, r + k, asym, g0, n_groups, sums);
+/* Every row over one chunk of groups (asym: a constant after inlining; the common group size 32
+ * as a constant too, so that no loop or counter is left around its block). */
+TW_ALWAYS_INLINE void chunk_q4(float *out, const uint32_t *pr, const tw_tensor *w, int asym, uint32_t g0,
+                               uint32_t n_groups) {
+    uint32_t r = 0, gs = w->group_size;
+    if (gs == 32)
+        for (; r + 3 <= w->rows; r += 3) rows3_q4(out, pr, w, r, asym, 32, g0, n_groups);
+    else
+        for (; r + 3 <= w->rows; r += 3) rows3_q4(out, pr, w, r, asym, gs, g0, n_groups);
+    for (; r < w->rows; r++) row1_q4(out, pr, w, r, asym, g0, n_groups);
 }
 
 void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    tw_matvec_rows(out, xq, xs, w, rows_q4, 1, 3);
+    const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
+    uint32_t gs = wl.group_size, ng = wl.padded_cols / gs, per = Q4_PAIRED / gs;
+    uint32_t pr[Q4_PAIRED / 2 + 2 * Q4_PAIRED / 32]; /* the pairs, and two words per group */
+    for (uint32_t g0 = 0; g0 < ng; g0 += per) {
+        uint32_t n = ng - g0 < per ? ng - g0 : per;
+        pair_q4(pr, xq + g0 * gs, xs + g0, n, gs);
+        if (wl.scheme == TW_SCHEME_ASYMMETRIC)
+            chunk_q4(out, pr, &wl, 1, g0, n);
+        else
+            chunk_q4(out, pr, &wl, 0, g0, n);
+    }
 }
