@@ -100,6 +100,20 @@ TW_ALWAYS_INLINE void tw_group_sums(int32_t *sums, const int8_t *x, uint32_t n_g
     }
 }
 
+/* Activations prepared per chunk by the 4- and 8-bit kernels (pairs in the order their codes
+ * unpack to, int16 in words): TW_PAIRED elements at a time, 1 KB of stack, whole groups (4 or
+ * more of the largest, 128). Each group's words are followed by two more, its activation sum and
+ * its scale xs (bits), which TW_GROUP_TAIL reads through the same pointer and steps over. */
+#define TW_PAIRED 512u
+
+#define TW_GROUP_TAIL(x, sum, xsv)                                                            \
+    do {                                                                                        \
+        union { uint32_t u; float f; } v_ = {(x)[1]};                                           \
+        (sum) = (int32_t)(x)[0];                                                                \
+        (xsv) = v_.f;                                                                           \
+        (x) += 2;                                                                               \
+    } while (0)
+
 #include "../driver.h"   /* the group step and the chunked matvec around a kernel's rows */
 
 #endif

@@ -2,7 +2,7 @@
  *
  * One word of a row holds 8 codes, element k in bits 4k..4k+3, so (w >> 4k) & 0x000F000F is the
  * int16 pair (c_k, c_k+4) for k = 0..3: one AND (with a shifted operand) per pair, no unpacking.
- * The activations are paired to match once per call, a chunk of Q4_PAIRED at a time on the stack:
+ * The activations are paired to match once per call, a chunk of TW_PAIRED at a time on the stack:
  * PKHBT / PKHTB gather the bytes (x0 x1 x4 x5) and (x2 x3 x6 x7) of two activation words, SXTB16
  * (plain and ROR #8) makes the words (x0, x4), (x1, x5), (x2, x6), (x3, x7), which the rows then
  * read with two LDRDs per 8 elements. SMLAD adds two products at a time to the exact int32 sum of
@@ -12,9 +12,6 @@
  * acc = acc + ((float)isum * scale) * xs, groups in order, per row. */
 #include "dsp.h"
 #include "kernels.h"
-
-/* Activations paired per chunk: 1 KB of stack, whole groups (4 or more of the largest, 128). */
-#define Q4_PAIRED 512u
 
 /* One 8-element step of three rows (at p, p + stride, p + 2 stride), in registers throughout: the
  * four activation pairs loaded, then each row's word loaded, its four code pairs masked out and
@@ -70,15 +67,6 @@ TW_ALWAYS_INLINE void pair_q4(uint32_t *pr, const int8_t *x, const float *xs, ui
     }
 }
 
-/* The group's activation sum and scale after its pairs (pair_q4); x advances past them. */
-#define Q4_GROUP_TAIL(x, sum, xsv)                                                            \
-    do {                                                                                        \
-        union { uint32_t u; float f; } v_ = {(x)[1]};                                           \
-        (sum) = (int32_t)(x)[0];                                                                \
-        (xsv) = v_.f;                                                                           \
-        (x) += 2;                                                                               \
-    } while (0)
-
 /* Groups g0 .. g0 + n_groups - 1 of three rows from r, their activations in pr (pair_q4). */
 TW_ALWAYS_INLINE void rows3_q4(float *out, const uint32_t *pr, const tw_tensor *w, uint32_t r, int asym,
                                uint32_t gs, uint32_t g0, uint32_t n_groups) {
@@ -92,7 +80,7 @@ TW_ALWAYS_INLINE void rows3_q4(float *out, const uint32_t *pr, const tw_tensor *
         int32_t s0 = 0, s1 = 0, s2 = 0, sum;
         float xsv;
         for (uint32_t k = gs / 32; k; k--) Q4_THREE_ROWS_32(x, p, stride, s0, s1, s2);
-        Q4_GROUP_TAIL(x, sum, xsv);
+        TW_GROUP_TAIL(x, sum, xsv);
         acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 8, sum, sc[0], xsv);
         acc1 = tw_group_step(acc1, s1, asym ? zeros[ng] : 8, sum, sc[ng], xsv);
         acc2 = tw_group_step(acc2, s2, asym ? zeros[2 * ng] : 8, sum, sc[2 * ng], xsv);
@@ -127,7 +115,7 @@ TW_ALWAYS_INLINE void row1_q4(float *out, const uint32_t *pr, const tw_tensor *w
             x += 4;
             p += 4;
         } while (x != group_end);
-        Q4_GROUP_TAIL(x, sum, xsv);
+        TW_GROUP_TAIL(x, sum, xsv);
         acc = tw_group_step(acc, s0, asym ? zeros[0] : 8, sum, sc[0], xsv);
         sc++;
         if (asym) zeros++;
@@ -149,8 +137,8 @@ TW_ALWAYS_INLINE void chunk_q4(float *out, const uint32_t *pr, const tw_tensor *
 
 void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
     const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
-    uint32_t gs = wl.group_size, ng = wl.padded_cols / gs, per = Q4_PAIRED / gs;
-    uint32_t pr[Q4_PAIRED / 2 + 2 * Q4_PAIRED / 32]; /* the pairs, and two words per group */
+    uint32_t gs = wl.group_size, ng = wl.padded_cols / gs, per = TW_PAIRED / gs;
+    uint32_t pr[TW_PAIRED / 2 + 2 * TW_PAIRED / 32]; /* the pairs, and two words per group */
     for (uint32_t g0 = 0; g0 < ng; g0 += per) {
         uint32_t n = ng - g0 < per ? ng - g0 : per;
         pair_q4(pr, xq + g0 * gs, xs + g0, n, gs);
