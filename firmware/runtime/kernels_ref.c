@@ -53,8 +53,9 @@ float tw_sqrtf(float x) {
 #define LN2_LO 0x1.2fefa2p-17f
 
 /* exp(x) = 2^k * exp(r), k = round(x / ln2), r = x - k ln2 (two-constant split),
- * exp(r) by a degree-6 Taylor polynomial (|r| <= 0.35). */
-float tw_expf(float x) {
+ * exp(r) by a degree-6 Taylor polynomial (|r| <= 0.35). Inlined into the loops of softmax and
+ * swiglu (their constants stay in registers); tw_expf is the same function. */
+static inline __attribute__((always_inline)) float expf_inline(float x) {
     if (x < -80.0f) return 0.0f;               /* keeps every result normal */
     if (x > 88.0f) { f32bits inf = {.u = 0x7F800000u}; return inf.f; }
     float t = x * LOG2E;
@@ -71,6 +72,8 @@ float tw_expf(float x) {
     f32bits scale = {.u = (uint32_t)(k + 127) << 23};
     return p * scale.f;
 }
+
+float tw_expf(float x) { return expf_inline(x); }
 
 #define TWO_OVER_PI 0x1.45f306p-1f
 #define PIO2_HI 0x1.92p+0f     /* pi/2 in three parts; n * PIO2_HI and n * PIO2_MID exact */
@@ -122,7 +125,7 @@ void softmax(float *x, uint32_t n) {
         if (x[i] > max) max = x[i];
     float sum = 0.0f;
     for (uint32_t i = 0; i < n; i++) {
-        x[i] = tw_expf(x[i] - max);
+        x[i] = expf_inline(x[i] - max);
         sum = sum + x[i];
     }
     float inv = 1.0f / sum;
@@ -137,7 +140,7 @@ void vec_add(float *x, const float *y, uint32_t n) {
 void swiglu(float *a, const float *b, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
         float v = a[i];
-        a[i] = (v / (1.0f + tw_expf(-v))) * b[i];
+        a[i] = (v / (1.0f + expf_inline(-v))) * b[i];
     }
 }
 
@@ -180,23 +183,49 @@ void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, c
     }
 }
 
+/* Four terms i .. i + 3 of every position's score, q[i..i+3] in registers: the sums go on in att
+ * (from 0.0f when first, times scale when last), each in i order. */
+static inline __attribute__((always_inline)) void scores4(float *att, const float *q, const float *k,
+                                                          uint32_t kv_stride, uint32_t n_pos, int first,
+                                                          int last, float scale) {
+    float q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
+    for (uint32_t t = 0; t < n_pos; t++, k += kv_stride) {
+        float score = first ? 0.0f : att[t];
+        score = score + q0 * k[0];
+        score = score + q1 * k[1];
+        score = score + q2 * k[2];
+        score = score + q3 * k[3];
+        att[t] = last ? score * scale : score;
+    }
+}
+
 /* One attention head over positions 0..n_pos-1. key_cache/value_cache point at this
  * head's first element at position 0; consecutive positions are kv_stride floats apart. */
 void attention_head(float *out, float *att, const float *q, const float *key_cache,
                     const float *value_cache, uint32_t kv_stride, uint32_t n_pos,
                     uint32_t head_size, float scale) {
-    for (uint32_t t = 0; t < n_pos; t++) {
-        const float *k = key_cache + t * kv_stride;
-        float score = 0.0f;
-#pragma GCC unroll 4
-        for (uint32_t i = 0; i < head_size; i++) score = score + q[i] * k[i];
-        att[t] = score * scale;
+    /* att[t] = (sum over i of q[i] * k_t[i], from 0.0f in i order) * scale, four i at a time over
+     * every position (a copy of the loop for each of first / last: no test per position) */
+    uint32_t i = 0;
+    for (; i + 4 <= head_size; i += 4) {
+        int first = i == 0, last = i + 4 == head_size;
+        if (first && last) scores4(att, q, key_cache, kv_stride, n_pos, 1, 1, scale);
+        else if (first) scores4(att, q, key_cache, kv_stride, n_pos, 1, 0, scale);
+        else if (last) scores4(att, q + i, key_cache + i, kv_stride, n_pos, 0, 1, scale);
+        else scores4(att, q + i, key_cache + i, kv_stride, n_pos, 0, 0, scale);
+    }
+    if (i < head_size) { /* the terms left over by four */
+        for (uint32_t t = 0; t < n_pos; t++) {
+            const float *k = key_cache + t * kv_stride;
+            float score = i ? att[t] : 0.0f;
+            for (uint32_t j = i; j < head_size; j++) score = score + q[j] * k[j];
+            att[t] = score * scale;
+        }
     }
     softmax(att, n_pos);
     /* out[i] = sum over t of att[t] * v_t[i], each sum from 0.0f in t order; four outputs at a time
      * in registers (the order of each sum is unchanged: the same bits) */
-    uint32_t i = 0;
-    for (; i + 4 <= head_size; i += 4) {
+    for (i = 0; i + 4 <= head_size; i += 4) {
         float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
         const float *v = value_cache + i;
         for (uint32_t t = 0; t < n_pos; t++, v += kv_stride) {

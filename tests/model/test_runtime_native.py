@@ -13,6 +13,7 @@ import pytest
 
 from twin.device.build import KERNELS, runtime_sources
 from twin.model import image as im
+from twin.model import modelgen
 from twin.model.modelgen import builtin_model, encode
 from twin.model.reference import QuantReference, tw_expf, tw_sincosf, tw_sqrtf
 from twin.platforms import ROOT  # the repository
@@ -86,6 +87,23 @@ def test_logits_bit_exact(driver, images, bits):
         c_bits = np.array([int(h, 16) for h in line.split()], dtype=np.uint32)
         py_bits = ref.forward(tok, pos).view(np.uint32)
         assert np.array_equal(c_bits, py_bits), f"logits differ at position {pos}"
+
+
+@pytest.mark.parametrize("head_size", [2, 4, 6, 12])
+def test_logits_bit_exact_at_other_head_sizes(driver, tmp_path, head_size):
+    """attention_head takes a score's terms four at a time (first, middle and last blocks, then what
+    is left over): head sizes of one block, a remainder only, and three blocks."""
+    n_heads = 4
+    cfg = modelgen.ModelConfig(dim=head_size * n_heads, hidden_dim=40, n_layers=2, n_heads=n_heads, n_kv_heads=2,
+                               vocab_size=64, seq_len=16)
+    path = tmp_path / f"h{head_size}.bin"
+    path.write_bytes(im.write_image(modelgen.generate_model(cfg, seed=head_size), 8, 32))
+    tokens = [1, 5, 9, 33, 2, 60]
+    ref = QuantReference(path.read_bytes())
+    lines = run(driver, "logits", path, *tokens).splitlines()
+    for pos, (tok, line) in enumerate(zip(tokens, lines, strict=True)):
+        c_bits = np.array([int(h, 16) for h in line.split()], dtype=np.uint32)
+        assert np.array_equal(c_bits, ref.forward(tok, pos).view(np.uint32)), f"logits differ at position {pos}"
 
 
 @pytest.fixture(scope="module")
