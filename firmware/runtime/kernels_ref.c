@@ -286,9 +286,16 @@ void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t gr
         float scale = maxabs.f / 127.0f;
         xs[g] = scale;
         uint32_t j = lo;
-        if (scale != 0.0f) {
+        if (scale >= 0x1p-126f) {
+            /* a normal scale is maxabs / 127 within half an ulp, so |v| <= 127 + 2^-17 and
+             * |q| <= 127: the clamp below cannot act (the same bits without it) */
             for (; j < hi; j++) {
-                float v = x[j] / scale; /* |v| <= 127 (+ rounding): no overflow, no nan */
+                float v = x[j] / scale;
+                xq[j] = (int8_t)(int32_t)(v + half_like(v));
+            }
+        } else if (scale != 0.0f) {
+            for (; j < hi; j++) {
+                float v = x[j] / scale; /* a subnormal scale loses bits: |v| may pass 127 */
                 int32_t q = (int32_t)(v + half_like(v));
                 xq[j] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
             }

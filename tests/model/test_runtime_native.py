@@ -15,7 +15,7 @@ from twin.device.build import KERNELS, runtime_sources
 from twin.model import image as im
 from twin.model import modelgen
 from twin.model.modelgen import builtin_model, encode
-from twin.model.reference import QuantReference, tw_expf, tw_sincosf, tw_sqrtf
+from twin.model.reference import QuantReference, quantize_act, tw_expf, tw_sincosf, tw_sqrtf
 from twin.platforms import ROOT  # the repository
 
 RUNTIME = ROOT / "firmware" / "runtime"
@@ -143,6 +143,35 @@ def test_int8_kv_cache_generation_matches_reference(driver, kv8_images, bits, te
     expected = QuantReference(path.read_bytes()).generate(PROMPT, n, seed=seed, temperature=temperature, topp=topp)
     got = run(driver, "gen", path, n, seed, f32_hex(temperature), f32_hex(topp), *PROMPT).split()
     assert [int(t) for t in got] == expected
+
+
+def test_quantize_act_bit_exact(driver):
+    """quantize_act against the reference on vectors whose scales are normal, near the smallest normal
+    and subnormal (where the clamp to [-127, 127] can act), with zero groups and padding."""
+    rng = np.random.default_rng(3)
+    vectors = []
+    for magnitude in (1.0, 1e3, 1e-30, 127 * 2.0 ** -126, 2.0 ** -126, 1e-39, 1e-42, 1e-45):
+        for n in (32, 40, 96, 172):
+            v = (rng.standard_normal(n) * magnitude).astype(np.float32)
+            if n == 96:
+                v[32:64] = 0.0                                          # a group of zeros
+            vectors.append(v)
+    # maxabs where maxabs / 127 rounds to a subnormal with few bits: codes past 127 before the clamp
+    vectors += [np.array([k * 2.0 ** -149 for k in range(1, 33)], dtype=np.float32) * s for s in (1, -1)]
+    stdin = "".join(" ".join(f"{int(u):08x}" for u in v.view(np.uint32)) + "\n" for v in vectors)
+    lines = run(driver, "quant", 32, stdin=stdin).splitlines()
+    assert len(lines) == 2 * len(vectors)
+    clamped = 0
+    for k, v in enumerate(vectors):
+        q, scale = quantize_act(v, 32)
+        assert [int(c) for c in lines[2 * k].split()] == q.ravel().tolist(), f"codes differ, vector {k}"
+        assert [int(h, 16) for h in lines[2 * k + 1].split()] == scale.view(np.uint32).tolist()
+        normal = scale >= np.float32(2.0 ** -126)
+        raw = np.abs(v[: len(v) // 32 * 32].reshape(-1, 32) / np.where(scale[: len(v) // 32] > 0, scale[: len(v) // 32],
+                                                                        1)[:, None])
+        assert (raw[normal[: len(raw)]] < 127.5).all()                 # why the fast path needs no clamp
+        clamped += int((raw >= 127.5).sum())
+    assert clamped > 0                                                 # the clamped path ran
 
 
 def test_math_bit_exact(driver):

@@ -3,6 +3,8 @@
  *   driver gen    IMAGE N SEED TEMP TOPP TOK...  -> generated tokens (TEMP/TOPP: float32 bits, hex)
  *   driver logits IMAGE TOK...                   -> per position, the logits as float32 bits (hex)
  *   driver math   < hex float32 bits, one a line -> bits of tw_expf, tw_sqrtf, sin, cos
+ *   driver quant  GROUP < hex float32 bits, one vector a line -> quantize_act's codes (decimal)
+ *                 then its group scales (bits), one line each
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +94,23 @@ int main(int argc, char **argv) {
             float x = from_bits(line), s, c;
             tw_sincosf(x, &s, &c);
             printf("%08x %08x %08x %08x\n", to_bits(tw_expf(x)), to_bits(tw_sqrtf(x)), to_bits(s), to_bits(c));
+        }
+        return 0;
+    }
+    if (argc == 3 && !strcmp(argv[1], "quant")) {
+        static char line[1 << 16];
+        static float x[4096], xs[4096 / 32];
+        static int8_t xq[4096 + 128];
+        uint32_t group = (uint32_t)atoi(argv[2]);
+        while (fgets(line, sizeof line, stdin)) {
+            uint32_t n = 0;
+            for (char *tok = strtok(line, " \n"); tok && n < 4096; tok = strtok(NULL, " \n")) x[n++] = from_bits(tok);
+            quantize_act(xq, xs, x, n, group);
+            uint32_t ng = (n + group - 1) / group;
+            for (uint32_t j = 0; j < ng * group; j++) printf("%d ", xq[j]);
+            printf("\n");
+            for (uint32_t g = 0; g < ng; g++) printf("%08x ", to_bits(xs[g]));
+            printf("\n");
         }
         return 0;
     }
