@@ -8,11 +8,18 @@ of another revision of this repository (a git worktree, the same script run ther
 
 Per board and weight width it prints, for each build: instructions per decoded token, the prior's
 cycles per decoded token (`twin predict`: the board's clock, flash wait states and hit rates), cycles
-per MAC, the functions that run most per decoded token and, with --terms, where the prior's cycles go
-(per MAC: each instruction class, taken branches, fetch and flash-load wait states). A MAC is one weight multiply-accumulate
-of the token's matrix-vector products (n_layers x (q, k, v, o, w1, w2, w3) + the classifier); the
-attention's dot products, norms and softmax are in the cycles but not in the MAC count. Counts are
-exact (QEMU + plugin); the cycles are the prior's, not a bench measurement (docs/calibration.md).
+per MAC and, for the --top functions with the most predicted cycles, their instructions and predicted
+cycles per decoded token, their cycles per MAC and share of the token's cycles
+(`calibration.predict.function_cycles`: the same prior applied to each function's class mix, taken
+branches and instruction bytes); one more line holds what no function can be given (the flash-load
+wait states, and the assumed taken share of the conditional branches whose split was not resolved),
+so the lines add up to the token's cycles. With --baseline REV each function shows before -> now;
+a revision without per-function cycles gives its instructions only. With --terms also where the
+prior's cycles go (per MAC: each instruction class, taken branches, fetch and flash-load wait
+states). A MAC is one weight multiply-accumulate of the token's matrix-vector products (n_layers x
+(q, k, v, o, w1, w2, w3) + the classifier); the attention's dot products, norms and softmax are in
+the cycles but not in the MAC count. Counts are exact (QEMU + plugin); the cycles are the prior's,
+not a bench measurement (docs/calibration.md).
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ def measure(board: str, bits: int, tokens: int, kernels: str) -> dict:
     image_path, image, _ = model_image(spec)
     tokenizer = model_tokenizer(spec.model)
     prompt = tokenizer.encode(spec.prompt) if tokenizer else modelgen.encode(spec.prompt)
-    with profiled_session(proxy, build_firmware(proxy).elf, image_path) as s:    # per function, decode only
+    # per function, decode only; with the memory traffic, so that the flash loads are the counted ones
+    with profiled_session(proxy, build_firmware(proxy).elf, image_path, mem_traffic=True) as s:
         phases, _ = s.device.run(prompt, tokens)
     kinds = [ph.kind for ph in (*s.boot_phases, *phases)]
     decode = [s.segments[2 * i + 1] for i, k in enumerate(kinds) if k == PhaseKind.DECODE]
@@ -62,6 +70,12 @@ def measure(board: str, bits: int, tokens: int, kernels: str) -> dict:
     n = len(decode)
     cycles = prediction["cycles"]["per_token"]
     macs = macs_per_token(read_image(image).config)
+    per_function = per_function_cycles(plat, decode, proxy.id)
+    if per_function is not None:
+        rebuilt = sum(per_function["functions"].values()) + per_function["unattributed"]
+        if abs(rebuilt - cycles) > 1e-9 * cycles:
+            raise SystemExit(f"{board} {bits}-bit {kernels}: the functions' cycles add up to {rebuilt:,.1f}, "
+                             f"not the token's {cycles:,.1f}")
     return {
         "board": board, "proxy": proxy.id, "bits": bits, "kernels": kernels,
         "matches_reference": report["matches_reference"],
@@ -70,7 +84,23 @@ def measure(board: str, bits: int, tokens: int, kernels: str) -> dict:
         "clock_mhz": prediction.get("clock_mhz"),
         "cycle_terms": prediction["cycles"].get("per_token_terms", {}),   # older revisions: none
         "functions": {f: v / n for f, v in sorted(total.by_function.items(), key=lambda kv: -kv[1])},
+        "function_cycles": None if per_function is None else per_function["functions"],   # older: None
+        "unattributed_cycles": None if per_function is None else per_function["unattributed"],
+        "unresolved_branches": None if per_function is None else per_function["unresolved"],
     }
+
+
+def per_function_cycles(plat, decode, ran_on: str) -> dict | None:
+    """The prior's cycles per decoded token per function, or None where the measured tree has no
+    ``calibration.predict.function_cycles`` (a --baseline revision from before it)."""
+    try:
+        from calibration.predict import function_cycles
+    except ImportError:
+        return None
+    fc = function_cycles(plat, decode, ran_on=ran_on)
+    return {"functions": {f: v["cycles"] for f, v in fc["functions"].items()},
+            "unattributed": fc["unattributed"]["cycles"],
+            "unresolved": fc["unattributed"]["branches_unresolved_by_function"]}
 
 
 def measure_all(boards: list[str], bits: list[int], tokens: int) -> list[dict]:
@@ -101,6 +131,40 @@ def baseline_rows(rev: str, args) -> list[dict]:
             return json.loads(out.stdout)["rows"]
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def print_functions(r: dict, b: dict | None, args) -> None:
+    """The top functions of one build: instructions and predicted cycles per decoded token, cycles per
+    MAC, share of the token's cycles; before -> now against the baseline's build ``b``."""
+    fc = r.get("function_cycles")
+    bf, bc = (b["functions"], b.get("function_cycles")) if b else ({}, None)
+    if fc is None:      # a tree without per-function cycles: its instructions, as before
+        top = list(r["functions"].items())[: args.top]
+        print("      " + " · ".join(f"{f} {v:,.0f}" + (f" (was {bf[f]:,.0f})" if f in bf else "") for f, v in top))
+        return
+    macs, cycles = r["macs_per_token"], r["cycles_per_token"]
+    print(f"      {'function':30} {'instr/token':>12} {'cycles/token':>13} {'cycles/MAC':>10} {'share':>6}"
+          + (f"   before ({args.baseline}) -> now" if b else ""))
+    for f, c in list(fc.items())[: args.top]:
+        line = (f"      {f:30} {r['functions'].get(f, 0):12,.0f} {c:13,.0f} {c / macs:10.3f} "
+                f"{c / cycles:6.1%}")
+        if b:
+            was_i = f"{bf[f]:,.0f}" if f in bf else "-"
+            line += f"   instr {was_i} -> {r['functions'].get(f, 0):,.0f}"
+            if bc is not None:
+                line += f" · cycles {bc[f]:,.0f} -> {c:,.0f}" if f in bc else f" · cycles - -> {c:,.0f}"
+        print(line)
+    rest = sum(list(fc.values())[args.top:])
+    print(f"      {'(the other functions)':30} {'':12} {rest:13,.0f} {rest / macs:10.3f} {rest / cycles:6.1%}")
+    un = r["unattributed_cycles"]
+    why = "flash-load wait states"
+    if r["unresolved_branches"]:
+        why += ("; taken_fraction x unresolved conditional branches ("
+                + ", ".join(f"{f} {v:,.0f}" for f, v in r["unresolved_branches"].items()) + " per token)")
+    line = f"      {'(not attributed to a function)':30} {'':12} {un:13,.0f} {un / macs:10.3f} {un / cycles:6.1%}   {why}"
+    print(line)
+    if b and bc is None:
+        print(f"      ({args.baseline} has no per-function cycles: instructions only before)")
 
 
 def main() -> None:
@@ -141,9 +205,7 @@ def main() -> None:
         if not r["matches_reference"]:
             line += "   TOKENS DIFFER FROM THE REFERENCE"
         print(line)
-        top = list(r["functions"].items())[: args.top]
-        bf = b["functions"] if b else {}
-        print("      " + " · ".join(f"{f} {v:,.0f}" + (f" (was {bf[f]:,.0f})" if f in bf else "") for f, v in top))
+        print_functions(r, b, args)
         if args.terms:
             terms = sorted(r["cycle_terms"].items(), key=lambda kv: -kv[1])
             print("      cycles: " + " · ".join(f"{t.removeprefix('n_')} {v / r['macs_per_token']:.2f}/MAC"

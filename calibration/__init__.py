@@ -5,7 +5,7 @@
 - ``dataset``: the bench dataset schema (docs/calibration.md)
 - ``estimators``: scikit-learn estimators (non-negative linear, boosted residual, conformal intervals)
 - ``fit`` / ``store``: calibration files with provenance; ``residual``: their optional boosted residual as plain trees
-- ``predict``: ``twin predict`` / ``twin compare``
+- ``predict``: ``twin predict`` / ``twin compare``; ``function_cycles``: a decoded token's prior cycles per function
 
 The public API below is imported on first use.
 """
@@ -16,7 +16,8 @@ import importlib
 
 # (``calibration.predict`` is the module of that name; its ``predict()`` is one attribute further.)
 _API = {"fit_calibration": "calibration.fit", "calibrate_files": "calibration.fit", "calibrate": "calibration.fit",
-        "predict_from_counts": "calibration.predict", "twin_counts": "calibration.predict",
+        "predict_from_counts": "calibration.predict", "function_cycles": "calibration.predict",
+        "twin_counts": "calibration.predict",
         "load": "calibration.store", "save": "calibration.store"}
 __all__ = sorted(_API)
 

@@ -42,6 +42,8 @@ from twin.profile.isa import CLASSES
 CORES_FILE = Path(__file__).resolve().parent / "cores.yaml"
 
 CLASS_FEATURES: tuple[str, ...] = tuple(f"n_{c}" for c in CLASSES)
+# The profiler's memory regions (twin.runner.memory_regions) whose loads are loads_flash.
+FLASH_REGIONS: tuple[str, ...] = ("code", "model")
 FEATURES: tuple[str, ...] = (*CLASS_FEATURES, "branches_taken", "fetch_wait", "flash_load_wait")
 
 

@@ -14,7 +14,15 @@ import pandas as pd
 
 from twin.profile.isa import CLASSES
 
-from .cycles import CLASS_FEATURES, FEATURES, feature_vector, fetch_width_for, measured_taken, wait_states_for
+from .cycles import (
+    CLASS_FEATURES,
+    FEATURES,
+    FLASH_REGIONS,
+    feature_vector,
+    fetch_width_for,
+    measured_taken,
+    wait_states_for,
+)
 
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 OPTIONAL_FEATURES = ("loads_flash", "loads_sram", "stores_sram", "branches_taken", "branches_unresolved",
@@ -179,7 +187,7 @@ def rows_from_report(report: dict, *, board: str, workload: str, clock_hz: int |
         row.update({f"n_{c}": by_phase_class[phase].get(c, 0) for c in CLASSES})
         mem = traffic.get(phase)
         if mem:
-            row["loads_flash"] = sum(mem.get(r, {}).get("loads", 0) for r in ("code", "model"))
+            row["loads_flash"] = sum(mem.get(r, {}).get("loads", 0) for r in FLASH_REGIONS)
             row["loads_sram"] = mem.get("ram", {}).get("loads", 0)
             row["stores_sram"] = mem.get("ram", {}).get("stores", 0)
         row["cycles"] = (cycles or {}).get(phase, float("nan"))

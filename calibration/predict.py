@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +25,13 @@ import numpy as np
 
 from twin import atomic
 from twin.platforms import PORTABLE_KERNELS, Platform, get_platform, runs_kernels
+from twin.profile.counts import SegmentProfile, sum_profiles
 from twin.profile.isa import CLASSES
 
 from . import store
 from .cycles import (
     FEATURES,
+    FLASH_REGIONS,
     CycleModelError,
     core_prior,
     cross_core_factor,
@@ -168,7 +170,7 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
         mem = traffic.get(phase)
         if not mem:
             return None
-        return float(sum(mem.get(r, {}).get("loads", 0) for r in ("code", "model")))
+        return float(sum(mem.get(r, {}).get("loads", 0) for r in FLASH_REGIONS))
 
     branches = ins.get("by_phase_branches") or {}
 
@@ -263,7 +265,7 @@ def counts_from_count_file(path: Path | str, data: dict | None = None) -> TwinCo
         def loads(names, div=1):
             if not traffic or any(traffic.get(p) is None for p in names):
                 return None
-            return sum(traffic[p].get(r, {}).get("loads", 0) for p in names for r in ("code", "model")) / div
+            return sum(traffic[p].get(r, {}).get("loads", 0) for p in names for r in FLASH_REGIONS) / div
 
         def taken(names, div=1):
             if any(p not in branches for p in names):
@@ -625,6 +627,101 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         "notes": notes,
         **({} if mca is None else
            {"mca": _mca_figure(mca, counts, memory_setup(plat, clock_hz), clock_hz, token_cycles)}),
+    }
+
+
+def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[SegmentProfile], *,
+                    ran_on: str | None = None, clock_mhz: float | None = None) -> dict:
+    """The prior's cycles of one decoded token per function, each split by term, and what no function
+    can be given.
+
+    ``decode``: the profile of one decoded token, or one per token (their mean is taken), as
+    ``twin.profile.counts.analyze`` cuts a run on ``ran_on`` (default: the board's twin,
+    ``counts_platform``). The cycle model is the one ``predict_from_counts`` uses without a calibration
+    (``board_model``: ``prior_coefficients`` of the board's core at its clock's wait states and hit rates,
+    or of the proxy's core × the cross-core factor, plus the soft-float calls of a board without an FPU),
+    applied to each function's ``feature_vector``: its instructions by class, its taken branches and,
+    where the core's fetch width is known, its instruction bytes. Both factors are linear, so they are
+    applied per function as to the whole; the prior has no residual.
+
+    Not attributed to a function (``unattributed``): the flash-load wait states (the profiler counts
+    loads per memory region and segment, not per function) and the part of the taken-branch and fetch
+    terms that comes from the conditional branches whose taken / not-taken split was not resolved
+    (``taken_fraction`` × their executions, the model's assumption for the whole token; where they ran
+    is in ``branches_unresolved_by_function``). Σ ``functions[f]["cycles"]`` + ``unattributed["cycles"]``
+    == ``per_token``, which is ``predict_from_counts(...)["cycles"]["per_token"]`` for the same counts, and
+    likewise term by term with ``per_token_terms`` (to float rounding)."""
+    plat = get_platform(platform) if isinstance(platform, str) else platform
+    profiles = [decode] if isinstance(decode, SegmentProfile) else list(decode)
+    if not profiles:
+        raise PredictError("function_cycles needs the profile of at least one decoded token")
+    ran_id = ran_on or plat.counts_platform
+    if ran_id is None:
+        raise PredictError(f"{plat.id} has no twin mapping (twin.proxy): say which platform ran (ran_on=)")
+    ran = get_platform(ran_id)
+    n = len(profiles)
+    tot = sum_profiles(profiles)
+    if tot.total and not tot.by_function_class:
+        raise PredictError("the profile has no instructions by function and class (a Renode profile, or one "
+                           "from an older twin.profile.counts): cannot split cycles per function")
+    clock_hz = _clock(plat, clock_mhz)
+    try:
+        bm = board_model(plat, clock_hz, ran.fpu, None, ran.core)
+        msetup = memory_setup(plat, clock_hz)
+    except CycleModelError as exc:
+        raise PredictError(str(exc)) from None
+    ws = msetup.wait_states
+    width = msetup.fetch_width if ran.isa == plat.isa else None     # as in predict_from_counts
+    loads_flash = None if tot.mem is None else float(sum(tot.mem.get(r, {}).get("loads", 0)
+                                                         for r in FLASH_REGIONS))
+    taken = measured_taken(tot.branches_taken, tot.branches_unresolved)
+    per_token, _, per_token_terms = _cycles(bm, {c: v / n for c, v in tot.by_class.items()},
+                                            None if loads_flash is None else loads_flash / n, ws, taken / n,
+                                            tot.fetch_bytes / n, width)
+
+    def terms(x: np.ndarray, n_fp: float) -> dict[str, float]:
+        t = {f: float(v) * bm.factor for f, v in zip(FEATURES, x * bm.coef, strict=True)}
+        if bm.extra_per_fp:
+            t["soft_float_calls"] = bm.extra_per_fp * n_fp
+        return t
+
+    functions = {}
+    for f, by_class in tot.by_function_class.items():
+        mix = {c: v / n for c, v in by_class.items()}
+        x = feature_vector(mix, wait_states=ws, loads_flash=0.0,
+                           branches_taken=tot.branches_taken_by_function.get(f, 0) / n,
+                           fetch_bytes=tot.fetch_bytes_by_function.get(f, 0) / n, fetch_width=width)
+        t = terms(x, mix.get("fp", 0.0))
+        functions[f] = {"instructions": tot.by_function.get(f, 0) / n, "cycles": sum(t.values()), "terms": t}
+    # What is left: the flash-load term, and the unresolved branches' assumed taken share (its refill
+    # and, with a fetch width, its refetch).
+    rest = np.zeros(len(FEATURES))
+    guessed = measured_taken(0.0, tot.branches_unresolved) / n
+    rest[FEATURES.index("branches_taken")] = guessed
+    rest[FEATURES.index("fetch_wait")] = guessed * ws if width else 0.0
+    rest[FEATURES.index("flash_load_wait")] = feature_vector(
+        {c: v / n for c, v in tot.by_class.items()}, wait_states=ws,
+        loads_flash=None if loads_flash is None else loads_flash / n)[FEATURES.index("flash_load_wait")]
+    rest_terms = terms(rest, 0.0)
+    notes = [*bm.notes,
+             "per function: the prior applied to each function's instructions by class, taken branches and "
+             "instruction bytes; cross-core factor and soft-float calls as for the whole token; no residual",
+             "not attributed to a function: flash-load wait states (loads are counted per memory region, not "
+             f"per function) and taken_fraction × the {tot.branches_unresolved / n:,.0f} unresolved conditional "
+             "branches per token (their split is an assumption)"]
+    if loads_flash is None:
+        notes.append("memory traffic not counted: loads_flash = flash_load_fraction × loads (assumption)")
+    return {
+        "platform": plat.id, "ran_on": ran.id, "clock_mhz": clock_hz / 1e6, "wait_states": ws, "tokens": n,
+        "per_token": per_token, "per_token_terms": per_token_terms,
+        "functions": dict(sorted(functions.items(), key=lambda kv: (-kv[1]["cycles"], kv[0]))),
+        "unattributed": {"cycles": sum(rest_terms.values()), "terms": rest_terms,
+                         "loads_flash": None if loads_flash is None else loads_flash / n,
+                         "branches_unresolved": tot.branches_unresolved / n,
+                         "branches_unresolved_by_function": {f: v / n for f, v in
+                                                             tot.branches_unresolved_by_function.items()}},
+        "factors": {"cross_core": bm.factor, "soft_float_cycles_per_fp": bm.extra_per_fp, "residual": None},
+        "notes": notes,
     }
 
 

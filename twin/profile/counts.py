@@ -354,6 +354,17 @@ class SegmentProfile:
     # Bytes of instructions executed (Σ executions × encoded size): what the fetch unit had to read,
     # e.g. half as many words for compressed RISC-V code as its instruction count suggests.
     fetch_bytes: int = field(default=0)
+    # Per function (the keys of by_function): instructions by class (every class; the sums over the
+    # functions are by_class, and each function's sum is its by_function entry) and executed
+    # instruction bytes (they sum to fetch_bytes).
+    by_function_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    fetch_bytes_by_function: dict[str, int] = field(default_factory=dict)
+    # Taken branches per function of the branch instruction (only functions with some): they sum to
+    # branches_taken. A conditional branch whose split is unresolved has no taken count to give a
+    # function (none is guessed): its executions per function are in branches_unresolved_by_function,
+    # which sums to branches_unresolved.
+    branches_taken_by_function: dict[str, int] = field(default_factory=dict)
+    branches_unresolved_by_function: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -447,6 +458,9 @@ def analyze(dump: Dump, elf: Path | str, arch: str,
     flat_func = uniq_func[flat_to_uniq]
     flat_undecoded = (~decoded[flat_to_uniq]).astype(np.int64)
     flat_size = np.array([i.size if i else 0 for i in uniq_insns], dtype=np.int64)[flat_to_uniq]
+    n_func, n_cls = len(func_names), len(isa.CLASSES)
+    flat_func_class = flat_func * n_cls + flat_class
+    end_func = dict(zip(branches.ends.tolist(), functions.lookup(branches.ends).tolist(), strict=True))
     tb_len = np.diff(dump.tb_offsets)
 
     profiles = []
@@ -457,9 +471,12 @@ def analyze(dump: Dump, elf: Path | str, arch: str,
         weights = np.repeat(counts, lens)
         by_class = _weighted_counts(flat_class[flat_idx], weights, len(isa.CLASSES))
         by_func = _weighted_counts(flat_func[flat_idx], weights, len(func_names))
+        func_class = _weighted_counts(flat_func_class[flat_idx], weights, n_func * n_cls).reshape(n_func, n_cls)
+        func_bytes = _weighted_counts(flat_func[flat_idx], weights * flat_size[flat_idx], n_func)
         undecoded = int((flat_undecoded[flat_idx] * weights).sum())
-        taken, not_taken, unresolved = _branch_totals(branches, dump, k, ids, counts)
+        taken, not_taken, unresolved, taken_f, unres_f = _branch_totals(branches, dump, k, ids, counts, end_func)
         not_taken += int((flat_mid_cond[flat_idx] * weights).sum())  # never seen (QEMU ends TBs there)
+        ran = np.flatnonzero(by_func)
         profiles.append(SegmentProfile(
             total=int((counts * lens).sum()),
             by_class={c: int(by_class[i]) for i, c in enumerate(isa.CLASSES)},
@@ -470,6 +487,11 @@ def analyze(dump: Dump, elf: Path | str, arch: str,
             branches_not_taken=not_taken,
             branches_unresolved=unresolved,
             fetch_bytes=int((flat_size[flat_idx] * weights).sum()),
+            by_function_class={func_names[i]: {c: int(func_class[i, j]) for j, c in enumerate(isa.CLASSES)}
+                               for i in ran},
+            fetch_bytes_by_function={func_names[i]: int(func_bytes[i]) for i in ran},
+            branches_taken_by_function={func_names[i]: n for i, n in sorted(taken_f.items()) if n},
+            branches_unresolved_by_function={func_names[i]: n for i, n in sorted(unres_f.items()) if n},
         ))
     return profiles
 
@@ -490,6 +512,10 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
     by_class = dict.fromkeys(isa.CLASSES, 0)
     by_function: dict[str, int] = {}
     mem: dict[str, dict[str, int]] | None = None
+    func_class: dict[str, dict[str, int]] = {}
+    func_bytes: dict[str, int] = {}
+    func_taken: dict[str, int] = {}
+    func_unres: dict[str, int] = {}
     for p in profiles:
         total += p.total
         undecoded += p.undecoded
@@ -501,13 +527,22 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
             by_class[c] = by_class.get(c, 0) + n
         for f, n in p.by_function.items():
             by_function[f] = by_function.get(f, 0) + n
+        for f, cls in p.by_function_class.items():
+            acc_c = func_class.setdefault(f, dict.fromkeys(isa.CLASSES, 0))
+            for c, n in cls.items():
+                acc_c[c] = acc_c.get(c, 0) + n
+        for acc_f, add in ((func_bytes, p.fetch_bytes_by_function), (func_taken, p.branches_taken_by_function),
+                           (func_unres, p.branches_unresolved_by_function)):
+            for f, n in add.items():
+                acc_f[f] = acc_f.get(f, 0) + n
         if p.mem is not None:
             mem = mem if mem is not None else {}
             for r, d in p.mem.items():
                 acc = mem.setdefault(r, {"loads": 0, "stores": 0})
                 acc["loads"] += d["loads"]
                 acc["stores"] += d["stores"]
-    return SegmentProfile(total, by_class, by_function, mem, undecoded, taken, not_taken, unresolved, fetch_bytes)
+    return SegmentProfile(total, by_class, by_function, mem, undecoded, taken, not_taken, unresolved, fetch_bytes,
+                          func_class, func_bytes, func_taken, func_unres)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -890,25 +925,33 @@ def _exact_splits(b: _BranchInfo, dump: Dump, k: int, ids: np.ndarray, counts: n
     return execs, taken
 
 
-def _branch_totals(b: _BranchInfo, dump: Dump, k: int, ids: np.ndarray, counts: np.ndarray
-                   ) -> tuple[int, int, int]:
+def _branch_totals(b: _BranchInfo, dump: Dump, k: int, ids: np.ndarray, counts: np.ndarray,
+                   end_func: Mapping[int, int]) -> tuple[int, int, int, dict[int, int], dict[int, int]]:
+    """(taken, not taken, unresolved) executions of the segment's control transfers, and per function
+    (``end_func``: a TB-ending address -> its function index) the taken ones and the unresolved ones.
+    Each transfer is counted at its own address, so the per-function split is as exact as the totals."""
     if dump.edges is not None:
         execs, taken = _exact_splits(b, dump, k, ids, counts)
     else:
         execs, taken = _derive_splits(b, ids, counts)
     n_taken = n_not = n_unres = 0
+    taken_f: dict[int, int] = {}
+    unres_f: dict[int, int] = {}
     for e, n in execs.items():
         kd = b.kind.get(e, (_UNKNOWN, None))[0]
         if kd in _TAKEN_KINDS:
             n_taken += n
+            taken_f[end_func[e]] = taken_f.get(end_func[e], 0) + n
         elif kd == _COND:
             t = taken[e]
             if t is None:
                 n_unres += n
+                unres_f[end_func[e]] = unres_f.get(end_func[e], 0) + n
             else:
                 n_taken += t
                 n_not += n - t
-    return n_taken, n_not, n_unres
+                taken_f[end_func[e]] = taken_f.get(end_func[e], 0) + t
+    return n_taken, n_not, n_unres, taken_f, unres_f
 
 
 def branch_splits(dump: Dump, elf: Path | str, arch: str, objdump_args: tuple[str, ...] = (), *,

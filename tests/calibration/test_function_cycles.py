@@ -1,0 +1,135 @@
+"""`calibration.predict.function_cycles`: a decoded token's prior cycles per function, split by term, and
+what no function can be given. On real runs of the model: the functions and the remainder add up to the
+whole token's prior cycles, and that whole is `twin predict`'s figure for the same generation (counted by a
+separate `twin run`, through the run report)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from calibration import predict as P
+from calibration.cycles import memory_setup
+from twin.device.build import build_firmware
+from twin.device.protocol import PhaseKind
+from twin.model import modelgen
+from twin.platforms import get_platform
+from twin.profile.counts import SegmentProfile, sum_profiles
+from twin.profile.isa import CLASSES
+from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session, run
+
+pytestmark = pytest.mark.qemu
+TOKENS = 2
+
+
+@pytest.fixture(scope="module", params=["stm32f4-disco", "rtl-ibex-ws2"])
+def decoded(request):
+    """(platform, its run report, the decode segments of the same generation under the plugin with the
+    memory traffic). stm32f4-disco: Cortex-M4F, 5 flash wait states, one fetch per instruction; rtl-ibex-ws2:
+    RV32 with compressed code, 2 wait states and a 4-byte fetch width (the fetch term counts bytes)."""
+    plat = get_platform(request.param)
+    spec = RunSpec(platform=plat.id, tokens=TOKENS, mem_traffic=True, board=False)
+    report = run(spec)
+    image_path, _, _ = model_image(spec)
+    tokenizer = model_tokenizer(spec.model)
+    prompt = tokenizer.encode(spec.prompt) if tokenizer else modelgen.encode(spec.prompt)
+    with profiled_session(plat, build_firmware(plat).elf, image_path, mem_traffic=True) as s:
+        phases, _ = s.device.run(prompt, TOKENS)
+    kinds = [ph.kind for ph in (*s.boot_phases, *phases)]
+    decode = [s.segments[2 * i + 1] for i, k in enumerate(kinds) if k == PhaseKind.DECODE]
+    assert len(decode) == TOKENS
+    return plat, report, decode
+
+
+def _adds_up(fc: dict) -> None:
+    """Functions + remainder == the whole token, in total and term by term."""
+    whole = fc["per_token"]
+    parts = sum(f["cycles"] for f in fc["functions"].values()) + fc["unattributed"]["cycles"]
+    assert parts == pytest.approx(whole, rel=1e-12)
+    for term, value in fc["per_token_terms"].items():
+        got = sum(f["terms"][term] for f in fc["functions"].values()) + fc["unattributed"]["terms"][term]
+        assert got == pytest.approx(value, rel=1e-12, abs=1e-6), term
+    for f in fc["functions"].values():
+        assert math.isclose(f["cycles"], sum(f["terms"].values()), rel_tol=1e-12)
+
+
+def test_functions_and_remainder_add_up_to_twin_predict(decoded):
+    plat, report, decode = decoded
+    fc = P.function_cycles(plat, decode)
+    _adds_up(fc)
+    # the same generation through the run report: predict_from_counts' figure, term by term
+    pred = P.predict_from_counts(plat, P.counts_from_report(report))
+    assert fc["per_token"] == pytest.approx(pred["cycles"]["per_token"], rel=1e-12)
+    assert fc["per_token_terms"].keys() == pred["cycles"]["per_token_terms"].keys()
+    for term, value in pred["cycles"]["per_token_terms"].items():
+        assert fc["per_token_terms"][term] == pytest.approx(value, rel=1e-12, abs=1e-6), term
+    assert fc["tokens"] == TOKENS and fc["ran_on"] == plat.id and fc["factors"]["cross_core"] == 1.0
+
+    # instructions per function are the profile's; the functions are ordered by cycles
+    total = sum_profiles(decode)
+    assert {f: v["instructions"] for f, v in fc["functions"].items()} == \
+        {f: v / TOKENS for f, v in total.by_function.items()}
+    cycles = [v["cycles"] for v in fc["functions"].values()]
+    assert cycles == sorted(cycles, reverse=True)
+
+    # the remainder: only the flash-load wait states and the unresolved branches' assumed taken share
+    rest = fc["unattributed"]
+    assert {t for t, v in rest["terms"].items() if v} <= {"branches_taken", "fetch_wait", "flash_load_wait"}
+    mem = memory_setup(plat)
+    assert mem.wait_states > 0
+    loads = sum(total.mem[r]["loads"] for r in ("code", "model")) / TOKENS
+    assert rest["loads_flash"] == loads
+    assert rest["terms"]["flash_load_wait"] == pytest.approx(loads * mem.wait_states * (1 - mem.data_hit))
+    assert rest["branches_unresolved"] == total.branches_unresolved / TOKENS > 0
+    assert sum(rest["branches_unresolved_by_function"].values()) == pytest.approx(rest["branches_unresolved"])
+    assert all(f["terms"]["flash_load_wait"] == 0 for f in fc["functions"].values())
+    # with a fetch width, the refetch after the unresolved branches' assumed taken ones is not a function's
+    assert (rest["terms"]["fetch_wait"] > 0) == (mem.fetch_width is not None)
+
+
+def test_the_loop_heaviest_function_is_the_matvec(decoded):
+    plat, _, decode = decoded
+    fc = P.function_cycles(plat, decode)
+    top = next(iter(fc["functions"]))
+    assert top.startswith("matvec_q")
+    # a function's class terms are its instruction counts × the prior's class costs
+    coef = P.board_model(plat, plat.default_clock_hz, plat.fpu, None, plat.core).coef
+    counts = sum_profiles(decode).by_function_class[top]
+    for i, c in enumerate(CLASSES):
+        assert fc["functions"][top]["terms"][f"n_{c}"] == pytest.approx(counts[c] / TOKENS * coef[i])
+
+
+def test_other_boards_cross_core_and_soft_float(decoded, monkeypatch):
+    """The same counts for other boards (another core across, another ISA without a fetch width), and with a
+    cross-core factor and soft-float calls forced on: still the whole token of predict_from_counts."""
+    plat, report, decode = decoded
+    counts = P.counts_from_report(report)
+    boards = ["esp32-s3-devkit", "nucleo-l4r5zi"] if plat.arch == "arm" else ["esp32-c3-devkit", "rtl-ibex"]
+    for board in boards:
+        fc = P.function_cycles(board, decode, ran_on=plat.id)
+        _adds_up(fc)
+        assert fc["per_token"] == pytest.approx(P.predict_from_counts(get_platform(board), counts)["cycles"]["per_token"],
+                                                rel=1e-12)
+    real = P.board_model
+
+    def forced(*a, **kw):
+        return dataclasses.replace(real(*a, **kw), factor=1.7, extra_per_fp=9.0)
+
+    monkeypatch.setattr(P, "board_model", forced)
+    fc = P.function_cycles(plat, decode)
+    _adds_up(fc)
+    pred = P.predict_from_counts(plat, counts)["cycles"]
+    assert fc["per_token"] == pytest.approx(pred["per_token"], rel=1e-12)
+    assert fc["per_token_terms"]["soft_float_calls"] == pytest.approx(pred["per_token_terms"]["soft_float_calls"])
+    assert fc["factors"] == {"cross_core": 1.7, "soft_float_cycles_per_fp": 9.0, "residual": None}
+    assert fc["unattributed"]["terms"]["soft_float_calls"] == 0
+
+
+def test_a_profile_without_per_function_counts_is_refused():
+    bare = SegmentProfile(10, {**dict.fromkeys(CLASSES, 0), "alu": 10}, {"f": 10})   # e.g. Renode's
+    with pytest.raises(P.PredictError, match="per function"):
+        P.function_cycles("stm32f4-disco", bare)
+    with pytest.raises(P.PredictError, match="at least one"):
+        P.function_cycles("stm32f4-disco", [])
