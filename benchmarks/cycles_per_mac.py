@@ -154,6 +154,9 @@ def print_functions(r: dict, b: dict | None, args) -> None:
             if bc is not None:
                 line += f" · cycles {bc[f]:,.0f} -> {c:,.0f}" if f in bc else f" · cycles - -> {c:,.0f}"
         print(line)
+    for f in [f for f in list(bf)[: args.top] if f not in r["functions"]]:    # the baseline's, gone now
+        was_c = f" · cycles {bc[f]:,.0f} -> 0" if bc is not None and f in bc else ""
+        print(f"      {f:30} {0:12,} {0:13,} {'':10} {'':6}   instr {bf[f]:,.0f} -> 0{was_c} (gone)")
     rest = sum(list(fc.values())[args.top:])
     print(f"      {'(the other functions)':30} {'':12} {rest:13,.0f} {rest / macs:10.3f} {rest / cycles:6.1%}")
     un = r["unattributed_cycles"]
