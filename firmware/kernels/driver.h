@@ -1,7 +1,9 @@
 /* The matvec driver the optimized kernel sets share (firmware/kernels/README.md): the reference's
- * float step per group, several rows at a time over one activation vector, and the groups TW_CHUNK
- * at a time with their activation sums for the zero points. Portable C: a set's header defines
- * TW_ALWAYS_INLINE, TW_CHUNK and tw_group_sums() with its own instructions, then includes this. */
+ * float step per group, two rows at a time over one activation vector, and the groups TW_CHUNK
+ * at a time with their activation sums for the zero points (arm_dsp's 4- and 8-bit kernels take
+ * only the float step: they loop over activations prepared once per call). Portable C: a set's
+ * header defines TW_ALWAYS_INLINE, TW_CHUNK and tw_group_sums() with its own instructions, then
+ * includes this. */
 #ifndef TW_KERNELS_DRIVER_H
 #define TW_KERNELS_DRIVER_H
 
@@ -11,34 +13,32 @@ TW_ALWAYS_INLINE float tw_group_step(float acc, int32_t s, int32_t z, int32_t su
     return acc + ((float)(s - z * sum) * scale) * xs;
 }
 
-/* A kernel's inner part: groups g0 .. g0 + n_groups - 1 of rows r .. r + n_rows - 1 (n_rows 1, 2 or
- * the kernel's own n_max; the rows share each unpacked activation word); sums[i] is the activation
- * sum of group g0 + i. */
+/* A kernel's inner part: groups g0 .. g0 + n_groups - 1 of rows r .. r + n_rows - 1 (n_rows 1 or 2;
+ * the rows share each unpacked activation word); sums[i] is the activation sum of group g0 + i. */
 typedef void tw_rows_fn(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, uint32_t r,
                         uint32_t n_rows, int asym, uint32_t g0, uint32_t n_groups, const int32_t *sums);
 
-/* Rows n_max at a time, the rest two at a time, then the last one. */
-TW_ALWAYS_INLINE void tw_rows_by(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
-                                 tw_rows_fn *rows, int asym, uint32_t g0, uint32_t n_groups,
-                                 const int32_t *sums, uint32_t n_max) {
+/* Rows two at a time, then the last one. */
+TW_ALWAYS_INLINE void tw_rows_by_two(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
+                                     tw_rows_fn *rows, int asym, uint32_t g0, uint32_t n_groups,
+                                     const int32_t *sums) {
     uint32_t r = 0;
-    for (; r + n_max <= w->rows; r += n_max) rows(out, xq, xs, w, r, n_max, asym, g0, n_groups, sums);
-    for (; n_max > 2 && r + 2 <= w->rows; r += 2) rows(out, xq, xs, w, r, 2, asym, g0, n_groups, sums);
+    for (; r + 2 <= w->rows; r += 2) rows(out, xq, xs, w, r, 2, asym, g0, n_groups, sums);
     if (r < w->rows) rows(out, xq, xs, w, r, 1, asym, g0, n_groups, sums);
 }
 
 /* The matvec around a kernel's rows (inlined with rows and the scheme constant): the groups TW_CHUNK
- * at a time with their activation sums, every row per chunk, n_max rows per call (2 or 4). A kernel
- * whose symmetric codes need no zero point (8-bit) says so with sym_zero = 0: one pass over all
- * groups, no sums. */
-TW_ALWAYS_INLINE void tw_matvec_rows(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
-                                     tw_rows_fn *rows, int sym_zero, uint32_t n_max) {
+ * at a time with their activation sums, every row per chunk, two rows per call. A kernel whose
+ * symmetric codes need no zero point (8-bit) says so with sym_zero = 0: one pass over all groups,
+ * no sums. */
+TW_ALWAYS_INLINE void tw_matvec_chunks(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
+                                       tw_rows_fn *rows, int sym_zero) {
     const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
     w = &wl;
     uint32_t gs = w->group_size, ng = w->padded_cols / gs;
     int asym = w->scheme == TW_SCHEME_ASYMMETRIC;
     if (!asym && !sym_zero) {
-        tw_rows_by(out, xq, xs, w, rows, 0, 0, ng, 0, n_max);
+        tw_rows_by_two(out, xq, xs, w, rows, 0, 0, ng, 0);
         return;
     }
     int32_t sums[TW_CHUNK];
@@ -46,16 +46,10 @@ TW_ALWAYS_INLINE void tw_matvec_rows(float *out, const int8_t *xq, const float *
         uint32_t n = ng - g0 < TW_CHUNK ? ng - g0 : TW_CHUNK;
         tw_group_sums(sums, xq + g0 * gs, n, gs);
         if (asym)
-            tw_rows_by(out, xq, xs, w, rows, 1, g0, n, sums, n_max);
+            tw_rows_by_two(out, xq, xs, w, rows, 1, g0, n, sums);
         else
-            tw_rows_by(out, xq, xs, w, rows, 0, g0, n, sums, n_max);
+            tw_rows_by_two(out, xq, xs, w, rows, 0, g0, n, sums);
     }
-}
-
-/* Two rows per call. */
-TW_ALWAYS_INLINE void tw_matvec_chunks(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
-                                       tw_rows_fn *rows, int sym_zero) {
-    tw_matvec_rows(out, xq, xs, w, rows, sym_zero, 2);
 }
 
 #endif
