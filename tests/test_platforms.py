@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,35 @@ def test_stale_builds_are_pruned(tmp_path):
         p.write_bytes(b"x")
         os.utime(p, (1000 + i, 1000 + i))
     (tmp_path / "mps2-an505-000000000000.elf").write_bytes(b"other platform")
+    os.utime(tmp_path / "mps2-an386-000000000001.elf")        # just reused by another job: kept
     _prune(tmp_path, "mps2-an386-*.elf", keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "mps2-an386-000000000003.elf", "mps2-an386-000000000004.elf", "mps2-an505-000000000000.elf"]
+        "mps2-an386-000000000001.elf", "mps2-an386-000000000004.elf", "mps2-an505-000000000000.elf"]
+
+
+def test_a_build_in_use_by_a_parallel_job_is_not_pruned(tmp_path):
+    """Within the grace period nothing goes, however many newer builds there are (a job that built or
+    reused an ELF a moment ago may be running it); past it, the least recently used go."""
+    import os
+    import time
+
+    from twin.device.build import _prune
+    now = time.time()
+    for i in range(5):
+        p = tmp_path / f"mps2-an386-{i:012x}.elf"
+        p.write_bytes(b"x")
+        os.utime(p, (now - 60 * i, now - 60 * i))                 # 0 .. 4 minutes ago
+    _prune(tmp_path, "mps2-an386-*.elf", keep=2, grace_s=150)
+    assert sorted(p.name[-7:-4] for p in tmp_path.iterdir()) == ["000", "001", "002"]
+
+
+def test_reusing_a_cached_build_marks_it_recently_used():
+    import os
+
+    from twin.device.build import build_firmware
+    if not shutil.which("arm-none-eabi-gcc"):
+        pytest.skip("arm-none-eabi-gcc not installed (scripts/setup installs it)")
+    elf = build_firmware(get_platform("mps2-an386")).elf
+    os.utime(elf, (1000, 1000))
+    assert build_firmware(get_platform("mps2-an386")).elf == elf        # the cached build, reused
+    assert elf.stat().st_mtime > 1000

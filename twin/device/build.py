@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ COMMON_CFLAGS = (
     "-O2", "-g", "-std=c11", "-ffreestanding", "-fno-common", "-ffunction-sections", "-fdata-sections",
     "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
 )
-KEEP_BUILDS = 3   # firmware builds kept per platform in the cache
+KEEP_BUILDS = 3   # firmware builds kept per platform in the cache (least recently used go first)
+PRUNE_GRACE_S = 3600.0   # ... but none built or reused within this long: a parallel job may be running it
 LDFLAGS = ("-nostdlib", "-nostartfiles", "-Wl,--gc-sections", "-Wl,--no-warn-rwx-segments")
 
 
@@ -183,6 +185,7 @@ def build_firmware(platform: Platform, force: bool = False, softfloat: bool = Tr
                         cflags=" ".join((*platform.cflags, *COMMON_CFLAGS)))
     digest_file = out.with_name(out.name + ".sha256")
     if not force and _elf_intact(out, digest_file):
+        _touch(out)   # recently used: the last to be pruned
         return firmware
     # missing, or not the bytes this build wrote (a torn copy, a flipped bit): build it again
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,13 +217,23 @@ def _elf_intact(elf: Path, digest_file: Path) -> bool:
         return False
 
 
-def _prune(directory: Path, pattern: str, keep: int) -> None:
-    """Delete all but the ``keep`` newest files matching ``pattern`` (stale builds of older sources)."""
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:                   # a read-only cache: pruning order is all that is lost
+        pass
+
+
+def _prune(directory: Path, pattern: str, keep: int, grace_s: float = PRUNE_GRACE_S) -> None:
+    """Delete all but the ``keep`` most recently used files matching ``pattern`` (builds of older
+    sources), never one used within ``grace_s`` seconds: another job may have just built or reused it."""
     def mtime(path: Path) -> float:
         try:
             return path.stat().st_mtime
         except FileNotFoundError:     # pruned by a parallel build meanwhile
             return 0.0
 
+    now = time.time()
     for path in sorted(directory.glob(pattern), key=mtime, reverse=True)[keep:]:
-        path.unlink(missing_ok=True)
+        if now - mtime(path) >= grace_s:
+            path.unlink(missing_ok=True)
