@@ -44,8 +44,9 @@ TW_ALWAYS_INLINE int32_t odd8(uint32_t w, int asym) { return asym ? tw_uxtb16_ro
 
 /* The activations of n_groups groups of gs split into pr: per group its gs / 2 words ((x0, x2),
  * (x1, x3) per 4 elements), then the sum of its int8 activations (USADA8 on the bytes biased by
- * 128) and its scale xs (bits), read by the group step through the same pointer. */
-TW_ALWAYS_INLINE void pair_q8(uint32_t *pr, const int8_t *x, const float *xs, uint32_t n_groups, uint32_t gs) {
+ * 128) and its scale xs (bits), read by the group step through the same pointer. Not inlined:
+ * inlined, it costs the rows' loop registers and spills. */
+static __attribute__((noinline)) void matvec_q8_pairs(uint32_t *pr, const int8_t *x, const float *xs, uint32_t n_groups, uint32_t gs) {
     for (uint32_t i = 0; i < n_groups; i++) {
         uint32_t s = 0;
         for (const int8_t *end = x + gs; x != end; x += 4, pr += 2) {
@@ -61,7 +62,7 @@ TW_ALWAYS_INLINE void pair_q8(uint32_t *pr, const int8_t *x, const float *xs, ui
     }
 }
 
-/* Groups g0 .. g0 + n_groups - 1 of four rows from r, their activations in pr (pair_q8). */
+/* Groups g0 .. g0 + n_groups - 1 of four rows from r, their activations in pr (matvec_q8_pairs). */
 TW_ALWAYS_INLINE void rows4_q8(float *out, const uint32_t *pr, const tw_tensor *w, uint32_t r, int asym,
                                uint32_t gs, uint32_t g0, uint32_t n_groups) {
     uint32_t ng = w->padded_cols / gs, stride = w->padded_cols;
@@ -143,7 +144,7 @@ void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w
     uint32_t pr[TW_PAIRED / 2 + 2 * TW_PAIRED / 32]; /* the split words, and two words per group */
     for (uint32_t g0 = 0; g0 < ng; g0 += per) {
         uint32_t n = ng - g0 < per ? ng - g0 : per;
-        pair_q8(pr, xq + g0 * gs, xs + g0, n, gs);
+        matvec_q8_pairs(pr, xq + g0 * gs, xs + g0, n, gs);
         if (wl.scheme == TW_SCHEME_ASYMMETRIC)
             chunk_q8(out, pr, &wl, 1, g0, n);
         else
