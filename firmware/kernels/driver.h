@@ -1,6 +1,6 @@
 /* The matvec driver the optimized kernel sets share (firmware/kernels/README.md): the reference's
  * float step per group, two rows at a time over one activation vector, and the groups TW_CHUNK
- * at a time with their activation sums for the zero points (arm_dsp's 4- and 8-bit kernels take
+ * at a time with their activation sums for the zero points (arm_dsp's 2-, 4- and 8-bit kernels take
  * only the float step: they loop over activations prepared once per call). Portable C: a set's
  * header defines TW_ALWAYS_INLINE, TW_CHUNK and tw_group_sums() with its own instructions, then
  * includes this. */

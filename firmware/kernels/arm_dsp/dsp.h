@@ -100,7 +100,7 @@ TW_ALWAYS_INLINE void tw_group_sums(int32_t *sums, const int8_t *x, uint32_t n_g
     }
 }
 
-/* Activations prepared per chunk by the 4- and 8-bit kernels (pairs in the order their codes
+/* Activations prepared per chunk by the 2-, 4- and 8-bit kernels (pairs in the order their codes
  * unpack to, int16 in words): TW_PAIRED elements at a time, 1 KB of stack, whole groups (4 or
  * more of the largest, 128). Each group's words are followed by two more, its activation sum and
  * its scale xs (bits), which TW_GROUP_TAIL reads through the same pointer and steps over. */
