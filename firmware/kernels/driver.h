@@ -1,9 +1,9 @@
 /* The matvec driver the optimized kernel sets share (firmware/kernels/README.md): the reference's
- * float step per group, two rows at a time over one activation vector, and the groups TW_CHUNK
- * at a time with their activation sums for the zero points (arm_dsp's 2-, 4- and 8-bit kernels take
- * only the float step: they loop over activations prepared once per call). Portable C: a set's
- * header defines TW_ALWAYS_INLINE, TW_CHUNK and tw_group_sums() with its own instructions, then
- * includes this. */
+ * float step per group and, for a set whose header defines TW_CHUNK and tw_group_sums() with its
+ * own instructions, the chunked matvec: two rows at a time over one activation vector, the groups
+ * TW_CHUNK at a time with their activation sums for the zero points (arm_dsp takes the float step
+ * only: it loops over activations prepared once per call). Portable C: a set's header defines
+ * TW_ALWAYS_INLINE (and those two), then includes this. */
 #ifndef TW_KERNELS_DRIVER_H
 #define TW_KERNELS_DRIVER_H
 
@@ -13,6 +13,7 @@ TW_ALWAYS_INLINE float tw_group_step(float acc, int32_t s, int32_t z, int32_t su
     return acc + ((float)(s - z * sum) * scale) * xs;
 }
 
+#ifdef TW_CHUNK
 /* A kernel's inner part: groups g0 .. g0 + n_groups - 1 of rows r .. r + n_rows - 1 (n_rows 1 or 2;
  * the rows share each unpacked activation word); sums[i] is the activation sum of group g0 + i. */
 typedef void tw_rows_fn(float *out, const int8_t *xq, const float *xs, const tw_tensor *w, uint32_t r,
@@ -51,5 +52,6 @@ TW_ALWAYS_INLINE void tw_matvec_chunks(float *out, const int8_t *xq, const float
             tw_rows_by_two(out, xq, xs, w, rows, 0, g0, n, sums);
     }
 }
+#endif
 
 #endif

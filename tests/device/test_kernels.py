@@ -141,7 +141,7 @@ def test_arm_dsp_gives_the_reference_tokens_with_fewer_instructions(platform_id,
     assert ref["matvec"] >= 2.0 * dsp["matvec"], (ref["matvec"], dsp["matvec"])
     assert dsp["total"] < ref["total"]                                   # per decoded token too
     assert ref["total"] - dsp["total"] == ref["matvec"] - dsp["matvec"]   # nothing else changed
-    assert dsp["by_class"]["simd"] > 0.25 * dsp["matvec"] and ref["by_class"]["simd"] == 0  # SMLAD and kin
+    assert dsp["by_class"]["simd"] > 0.2 * dsp["matvec"] and ref["by_class"]["simd"] == 0  # SMLAD and kin
 
 
 @pytest.mark.qemu
@@ -164,9 +164,8 @@ def test_only_arm_dsp_matvecs_use_the_dsp_extension():
     for name in ("matvec_q8", "matvec_q4", "matvec_q3", "matvec_q2"):
         used = {i.mnemonic.split(".")[0] for i in disassemble(dsp, "arm", (f"--disassemble={name}",)).values()}
         assert "smlad" in used, name
-        if name != "matvec_q3":   # the rest pair their activations once per call, in matvec_qN_pairs
-            used |= {i.mnemonic.split(".")[0]
-                     for i in disassemble(dsp, "arm", (f"--disassemble={name}_pairs",)).values()}
+        # the activations are paired once per call, in matvec_qN_pairs
+        used = {i.mnemonic.split(".")[0] for i in disassemble(dsp, "arm", (f"--disassemble={name}_pairs",)).values()}
         assert "sxtb16" in used, name
     for name in ("matvec_q8", "matvec_q4", "matvec_q3", "matvec_q2"):
         insns = disassemble(ref, "arm", (f"--disassemble={name}",)).values()

@@ -81,26 +81,7 @@ TW_ALWAYS_INLINE uint32_t tw_pkhtb(uint32_t a, uint32_t b) {
         r_;                                                                                \
     })
 
-/* Column chunks: a matvec takes the groups TW_CHUNK at a time, all rows per chunk, so that the
- * activation sums of a chunk's groups (for the zero points: isum = sum c * xq - z * sum xq) are
- * computed once per call and kept in a few words of stack. A row's float sum goes on from chunk to
- * chunk through out[r] (stored and reloaded exactly): its groups are still added in order. */
-#define TW_CHUNK 16u
-
-/* sums[i] = sum of the int8 activations x[i * gs .. (i + 1) * gs - 1], i < n_groups (gs % 4 == 0):
- * USADA8 adds four bytes as unsigned, so the bytes are biased by 128 (x ^ 0x80 = x + 128). */
-TW_ALWAYS_INLINE void tw_group_sums(int32_t *sums, const int8_t *x, uint32_t n_groups, uint32_t gs) {
-    for (uint32_t i = 0; i < n_groups; i++) {
-        uint32_t s = 0;
-        for (const int8_t *end = x + gs; x != end; x += 8) {
-            s = __usada8(tw_load4(x) ^ 0x80808080u, 0, s);
-            s = __usada8(tw_load4(x + 4) ^ 0x80808080u, 0, s);
-        }
-        sums[i] = (int32_t)s - (int32_t)(128u * gs);
-    }
-}
-
-/* Activations prepared per chunk by the 2-, 4- and 8-bit kernels (pairs in the order their codes
+/* Activations prepared per chunk by every kernel of the set (pairs in the order their codes
  * unpack to, int16 in words): TW_PAIRED elements at a time, 1 KB of stack, whole groups (4 or
  * more of the largest, 128). Each group's words are followed by two more, its activation sum and
  * its scale xs (bits), which TW_GROUP_TAIL reads through the same pointer and steps over. */
@@ -114,6 +95,6 @@ TW_ALWAYS_INLINE void tw_group_sums(int32_t *sums, const int8_t *x, uint32_t n_g
         (x) += 2;                                                                               \
     } while (0)
 
-#include "../driver.h"   /* the group step and the chunked matvec around a kernel's rows */
+#include "../driver.h"   /* the group step (no TW_CHUNK: the set has its own loops, masked.h, matvec_q8.c) */
 
 #endif

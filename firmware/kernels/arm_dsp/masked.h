@@ -37,6 +37,24 @@
 #define TW_M_STEP4 TW_M_QUAD(0, 4, 8, 12, "[%[p]], #4")
 #define TW_M_STEP2 TW_M_QUAD(0, 2, 4, 6, "[%[p]]") TW_M_QUAD(8, 10, 12, 14, "[%[p]], #4")
 
+/* 3 bits: 16 elements are 6 bytes of a row, two 24-bit units read as unaligned words that never
+ * cross the row's end: a (codes 0..7) from bytes 0..3, b (codes 8..15) as bits 8..31 of bytes 2..5.
+ * SPREAD moves a unit's codes 4..7 (bits 12..23) to bits 16..27: then (w >> 3k) & 0x00070007 is
+ * the pair (c_k, c_k+4) for k = 0..3, in the activations' 4-bit order. p advances 2, then 4. */
+#define TW_M_SPREAD(PRE)                                                                        \
+    PRE                                                                                         \
+    "ubfx   %[t], %[w], #12, #12\n\t"                                                            \
+    "bfi    %[w], %[t], #16, #16\n\t"
+#define TW_M_UNIT3(S, ADDR, PRE)                                                                \
+    "ldr    %[w], " ADDR "\n\t" TW_M_SPREAD(PRE)                                                 \
+    TW_M_PAIR(S, "x0", 0) TW_M_PAIR(S, "x1", 3) TW_M_PAIR(S, "x2", 6) TW_M_PAIR(S, "x3", 9)
+#define TW_M_HALF3(P0, PRE)                                                                     \
+    "ldrd   %[x2], %[x3], [%[x], #8]\n\t"                                                        \
+    "ldrd   %[x0], %[x1], [%[x]], #16\n\t"                                                       \
+    TW_M_UNIT3("s1", "[%[p], %[stride]]", PRE) TW_M_UNIT3("s2", "[%[p], %[stride], lsl #1]", PRE) \
+    TW_M_UNIT3("s0", P0, PRE)
+#define TW_M_STEP3 TW_M_HALF3("[%[p]], #2", "") TW_M_HALF3("[%[p]], #4", "lsr    %[w], %[w], #8\n\t")
+
 /* 32 elements of three rows (BLOCK: the steps that cover them): s[k] += row k's codes . x */
 #define TW_M_THREE_ROWS_32(BLOCK, m_, x, p, stride, s0, s1, s2)                                \
     do {                                                                                        \
@@ -49,7 +67,15 @@
                 : "memory");                                                                    \
     } while (0)
 
-TW_ALWAYS_INLINE uint32_t tw_m_mask(uint32_t bits) { return bits == 4 ? 0x000F000Fu : 0x00030003u; }
+TW_ALWAYS_INLINE uint32_t tw_m_mask(uint32_t bits) {
+    return bits == 4 ? 0x000F000Fu : bits == 3 ? 0x00070007u : 0x00030003u;
+}
+
+/* Pair k's partner is element k + tw_m_half(bits) (3 bits: as 4 bits, per 8-code unit). */
+TW_ALWAYS_INLINE uint32_t tw_m_half(uint32_t bits) { return bits == 2 ? 8 : 4; }
+
+/* A 3-bit unit w (codes at bits 3k) with codes 4..7 moved to bits 16..27 (TW_M_SPREAD) */
+TW_ALWAYS_INLINE uint32_t tw_m_spread3(uint32_t w) { return (w & 0xFFFu) | ((w >> 12) & 0xFFFu) << 16; }
 
 /* The activations of n_groups groups of gs paired into pr for codes of `bits` bits (above), each
  * group's words followed by its sum of int8 activations (USADA8 on the bytes biased by 128) and its
@@ -59,7 +85,7 @@ typedef void tw_pairs_fn(uint32_t *pr, const int8_t *x, const float *xs, uint32_
 
 TW_ALWAYS_INLINE void tw_m_pair(uint32_t *pr, const int8_t *x, const float *xs, uint32_t n_groups,
                                 uint32_t gs, uint32_t bits) {
-    uint32_t half = 16 / bits; /* pair k is (x_k, x_k+half) */
+    uint32_t half = tw_m_half(bits); /* pair k is (x_k, x_k+half) */
     for (uint32_t i = 0; i < n_groups; i++) {
         uint32_t s = 0;
         for (const int8_t *end = x + gs; x != end; x += 2 * half) {
@@ -97,6 +123,8 @@ TW_ALWAYS_INLINE void tw_m_rows3(float *out, const uint32_t *pr, const tw_tensor
         for (uint32_t k = gs / 32; k; k--) {
             if (bits == 4)
                 TW_M_THREE_ROWS_32(TW_M_STEP4 TW_M_STEP4 TW_M_STEP4 TW_M_STEP4, tw_m_mask(4), x, p, stride, s0, s1, s2);
+            else if (bits == 3)
+                TW_M_THREE_ROWS_32(TW_M_STEP3 TW_M_STEP3, tw_m_mask(3), x, p, stride, s0, s1, s2);
             else
                 TW_M_THREE_ROWS_32(TW_M_STEP2 TW_M_STEP2, tw_m_mask(2), x, p, stride, s0, s1, s2);
         }
@@ -116,7 +144,7 @@ TW_ALWAYS_INLINE void tw_m_rows3(float *out, const uint32_t *pr, const tw_tensor
 TW_ALWAYS_INLINE void tw_m_row1(float *out, const uint32_t *pr, const tw_tensor *w, uint32_t r, int asym,
                                 uint32_t g0, uint32_t n_groups, uint32_t bits) {
     uint32_t gs = w->group_size, ng = w->padded_cols / gs, stride = w->padded_cols / 8 * bits;
-    uint32_t m = tw_m_mask(bits), half = 16 / bits;
+    uint32_t m = tw_m_mask(bits), half = tw_m_half(bits);
     int32_t zsym = 1 << (bits - 1);
     const uint8_t *p = (const uint8_t *)w->data + r * stride + g0 * gs / 8 * bits;
     const float *sc = w->scales + r * ng + g0;
@@ -127,13 +155,27 @@ TW_ALWAYS_INLINE void tw_m_row1(float *out, const uint32_t *pr, const tw_tensor 
         const uint32_t *group_end = x + gs / 2;
         int32_t s0 = 0, sum;
         float xsv;
-        do { /* one word of codes: half pairs */
-            uint32_t wv = tw_load4(p);
+        if (bits == 3) {
+            do { /* 16 codes: two units (TW_M_SPREAD), four pairs each */
+                uint32_t a = tw_m_spread3(tw_load4_unaligned(p)), b = tw_m_spread3(tw_load4_unaligned(p + 2) >> 8);
+#pragma GCC unroll 4
+                for (uint32_t k = 0; k < 4; k++) {
+                    s0 = __smlad((int32_t)((a >> (3 * k)) & m), (int32_t)x[k], s0);
+                    s0 = __smlad((int32_t)((b >> (3 * k)) & m), (int32_t)x[4 + k], s0);
+                }
+                x += 8;
+                p += 6;
+            } while (x != group_end);
+        } else {
+            do { /* one word of codes: half pairs */
+                uint32_t wv = tw_load4(p);
 #pragma GCC unroll 8
-            for (uint32_t k = 0; k < half; k++) s0 = __smlad((int32_t)((wv >> (k * bits)) & m), (int32_t)x[k], s0);
-            x += half;
-            p += 4;
-        } while (x != group_end);
+                for (uint32_t k = 0; k < half; k++)
+                    s0 = __smlad((int32_t)((wv >> (k * bits)) & m), (int32_t)x[k], s0);
+                x += half;
+                p += 4;
+            } while (x != group_end);
+        }
         TW_GROUP_TAIL(x, sum, xsv);
         acc = tw_group_step(acc, s0, asym ? zeros[0] : zsym, sum, sc[0], xsv);
         sc++;
@@ -154,7 +196,7 @@ TW_ALWAYS_INLINE void tw_m_chunk(float *out, const uint32_t *pr, const tw_tensor
     for (; r < w->rows; r++) tw_m_row1(out, pr, w, r, asym, g0, n_groups, bits);
 }
 
-/* matvec_q2 / matvec_q4 (bits 2 or 4, a constant; pairs: the kernel's wrapper of tw_m_pair) */
+/* matvec_q2 / q3 / q4 (bits 2, 3 or 4, a constant; pairs: the kernel's wrapper of tw_m_pair) */
 TW_ALWAYS_INLINE void tw_matvec_masked(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
                                        uint32_t bits, tw_pairs_fn *pairs) {
     const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
