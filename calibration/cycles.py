@@ -270,3 +270,17 @@ def cross_core_factor(proxy_core: str, target_core: str) -> tuple[float, str]:
         raise CycleModelError(f"no CoreMark/MHz for {proxy_core} or {target_core}: cannot map across cores")
     return p.value / t.value, (f"CoreMark/MHz {proxy_core} {p.value:g} ({p.source}) / {target_core} "
                                f"{t.value:g} ({t.source})")
+
+
+def term_shares(X, coef) -> np.ndarray:
+    """Per row, each feature's share of a linear prediction: coef_j x_j / (X · coef)."""
+    X = np.atleast_2d(np.asarray(X, dtype=float))
+    terms = X * np.asarray(coef, dtype=float)
+    return terms / np.maximum(terms.sum(axis=1, keepdims=True), 1e-12)
+
+
+def extrapolation(X, coef, support) -> np.ndarray:
+    """Per row, how far the terms reach past what the fit saw: Σ_j max(0, share_j − support_j), with
+    ``support`` the largest share of each feature over the fitted rows (0 for a feature they never
+    had: its cost is the prior's, unmeasured)."""
+    return np.clip(term_shares(X, coef) - np.asarray(support, dtype=float), 0.0, None).sum(axis=1)

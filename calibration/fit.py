@@ -19,7 +19,7 @@ import pandas as pd
 from twin.platforms import get_platform
 
 from . import store
-from .cycles import FEATURES, coefficients_dict, core_prior, memory_setup
+from .cycles import FEATURES, coefficients_dict, core_prior, memory_setup, term_shares
 from .dataset import (
     UNMEASURED_ROWS,
     DatasetError,
@@ -236,7 +236,10 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = P
                          representative=representative_rows(df))
     block = store.residual_block(model.estimator_.residual_) if chosen == WITH_RESIDUAL else None
     linear_fit = _linear_part(model.estimator_)
-    cycles = FittedModel(store.clamp_coef(coefficients_dict(linear_fit.coef_)), alpha, q, cv, residual=block)
+    coef = store.clamp_coef(coefficients_dict(linear_fit.coef_))
+    support = term_shares(X, [coef[f] for f in FEATURES]).max(axis=0)
+    extrap = {"band": model.extrapolation_band, "support": {f: float(v) for f, v in zip(FEATURES, support, strict=True)}}
+    cycles = FittedModel(coef, alpha, q, cv, residual=block, extrapolation=extrap)
 
     energy = None
     has_energy = measured(df, "energy_j").to_numpy()

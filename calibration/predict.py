@@ -553,6 +553,17 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     token_s = token_cycles / clock_hz
     ttft_s = (prefill_cycles + token_cycles) / clock_hz
     notes = list(bm.notes)
+    if cal is not None:   # terms past the calibration's rows (more wait states than any it saw) widen it
+        x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash,
+                           branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
+                           fetch_width=width)
+        excess = float(cal.cycles.excess(x)[0])
+        if excess > 0.005:
+            grow = cal.cycles.half_width(x)[0] - cal.cycles.q
+            bm = dataclasses.replace(bm, rel_low=bm.rel_low + grow, rel_high=bm.rel_high + grow)
+            notes.append(f"interval widened by ±{grow:.1%}: {excess:.0%} of this token's predicted cycles are "
+                         f"in terms larger than in any calibrated row (band {cal.cycles.extrapolation['band']:g} × "
+                         "that share; e.g. fetch stalls at more wait states than the calibration saw)")
     if counts.decode_loads_flash is None:
         notes.append("memory traffic not counted: loads_flash = flash_load_fraction × loads (assumption)")
     else:

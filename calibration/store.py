@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cycles import FEATURES
+from .cycles import FEATURES, extrapolation
 from .residual import ResidualBlockError, StoredResidual, check_block, check_storable_type, export_residual
 
 FORMAT = "tinyllm-twin-calibration"
@@ -42,12 +42,17 @@ class FittedModel:
     q: float = 0.0                   # relative half-width of the (1 - alpha) interval
     cv: dict = field(default_factory=dict, hash=False)   # {"by_workload": {...}, "by_board": {...}}
     residual: dict | None = field(default=None, hash=False)   # residual block (calibration/residual.py)
+    # {"band": b, "support": {feature: largest share of a fitted row's prediction}}: a row past the
+    # support gets q + b × its excess share (estimators.ConformalInterval); None: a file without it
+    extrapolation: dict | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict:
-        """The JSON object; no ``residual`` key when there is none (as version 1 wrote it)."""
+        """The JSON object; no ``residual`` / ``extrapolation`` key when there is none (as version 1
+        wrote it)."""
         d = asdict(self)
-        if d["residual"] is None:
-            del d["residual"]
+        for k in ("residual", "extrapolation"):
+            if d[k] is None:
+                del d[k]
         return d
 
     @cached_property
@@ -65,10 +70,25 @@ class FittedModel:
             pred = pred * (1.0 + self.stored_residual.correction(X))
         return pred
 
+    def excess(self, X) -> np.ndarray:
+        """Per row, the share of the prediction past the fitted rows' support (0 without one)."""
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        if not self.extrapolation:
+            return np.zeros(len(X))
+        support = [self.extrapolation["support"].get(f, 0.0) for f in FEATURES]
+        return extrapolation(X, self.coef_vector(), support)
+
+    def half_width(self, X) -> np.ndarray:
+        """The relative half-width per row: q, plus the band on the excess share."""
+        band = float(self.extrapolation["band"]) if self.extrapolation else 0.0
+        return self.q + band * self.excess(X)
+
     def predict_interval(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(prediction, low, high) exactly as the fitted ``ConformalInterval``: ŷ·(1 ± q), low >= 0."""
+        """(prediction, low, high) exactly as the fitted ``ConformalInterval``: ŷ·(1 ± h), low >= 0,
+        h = q + band × the excess share (``half_width``)."""
         pred = self.predict(X)
-        return pred, np.maximum(pred * (1 - self.q), 0.0), pred * (1 + self.q)
+        h = self.half_width(X)
+        return pred, np.maximum(pred * (1 - h), 0.0), pred * (1 + h)
 
 
 @dataclass(frozen=True)
@@ -140,7 +160,7 @@ def _clamped(cal: Calibration) -> Calibration:
         if m is None:
             return None
         coef = clamp_coef(m.coef)
-        return m if coef == m.coef else FittedModel(coef, m.alpha, m.q, m.cv, m.residual)
+        return m if coef == m.coef else FittedModel(coef, m.alpha, m.q, m.cv, m.residual, m.extrapolation)
 
     cycles, energy = fix(cal.cycles), fix(cal.energy)
     if cycles is cal.cycles and energy is cal.energy:
@@ -237,7 +257,8 @@ def from_dict(d: object, where: str = "calibration") -> Calibration:
 
 def _model(d: dict) -> FittedModel:
     return FittedModel(coef={k: float(v) for k, v in d["coef"].items()}, alpha=float(d["alpha"]),
-                       q=float(d["q"]), cv=d.get("cv", {}), residual=d.get("residual"))
+                       q=float(d["q"]), cv=d.get("cv", {}), residual=d.get("residual"),
+                       extrapolation=d.get("extrapolation"))
 
 
 def _fail(where: str, what: str) -> CalibrationFileError:
@@ -265,6 +286,14 @@ def _check_model(m: object, where: str, features: tuple[str, ...]) -> None:
     q = m.get("q")
     if not _number(q) or q < 0:
         raise _fail(where, f"field 'q' must be a finite number >= 0, got {q!r}")
+    ext = m.get("extrapolation")
+    if ext is not None:
+        band, support = (ext.get("band"), ext.get("support")) if isinstance(ext, dict) else (None, None)
+        if not _number(band) or band < 0:
+            raise _fail(where, f"field 'extrapolation.band' must be a finite number >= 0, got {band!r}")
+        if not isinstance(support, dict) or any(not _number(v) or not 0 <= v <= 1 for v in support.values()):
+            raise _fail(where, "field 'extrapolation.support' must be an object {feature: share in [0, 1]}, "
+                               f"got {support!r}")
     cv = m.get("cv", {})
     if not isinstance(cv, dict):
         raise _fail(where, f"field 'cv' must be an object, got {cv!r}")

@@ -20,7 +20,7 @@ from calibration.cycles import (
     memory_setup,
     prior_coefficients,
 )
-from calibration.dataset import DatasetError, load_dataset, measured, save_dataset, validate_dataset
+from calibration.dataset import DatasetError, feature_matrix, load_dataset, measured, save_dataset, validate_dataset
 from calibration.energy import EnergyModelError, power_model
 from calibration.estimators import (
     ConformalInterval,
@@ -255,6 +255,10 @@ def test_calibration_file_errors_name_the_field(bench, tmp_path):
         ({**good, "provenance": {k: v for k, v in good["provenance"].items() if k != "dataset_sha256"}},
          r"field 'provenance' misses \['dataset_sha256'\]"),
         ({**good, "core": "cortex-m7"}, "field 'id' .* does not match the content"),
+        ({**good, "cycles": {**good["cycles"], "extrapolation": {"band": -1, "support": {}}}},
+         r"field 'extrapolation.band' must be a finite number >= 0"),
+        ({**good, "cycles": {**good["cycles"], "extrapolation": {"band": 0.25, "support": {"fetch_wait": 2}}}},
+         r"field 'extrapolation.support' must be an object \{feature: share in \[0, 1\]\}"),
     ]
     for data, message in cases:
         path = tmp_path / "broken.json"
@@ -286,3 +290,27 @@ def test_fit_calibration_api_and_dataset_files(bench, tmp_path):
     mixed = pd.concat([bench, bench.assign(board="nucleo-f746zg", clock_hz=216_000_000)])
     with pytest.raises(DatasetError, match="different cores"):
         calibrate(mixed)
+
+
+def test_rows_past_the_calibrated_support_get_a_wider_interval(bench, tmp_path):
+    """A calibration records each term's largest share of a fitted row's cycles; a row whose terms go
+    past (here: flash waits twice those of any fitted row) gets q + band × the excess share, and a file
+    written before the field existed keeps the plain q."""
+    import dataclasses
+
+    cal = calibrate(bench.query("board == 'stm32f4-disco'"))
+    m = cal.cycles
+    x = feature_matrix(bench.query("board == 'stm32f4-disco'"))[:1]
+    assert np.allclose(m.half_width(x), m.q, atol=1e-9)            # a fitted row: inside the support
+    far = x.copy()
+    far[:, FEATURES.index("fetch_wait")] *= 20
+    grow = m.half_width(far)[0] - m.q
+    assert grow > 0.05 and np.isclose(grow, m.extrapolation["band"] * m.excess(far)[0])
+    pred, lo, hi = m.predict_interval(far)
+    assert np.isclose(hi[0] / pred[0] - 1, m.q + grow)
+    old = dataclasses.replace(cal, cycles=dataclasses.replace(m, extrapolation=None))
+    d = old.to_dict()
+    assert "extrapolation" not in d["cycles"]
+    d["id"] = old.compute_id()
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    assert store.load(tmp_path / "old.json").cycles.half_width(far)[0] == m.q

@@ -114,7 +114,10 @@ def test_prediction_cites_its_calibration(model_file, tmp_path):
     r = _predict_json("--platform", "nrf52840-dk", "--model", model_file, "--calibration", str(path))
     assert r["calibration"] == cal.id
     q = cal.cycles.q
-    assert r["token_seconds"]["high"] == pytest.approx(r["token_seconds"]["value"] * (1 + q))
+    # q, widened (and said so) where the token's terms go past the synthetic suite's (its SIMD share)
+    half = r["token_seconds"]["high"] / r["token_seconds"]["value"] - 1
+    widened = [n for n in r["notes"] if n.startswith("interval widened by")]
+    assert half >= q - 1e-9 and (half > q + 1e-6) == bool(widened), (half, q, widened)
     bad = CliRunner().invoke(main, ["predict", "--platform", "nucleo-h743zi", "--model", model_file,
                                     "--tokens", TOKENS, "--calibration", str(path)])
     assert bad.exit_code != 0 and "is for core cortex-m4f" in bad.output
