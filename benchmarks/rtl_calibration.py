@@ -158,8 +158,8 @@ def main() -> None:
                 if a == b or get_platform(a).core != get_platform(b).core:
                     continue
                 for m, df in runs:
-                    for phase, _true, _pp, pc, _lo, _hi, inside in phase_errors(cal, df):
-                        cross.append((a, b, m.name, phase, pc, inside))
+                    for phase, _true, _pp, pc, lo, hi, inside in phase_errors(cal, df):
+                        cross.append((a, b, m.name, phase, pc, inside, (hi - lo) / 2))
         # one calibration over the boards of a core (their wait states differ: the memory term is identified)
         for core in sorted({get_platform(b).core for b in suites}):
             boards = [b for b in suites if get_platform(b).core == core]
@@ -179,7 +179,8 @@ def main() -> None:
                 rows = [r for r in cross if r[0] == a and r[1] == b]
                 err = np.abs([r[4] for r in rows])
                 print(f"  {a} -> {b}: |error| mean {err.mean():.2f}% worst {err.max():.2f}%, inside the "
-                      f"interval {np.mean([r[5] for r in rows]):.2f}")
+                      f"interval {np.mean([r[5] for r in rows]):.2f} (its half-width ±{np.mean([r[6] for r in rows]):.1f}%"
+                      f", ±{100 * cals[a].cycles.q:.1f}% on {a}: wider where the terms pass the calibrated support)")
     if lines:
         cal_err = np.abs([r[5] for r in lines])
         prior_err = np.abs([r[4] for r in lines])
