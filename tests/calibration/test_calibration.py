@@ -20,7 +20,14 @@ from calibration.cycles import (
     memory_setup,
     prior_coefficients,
 )
-from calibration.dataset import DatasetError, feature_matrix, load_dataset, measured, save_dataset, validate_dataset
+from calibration.dataset import (
+    DatasetError,
+    feature_matrix,
+    load_dataset,
+    measured,
+    save_dataset,
+    validate_dataset,
+)
 from calibration.energy import EnergyModelError, power_model
 from calibration.estimators import (
     ConformalInterval,
