@@ -13,6 +13,42 @@ TW_ALWAYS_INLINE float tw_group_step(float acc, int32_t s, int32_t z, int32_t su
     return acc + ((float)(s - z * sum) * scale) * xs;
 }
 
+/* Kernels that prepare their activations once per call (arm_dsp's, scalar's 2- and 3-bit): a pass
+ * takes as many whole groups as TW_PASS_ELEMS elements hold (16, 8 or 4 groups of 32, 64 or 128),
+ * `prepare` writes them into v in the kernel's own layout, each group's words followed by its
+ * activation sum and its scale (bits), which TW_GROUP_TAIL reads back and steps over, and `pass`
+ * runs every row over them (asym: a constant after inlining). A row's float sum carries over
+ * between passes through out[r], exactly: its groups are still added in order. */
+#define TW_PASS_ELEMS 512u
+
+typedef void tw_prepare_fn(uint32_t *v, const int8_t *x, const float *xs, uint32_t n_groups, uint32_t gs);
+typedef void tw_pass_fn(float *out, const uint32_t *v, const tw_tensor *w, int asym, uint32_t g0,
+                        uint32_t n_groups);
+
+#define TW_GROUP_TAIL(x, sum, xsv)                                                            \
+    do {                                                                                        \
+        union { uint32_t u; float f; } v_ = {(x)[1]};                                           \
+        (sum) = (int32_t)(x)[0];                                                                \
+        (xsv) = v_.f;                                                                           \
+        (x) += 2;                                                                               \
+    } while (0)
+
+/* The matvec around a prepared-activation kernel: v, the caller's buffer, holds a pass. */
+TW_ALWAYS_INLINE void tw_matvec_prepared(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
+                                         uint32_t *v, tw_prepare_fn *prepare, tw_pass_fn *pass) {
+    const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
+    uint32_t gs = wl.group_size, ng = wl.padded_cols / gs, per = TW_PASS_ELEMS / 32;
+    while (per * gs > TW_PASS_ELEMS) per >>= 1;   /* TW_PASS_ELEMS / gs without a division (Armv6-M) */
+    for (uint32_t g0 = 0; g0 < ng; g0 += per) {
+        uint32_t n = ng - g0 < per ? ng - g0 : per;
+        prepare(v, xq + g0 * gs, xs + g0, n, gs);
+        if (wl.scheme == TW_SCHEME_ASYMMETRIC)
+            pass(out, v, &wl, 1, g0, n);
+        else
+            pass(out, v, &wl, 0, g0, n);
+    }
+}
+
 #ifdef TW_CHUNK
 /* A kernel's inner part: groups g0 .. g0 + n_groups - 1 of rows r .. r + n_rows - 1 (n_rows 1 or 2;
  * the rows share each unpacked activation word); sums[i] is the activation sum of group g0 + i. */

@@ -81,20 +81,6 @@ TW_ALWAYS_INLINE uint32_t tw_pkhtb(uint32_t a, uint32_t b) {
         r_;                                                                                \
     })
 
-/* Activations prepared per chunk by every kernel of the set (pairs in the order their codes
- * unpack to, int16 in words): TW_PAIRED elements at a time, 1 KB of stack, whole groups (4 or
- * more of the largest, 128). Each group's words are followed by two more, its activation sum and
- * its scale xs (bits), which TW_GROUP_TAIL reads through the same pointer and steps over. */
-#define TW_PAIRED 512u
-
-#define TW_GROUP_TAIL(x, sum, xsv)                                                            \
-    do {                                                                                        \
-        union { uint32_t u; float f; } v_ = {(x)[1]};                                           \
-        (sum) = (int32_t)(x)[0];                                                                \
-        (xsv) = v_.f;                                                                           \
-        (x) += 2;                                                                               \
-    } while (0)
-
-#include "../driver.h"   /* the group step (no TW_CHUNK: the set has its own loops, masked.h, matvec_q8.c) */
+#include "../driver.h"   /* the group step and tw_matvec_prepared (no TW_CHUNK: no chunk sums here) */
 
 #endif

@@ -4,7 +4,7 @@
  * A word of a row holds n = 32 / bits codes, element k in bits k*bits .. k*bits + bits - 1, so
  * (w >> k*bits) & mask (mask 0x000F000F, 0x00030003) is the int16 pair (c_k, c_k+n/2) for
  * k < n/2: one AND with a shifted operand per pair, no unpacking. The activations are paired to
- * match once per call, TW_PAIRED at a time on the stack (dsp.h): per n elements the n/2 words
+ * match once per call, TW_PASS_ELEMS at a time on the stack (driver.h): per n elements the n/2 words
  * (x_k, x_k+n/2), made by PKHBT / PKHTB and SXTB16 (plain and ROR #8) from the words x_k..x_k+3 and
  * x_k+n/2..x_k+n/2+3; each group's words are followed by its activation sum and scale
  * (TW_GROUP_TAIL). SMLAD adds two exact products at a time to the group's int32 sum of codes times
@@ -81,7 +81,6 @@ TW_ALWAYS_INLINE uint32_t tw_m_spread3(uint32_t w) { return (w & 0xFFFu) | ((w >
  * group's words followed by its sum of int8 activations (USADA8 on the bytes biased by 128) and its
  * scale xs (bits). Each kernel wraps it in a function of its own (matvec_qN_pairs, not inlined:
  * inlined, it costs the rows' loop registers and spills). */
-typedef void tw_pairs_fn(uint32_t *pr, const int8_t *x, const float *xs, uint32_t n_groups, uint32_t gs);
 
 TW_ALWAYS_INLINE void tw_m_pair(uint32_t *pr, const int8_t *x, const float *xs, uint32_t n_groups,
                                 uint32_t gs, uint32_t bits) {
@@ -196,20 +195,7 @@ TW_ALWAYS_INLINE void tw_m_chunk(float *out, const uint32_t *pr, const tw_tensor
     for (; r < w->rows; r++) tw_m_row1(out, pr, w, r, asym, g0, n_groups, bits);
 }
 
-/* matvec_q2 / q3 / q4 (bits 2, 3 or 4, a constant; pairs: the kernel's wrapper of tw_m_pair) */
-TW_ALWAYS_INLINE void tw_matvec_masked(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
-                                       uint32_t bits, tw_pairs_fn *pairs) {
-    const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
-    uint32_t gs = wl.group_size, ng = wl.padded_cols / gs, per = TW_PAIRED / gs;
-    uint32_t pr[TW_PAIRED / 2 + 2 * TW_PAIRED / 32]; /* the pairs, and two words per group */
-    for (uint32_t g0 = 0; g0 < ng; g0 += per) {
-        uint32_t n = ng - g0 < per ? ng - g0 : per;
-        pairs(pr, xq + g0 * gs, xs + g0, n, gs);
-        if (wl.scheme == TW_SCHEME_ASYMMETRIC)
-            tw_m_chunk(out, pr, &wl, 1, g0, n, bits);
-        else
-            tw_m_chunk(out, pr, &wl, 0, g0, n, bits);
-    }
-}
+/* The words a pass of prepared activations takes (two bytes per element, two words per group). */
+#define TW_M_WORDS (TW_PASS_ELEMS / 2 + 2 * TW_PASS_ELEMS / 32)
 
 #endif

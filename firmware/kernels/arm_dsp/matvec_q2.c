@@ -7,6 +7,12 @@ __attribute__((noinline)) static void matvec_q2_pairs(uint32_t *pr, const int8_t
     tw_m_pair(pr, x, xs, n_groups, gs, 2);
 }
 
+TW_ALWAYS_INLINE void pass_q2(float *out, const uint32_t *v, const tw_tensor *w, int asym, uint32_t g0,
+                            uint32_t n_groups) {
+    tw_m_chunk(out, v, w, asym, g0, n_groups, 2);
+}
+
 void matvec_q2(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    tw_matvec_masked(out, xq, xs, w, 2, matvec_q2_pairs);
+    uint32_t v[TW_M_WORDS];
+    tw_matvec_prepared(out, xq, xs, w, v, matvec_q2_pairs, pass_q2);
 }

@@ -2,7 +2,7 @@
  *
  * Four codes and four activations per word: SXTB16 / UXTB16 (plain and ROR #8) split a word into
  * its even and odd bytes as two int16 pairs, and two SMLADs add the four products to the group's
- * int32 sum. The activations are split so once per call, a chunk of TW_PAIRED at a time on the
+ * int32 sum. The activations are split so once per call, TW_PASS_ELEMS at a time (driver.h) on the
  * stack (two words per 4 elements, read with one LDRD); four rows share each loaded pair (the rows
  * left over one at a time). Asymmetric codes are unsigned: isum = sum c * xq - z * sum xq, with the
  * groups' sums of xq taken in the same pass. Every integer step is exact, and the float part is the
@@ -139,15 +139,6 @@ TW_ALWAYS_INLINE void chunk_q8(float *out, const uint32_t *pr, const tw_tensor *
 }
 
 void matvec_q8(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
-    uint32_t gs = wl.group_size, ng = wl.padded_cols / gs, per = TW_PAIRED / gs;
-    uint32_t pr[TW_PAIRED / 2 + 2 * TW_PAIRED / 32]; /* the split words, and two words per group */
-    for (uint32_t g0 = 0; g0 < ng; g0 += per) {
-        uint32_t n = ng - g0 < per ? ng - g0 : per;
-        matvec_q8_pairs(pr, xq + g0 * gs, xs + g0, n, gs);
-        if (wl.scheme == TW_SCHEME_ASYMMETRIC)
-            chunk_q8(out, pr, &wl, 1, g0, n);
-        else
-            chunk_q8(out, pr, &wl, 0, g0, n);
-    }
+    uint32_t v[TW_PASS_ELEMS / 2 + 2 * TW_PASS_ELEMS / 32]; /* the split words, and two words per group */
+    tw_matvec_prepared(out, xq, xs, w, v, matvec_q8_pairs, chunk_q8);
 }
