@@ -120,32 +120,35 @@ def test_a_set_without_its_directory_is_an_error(tmp_path, monkeypatch):
     assert load_platform_file(_write(tmp_path, "mps2-an386", kernels=None)).kernels == "ref"   # the default
 
 
-# ------------------------------------------------------------------ natively: scalar 2/3-bit at the bounds
+# ------------------------------------------------------------------ natively: scalar 2/3/4-bit at the bounds
 
-# Random tensors and the extremes of the scalar 2/3-bit kernels' 16-bit block sums (every code at its
-# maximum against activations of -128 or 127, signs mixed), every group size, both schemes, 1-7 rows,
-# 1-40 groups (several 512-element passes): the output bits of ref and scalar compared.
+# Random tensors and the extremes of the scalar 2/3/4-bit kernels' 16-bit block sums (every code at its
+# maximum, or every code 0, against activations of -128 or 127, signs mixed: the 4-bit kernel centres
+# its codes, 8 - c, so codes 0 against -128 are its most negative sum, -32768), every group size, both
+# schemes, 1-7 rows, 1-40 groups (several 512-element passes): the output bits of ref and scalar compared.
 _SCALAR_BOUNDS_C = r"""
 #include <stdio.h>
 #include <string.h>
 #include "kernels.h"
 void ref_matvec_q2(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
 void ref_matvec_q3(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
+void ref_matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w);
 static uint32_t rs = 2463534242u;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 17; rs ^= rs << 5; return rs; }
-static uint32_t data[40 * 128 * 3 / 32 * 7], xq32[40 * 128 / 4];
+static uint32_t data[40 * 128 / 8 * 7], xq32[40 * 128 / 4];
 static float sc[7 * 40], xs[40], o1[8], o2[8];
 static uint8_t zs[7 * 40];
 int main(void) {
     int8_t *xq = (int8_t *)xq32;
     uint8_t *d = (uint8_t *)data;
     int cases = 0, bad = 0;
-    for (int it = 0; it < 4800; it++) {
-        uint32_t bits = 2 + it % 2, scheme = it / 2 % 2, gs = 32u << (it / 4 % 3), mode = it / 12 % 4;
+    for (int it = 0; it < 7200; it++) {
+        uint32_t bits = 2 + it % 3, scheme = it / 3 % 2, gs = 32u << (it / 6 % 3), mode = it / 18 % 4;
         uint32_t rows = 1 + rnd() % 7, ng = 1 + rnd() % (it % 5 ? 6 : 40), cols = ng * gs;
-        uint32_t stride = bits == 2 ? cols / 4 : cols / 8 * 3;
+        uint32_t stride = bits == 2 ? cols / 4 : bits == 3 ? cols / 8 * 3 : cols / 2;
+        uint8_t fill = it / 72 % 2 ? 0x00 : 0xff;      /* every code at its maximum, or every code 0 */
         for (uint32_t i = 0; i < rows * stride; i++)   /* mode 0: random codes, else 1..3 extremes */
-            d[i] = mode == 0 ? (uint8_t)rnd() : mode == 3 && rnd() % 4 == 0 ? (uint8_t)rnd() : 0xff;
+            d[i] = mode == 0 ? (uint8_t)rnd() : mode == 3 && rnd() % 4 == 0 ? (uint8_t)rnd() : fill;
         for (uint32_t i = 0; i < cols; i++)
             xq[i] = mode == 0 ? (int8_t)rnd() : mode == 1 ? -128 : mode == 2 ? 127 : (rnd() & 1 ? 127 : -128);
         for (uint32_t i = 0; i < rows * ng; i++) {
@@ -159,9 +162,12 @@ int main(void) {
         if (bits == 2) {
             ref_matvec_q2(o1, xq, xs, &t);
             matvec_q2(o2, xq, xs, &t);
-        } else {
+        } else if (bits == 3) {
             ref_matvec_q3(o1, xq, xs, &t);
             matvec_q3(o2, xq, xs, &t);
+        } else {
+            ref_matvec_q4(o1, xq, xs, &t);
+            matvec_q4(o2, xq, xs, &t);
         }
         cases++;
         if (memcmp(o1, o2, rows * sizeof(float)) && bad++ < 5)
@@ -174,13 +180,13 @@ int main(void) {
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host gcc")
-def test_scalar_q2_q3_match_the_reference_natively_at_the_bounds(tmp_path):
+def test_scalar_q2_q3_q4_match_the_reference_natively_at_the_bounds(tmp_path):
     runtime = build.FIRMWARE / "runtime"
     flags = ["-O2", "-std=c11", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Werror",
              "-fsanitize=undefined", "-fno-sanitize-recover=undefined", f"-I{runtime}"]
     (tmp_path / "check.c").write_text(_SCALAR_BOUNDS_C)
     objs = []
-    for bits in (2, 3):
+    for bits in (2, 3, 4):
         for kset, rename in (("ref", [f"-Dmatvec_q{bits}=ref_matvec_q{bits}"]), ("scalar", [])):
             obj = tmp_path / f"{kset}{bits}.o"
             subprocess.run(["gcc", *flags, *rename, "-c", str(build.KERNELS / kset / f"matvec_q{bits}.c"),
@@ -189,7 +195,7 @@ def test_scalar_q2_q3_match_the_reference_natively_at_the_bounds(tmp_path):
     exe = tmp_path / "check"
     subprocess.run(["gcc", *flags, str(tmp_path / "check.c"), *objs, "-o", str(exe)], check=True)
     r = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.endswith("4800 cases, 0 differ\n"), r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.endswith("7200 cases, 0 differ\n"), r.stdout + r.stderr
 
 
 # ------------------------------------------------------------------ on QEMU: ref against arm_dsp
@@ -216,14 +222,14 @@ def test_arm_dsp_gives_the_reference_tokens_with_fewer_instructions(platform_id,
     assert dsp["by_class"]["simd"] > 0.2 * dsp["matvec"] and ref["by_class"]["simd"] == 0  # SMLAD and kin
 
 
-# measured (benchmarks/kernel_speedup.py, matvec instructions per decoded token, ref / scalar): q8 and q4
-# 1.5-1.6x; q2 2.4-2.5x and q3 2.8-2.9x on RV32, q2 2.9-3.0x and q3 3.1-3.2x on the M0+ (two products
-# per multiply, firmware/kernels/scalar/matvec_q2.c)
+# measured (benchmarks/kernel_speedup.py, matvec instructions per decoded token, ref / scalar): q8
+# 1.5-1.6x; q2 2.4-2.5x, q3 2.8-2.9x and q4 2.9-3.2x on RV32, q2 2.9-3.0x, q3 3.1-3.2x and q4 3.4-3.8x on
+# the M0+ (two products per multiply, firmware/kernels/scalar/matvec_q2.c, matvec_q4.c)
 SCALAR_CASES = [
     *(pytest.param("riscv32-virt", bits, sym, least, id=f"riscv32-virt-q{bits}{'' if sym else 'a'}")
-      for bits, least in ((8, 1.4), (4, 1.4), (3, 2.4), (2, 2.2)) for sym in (True, False)),
+      for bits, least in ((8, 1.4), (4, 2.7), (3, 2.4), (2, 2.2)) for sym in (True, False)),
     *(pytest.param("rpi-pico", bits, sym, least, id=f"rpi-pico-q{bits}{'' if sym else 'a'}")   # ARMv6-M (isa-proxy)
-      for bits, least in ((3, 2.6), (2, 2.4)) for sym in (True, False)),
+      for bits, least in ((4, 3.1), (3, 2.6), (2, 2.4)) for sym in (True, False)),
 ]
 
 
