@@ -21,8 +21,7 @@
  * 1.09 M on RV32IMC and 1.28 M on Armv6-M, with its eight low registers, instead of 0.87 M and 1.12 M). */
 #pragma GCC optimize("no-schedule-insns", "no-tree-reassoc", "ira-algorithm=priority")
 
-#define Q2_ELEMS 512u                 /* activations prepared per pass: 16, 8 or 4 whole groups */
-#define Q2_WORDS (Q2_ELEMS / 2 + 2 * (Q2_ELEMS / 32))   /* a word per 2 elements, then sum and xs per group */
+#define Q2_WORDS (TW_PASS_ELEMS / 2 + 2 * (TW_PASS_ELEMS / 32))   /* a word per 2 elements, then sum and xs per group */
 #define Q2_M 0x00030003u
 
 typedef union { uint32_t u; float f; } q2_word;
@@ -83,11 +82,11 @@ TW_ALWAYS_INLINE void rows_q2(float *out, const uint32_t *v, const tw_tensor *w,
             v += 16;
             p += 8;
         } while (v != group_end);
-        int32_t sum = (int32_t)v[0];
-        q2_word x = {.u = v[1]};
-        v += 2;
-        acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 2, sum, sc[0], x.f);
-        if (n_rows == 2) acc1 = tw_group_step(acc1, s1, asym ? zeros[ng] : 2, sum, sc[ng], x.f);
+        int32_t sum;
+        float xsv;
+        TW_GROUP_TAIL(v, sum, xsv);
+        acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 2, sum, sc[0], xsv);
+        if (n_rows == 2) acc1 = tw_group_step(acc1, s1, asym ? zeros[ng] : 2, sum, sc[ng], xsv);
         sc++;
         if (asym) zeros++;
     }
@@ -104,18 +103,6 @@ TW_ALWAYS_INLINE void rows_by_two_q2(float *out, const uint32_t *v, const tw_ten
 }
 
 void matvec_q2(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
-    w = &wl;
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs, per = Q2_ELEMS / 32;
-    while (per * gs > Q2_ELEMS) per >>= 1;   /* Q2_ELEMS / gs without a division (no divide on Armv6-M) */
-    int asym = w->scheme == TW_SCHEME_ASYMMETRIC;
     uint32_t v[Q2_WORDS];
-    for (uint32_t g0 = 0; g0 < ng; g0 += per) {
-        uint32_t n = ng - g0 < per ? ng - g0 : per;
-        prepare_q2(v, xq + g0 * gs, xs + g0, n, gs);
-        if (asym)
-            rows_by_two_q2(out, v, w, 1, g0, n);
-        else
-            rows_by_two_q2(out, v, w, 0, g0, n);
-    }
+    tw_matvec_prepared(out, xq, xs, w, v, prepare_q2, rows_by_two_q2);
 }

@@ -33,8 +33,7 @@
  * without it: 1.31 M on RV32IMC and 1.65 M on Armv6-M instead of 1.05 M and 1.35 M). */
 #pragma GCC optimize("no-schedule-insns", "no-tree-reassoc", "ira-algorithm=priority")
 
-#define Q3_ELEMS 512u                 /* activations prepared per pass: 16, 8 or 4 whole groups */
-#define Q3_WORDS (Q3_ELEMS / 32 * 18 + 2 * (Q3_ELEMS / 32))   /* 18 words per 32 elements, sum and xs per group */
+#define Q3_WORDS (TW_PASS_ELEMS / 32 * 18 + 2 * (TW_PASS_ELEMS / 32))   /* 18 words per 32 elements, sum and xs per group */
 #define Q3_M3 0x00070007u
 #define Q3_M2 0x00030003u
 #define Q3_M1 0x00010001u
@@ -116,11 +115,11 @@ TW_ALWAYS_INLINE void rows_q3(float *out, const uint32_t *v, const tw_tensor *w,
             v += 18;
             p += 12;
         } while (v != group_end);
-        int32_t sum = (int32_t)v[0];
-        q3_word x = {.u = v[1]};
-        v += 2;
-        acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 4, sum, sc[0], x.f);
-        if (n_rows == 2) acc1 = tw_group_step(acc1, s1, asym ? zeros[ng] : 4, sum, sc[ng], x.f);
+        int32_t sum;
+        float xsv;
+        TW_GROUP_TAIL(v, sum, xsv);
+        acc0 = tw_group_step(acc0, s0, asym ? zeros[0] : 4, sum, sc[0], xsv);
+        if (n_rows == 2) acc1 = tw_group_step(acc1, s1, asym ? zeros[ng] : 4, sum, sc[ng], xsv);
         sc++;
         if (asym) zeros++;
     }
@@ -137,18 +136,6 @@ TW_ALWAYS_INLINE void rows_by_two_q3(float *out, const uint32_t *v, const tw_ten
 }
 
 void matvec_q3(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
-    w = &wl;
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs, per = Q3_ELEMS / 32;
-    while (per * gs > Q3_ELEMS) per >>= 1;   /* Q3_ELEMS / gs without a division (no divide on Armv6-M) */
-    int asym = w->scheme == TW_SCHEME_ASYMMETRIC;
     uint32_t v[Q3_WORDS];
-    for (uint32_t g0 = 0; g0 < ng; g0 += per) {
-        uint32_t n = ng - g0 < per ? ng - g0 : per;
-        prepare_q3(v, xq + g0 * gs, xs + g0, n, gs);
-        if (asym)
-            rows_by_two_q3(out, v, w, 1, g0, n);
-        else
-            rows_by_two_q3(out, v, w, 0, g0, n);
-    }
+    tw_matvec_prepared(out, xq, xs, w, v, prepare_q3, rows_by_two_q3);
 }

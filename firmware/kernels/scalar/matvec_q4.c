@@ -29,9 +29,8 @@
  * pre-allocation scheduling and reassociation and with the priority register allocator. */
 #pragma GCC optimize("no-schedule-insns", "no-tree-reassoc", "ira-algorithm=priority")
 
-#define Q4_ELEMS 512u                 /* activations prepared per pass: 16, 8 or 4 whole groups */
 #define Q4_BLOCK 17u                  /* words per 32 elements: the start C, then 4 per row word */
-#define Q4_WORDS (Q4_ELEMS / 32 * Q4_BLOCK + 2 * (Q4_ELEMS / 32))   /* then sum and xs per group */
+#define Q4_WORDS (TW_PASS_ELEMS / 32 * Q4_BLOCK + 2 * (TW_PASS_ELEMS / 32))   /* then sum and xs per group */
 #define Q4_M 0x000F000Fu
 
 /* Word i of the second row of a pair, whose first row's words are at p. Armv6-M (eight low
@@ -114,11 +113,11 @@ TW_ALWAYS_INLINE void rows_q4(float *out, const uint32_t *v, const tw_tensor *w,
         v += Q4_BLOCK;
         p += 16;
         if (!one && v != group_end) continue;   /* the group's next block */
-        int32_t sum = (int32_t)v[0];
-        q4_word x = {.u = v[1]};
-        v += 2;
-        acc0 = tw_group_step(acc0, s0, asym ? (int32_t)zeros[0] - 8 : 0, sum, sc[0], x.f);
-        if (n_rows == 2) acc1 = tw_group_step(acc1, s1, asym ? (int32_t)zeros[ng] - 8 : 0, sum, sc[ng], x.f);
+        int32_t sum;
+        float xsv;
+        TW_GROUP_TAIL(v, sum, xsv);
+        acc0 = tw_group_step(acc0, s0, asym ? (int32_t)zeros[0] - 8 : 0, sum, sc[0], xsv);
+        if (n_rows == 2) acc1 = tw_group_step(acc1, s1, asym ? (int32_t)zeros[ng] - 8 : 0, sum, sc[ng], xsv);
         sc++;
         if (asym) zeros++;
         if (v == end) break;
@@ -137,25 +136,16 @@ TW_ALWAYS_INLINE void rows_by_two_q4(float *out, const uint32_t *v, const tw_ten
     if (r < w->rows) rows_q4(out, v, w, r, 1, asym, one, g0, n);
 }
 
+/* One pass over every row (the group size 32 as a constant: no loop over a group's blocks). */
+TW_ALWAYS_INLINE void pass_q4(float *out, const uint32_t *v, const tw_tensor *w, int asym, uint32_t g0,
+                              uint32_t n) {
+    if (w->group_size == 32)
+        rows_by_two_q4(out, v, w, asym, 1, g0, n);
+    else
+        rows_by_two_q4(out, v, w, asym, 0, g0, n);
+}
+
 void matvec_q4(float *out, const int8_t *xq, const float *xs, const tw_tensor *w) {
-    const tw_tensor wl = *w; /* a local copy: the stores to out[] cannot alias it, so nothing is reloaded */
-    w = &wl;
-    uint32_t gs = w->group_size, ng = w->padded_cols / gs, per = Q4_ELEMS / 32;
-    while (per * gs > Q4_ELEMS) per >>= 1;   /* Q4_ELEMS / gs without a division (no divide on Armv6-M) */
-    int asym = w->scheme == TW_SCHEME_ASYMMETRIC;
     uint32_t v[Q4_WORDS];
-    for (uint32_t g0 = 0; g0 < ng; g0 += per) {
-        uint32_t n = ng - g0 < per ? ng - g0 : per;
-        prepare_q4(v, xq + g0 * gs, xs + g0, n, gs);
-        if (gs == 32) {   /* one block per group: no loop over a group's blocks */
-            if (asym)
-                rows_by_two_q4(out, v, w, 1, 1, g0, n);
-            else
-                rows_by_two_q4(out, v, w, 0, 1, g0, n);
-        } else if (asym) {
-            rows_by_two_q4(out, v, w, 1, 0, g0, n);
-        } else {
-            rows_by_two_q4(out, v, w, 0, 0, g0, n);
-        }
-    }
+    tw_matvec_prepared(out, xq, xs, w, v, prepare_q4, pass_q4);
 }
