@@ -25,7 +25,7 @@ import numpy as np
 
 from twin import atomic
 from twin.platforms import PORTABLE_KERNELS, Platform, get_platform, runs_kernels
-from twin.profile.counts import SegmentProfile, sum_profiles
+from twin.profile.counts import SegmentProfile, function_table, sum_profiles
 from twin.profile.isa import CLASSES
 
 from . import store
@@ -46,7 +46,7 @@ from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 4
+COUNTS_VERSION = 5
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
@@ -77,6 +77,9 @@ class TwinCounts:
     kernels: str = "ref"              # the kernel set of the build that ran (firmware/kernels)
     prefill_fetch_bytes: float | None = None      # instruction bytes executed (None: not counted)
     decode_fetch_bytes: float | None = None       # per token
+    # per token, per function: instructions, by_class, fetch_bytes, branches_taken, branches_unresolved
+    # (the run report's instructions.decode_by_function / tokens; None: not counted)
+    decode_functions: dict[str, dict] | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,7 +202,34 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
         kernels=report.get("firmware", {}).get("kernels", "ref"),
         prefill_fetch_bytes=None if "prefill" not in fetch else float(fetch["prefill"]),
         decode_fetch_bytes=None if "decode" not in fetch else float(fetch["decode"]) / n_dec,
+        decode_functions=_per_token_functions(ins.get("decode_by_function"), n_dec),
     )
+
+
+def _per_token_functions(by_function: dict | None, n: int) -> dict[str, dict] | None:
+    """A report's decode_by_function (summed over the tokens) per token; None when it has none."""
+    if not by_function:
+        return None
+    return {f: {"instructions": d["instructions"] / n, "by_class": {c: v / n for c, v in d["by_class"].items()},
+                "fetch_bytes": d["fetch_bytes"] / n, "branches_taken": d["branches_taken"] / n,
+                "branches_unresolved": d["branches_unresolved"] / n} for f, d in by_function.items()}
+
+
+def _split_by_function(bm: BoardModel, ws: float, width: float | None, functions: dict[str, dict],
+                       residual_factor: float = 1.0) -> dict[str, dict]:
+    """The cycle model applied to each function (per token: instructions, by_class, branches_taken,
+    fetch_bytes), its terms by feature; flash-load waits are the caller's (not per function). The
+    cross-core factor, the soft-float calls and a calibration's residual factor (the whole token's
+    1 + r: it depends on the token's mix) apply as to the whole."""
+    out = {}
+    for f, d in functions.items():
+        x = feature_vector(d["by_class"], wait_states=ws, loads_flash=0.0, branches_taken=d["branches_taken"],
+                           fetch_bytes=d["fetch_bytes"], fetch_width=width)
+        t = {name: float(v) * bm.factor * residual_factor for name, v in zip(FEATURES, x * bm.coef, strict=True)}
+        if bm.extra_per_fp:
+            t["soft_float_calls"] = bm.extra_per_fp * d["by_class"].get("fp", 0.0)
+        out[f] = {"instructions": d["instructions"], "cycles": sum(t.values()), "terms": t}
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["cycles"], kv[0])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +580,13 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     token_cycles, token_factor, token_terms = _cycles(bm, counts.decode, counts.decode_loads_flash, ws,
                                                       counts.decode_branches_taken, counts.decode_fetch_bytes,
                                                       width)
+    by_function = None
+    if counts.decode_functions:   # where the token's cycles go, by function (+ what no function gets)
+        fns = _split_by_function(bm, ws, width, counts.decode_functions, token_factor)
+        rest = _unattributed(bm, ws, width, counts.decode, counts.decode_loads_flash,
+                             sum(d["branches_unresolved"] for d in counts.decode_functions.values()), token_factor)
+        by_function = {"functions": {f: d["cycles"] for f, d in fns.items()},
+                       "unattributed": sum(rest.values())}
     token_s = token_cycles / clock_hz
     ttft_s = (prefill_cycles + token_cycles) / clock_hz
     notes = list(bm.notes)
@@ -630,7 +667,10 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         "twin": {"mode": mode.mode, "proxy": proxy, "confidence": mode.confidence,
                  "cross_core": mode.mode == "none", "kernels": counts.kernels},
         "cycles": {"prefill": prefill_cycles, "per_token": token_cycles,
-                   "per_token_terms": token_terms, "wait_states": ws},
+                   "per_token_terms": token_terms, "wait_states": ws,
+                   # per function (None: not counted); + "unattributed" (flash-load waits, unresolved
+                   # branches' assumed share) = per_token
+                   "per_token_by_function": by_function},
         "counts": {"platform": counts.platform, "build_id": counts.build_id,
                    "image_sha256": counts.image_sha256, "tokens": counts.tokens,
                    "matches_reference": counts.matches_reference},
@@ -639,6 +679,23 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         **({} if mca is None else
            {"mca": _mca_figure(mca, counts, memory_setup(plat, clock_hz), clock_hz, token_cycles)}),
     }
+
+
+def _unattributed(bm: BoardModel, ws: float, width: float | None, by_class: dict[str, float],
+                  loads_flash: float | None, unresolved: float, residual_factor: float = 1.0) -> dict[str, float]:
+    """The terms of a token no function can be given: the flash-load wait states (loads are counted per
+    memory region, not per function) and the unresolved conditional branches' assumed taken share (its
+    refill and, with a fetch width, its refetch)."""
+    rest = np.zeros(len(FEATURES))
+    guessed = measured_taken(0.0, unresolved)
+    rest[FEATURES.index("branches_taken")] = guessed
+    rest[FEATURES.index("fetch_wait")] = guessed * ws if width else 0.0
+    rest[FEATURES.index("flash_load_wait")] = feature_vector(
+        by_class, wait_states=ws, loads_flash=loads_flash)[FEATURES.index("flash_load_wait")]
+    terms = {f: float(v) * bm.factor * residual_factor for f, v in zip(FEATURES, rest * bm.coef, strict=True)}
+    if bm.extra_per_fp:
+        terms["soft_float_calls"] = 0.0     # every float instruction is some function's
+    return terms
 
 
 def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[SegmentProfile], *,
@@ -690,30 +747,10 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
                                             None if loads_flash is None else loads_flash / n, ws, taken / n,
                                             tot.fetch_bytes / n, width)
 
-    def terms(x: np.ndarray, n_fp: float) -> dict[str, float]:
-        t = {f: float(v) * bm.factor for f, v in zip(FEATURES, x * bm.coef, strict=True)}
-        if bm.extra_per_fp:
-            t["soft_float_calls"] = bm.extra_per_fp * n_fp
-        return t
-
-    functions = {}
-    for f, by_class in tot.by_function_class.items():
-        mix = {c: v / n for c, v in by_class.items()}
-        x = feature_vector(mix, wait_states=ws, loads_flash=0.0,
-                           branches_taken=tot.branches_taken_by_function.get(f, 0) / n,
-                           fetch_bytes=tot.fetch_bytes_by_function.get(f, 0) / n, fetch_width=width)
-        t = terms(x, mix.get("fp", 0.0))
-        functions[f] = {"instructions": tot.by_function.get(f, 0) / n, "cycles": sum(t.values()), "terms": t}
-    # What is left: the flash-load term, and the unresolved branches' assumed taken share (its refill
-    # and, with a fetch width, its refetch).
-    rest = np.zeros(len(FEATURES))
-    guessed = measured_taken(0.0, tot.branches_unresolved) / n
-    rest[FEATURES.index("branches_taken")] = guessed
-    rest[FEATURES.index("fetch_wait")] = guessed * ws if width else 0.0
-    rest[FEATURES.index("flash_load_wait")] = feature_vector(
-        {c: v / n for c, v in tot.by_class.items()}, wait_states=ws,
-        loads_flash=None if loads_flash is None else loads_flash / n)[FEATURES.index("flash_load_wait")]
-    rest_terms = terms(rest, 0.0)
+    per_fn = _per_token_functions(function_table(tot), n) or {}
+    functions = _split_by_function(bm, ws, width, per_fn)
+    rest_terms = _unattributed(bm, ws, width, {c: v / n for c, v in tot.by_class.items()},
+                               None if loads_flash is None else loads_flash / n, tot.branches_unresolved / n)
     notes = [*bm.notes,
              "per function: the prior applied to each function's instructions by class, taken branches and "
              "instruction bytes; cross-core factor and soft-float calls as for the whole token; no residual",
@@ -725,7 +762,7 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
     return {
         "platform": plat.id, "ran_on": ran.id, "clock_mhz": clock_hz / 1e6, "wait_states": ws, "tokens": n,
         "per_token": per_token, "per_token_terms": per_token_terms,
-        "functions": dict(sorted(functions.items(), key=lambda kv: (-kv[1]["cycles"], kv[0]))),
+        "functions": functions,
         "unattributed": {"cycles": sum(rest_terms.values()), "terms": rest_terms,
                          "loads_flash": None if loads_flash is None else loads_flash / n,
                          "branches_unresolved": tot.branches_unresolved / n,

@@ -31,7 +31,15 @@ from twin.model import modelgen
 from twin.model.image import QuantRecipe, read_image, write_image
 from twin.model.reference import QuantReference
 from twin.platforms import Platform, get_platform, with_kernels
-from twin.profile.counts import Dump, SegmentProfile, analyze, parse_dump, plugin_args, sum_profiles
+from twin.profile.counts import (
+    Dump,
+    SegmentProfile,
+    analyze,
+    function_table,
+    parse_dump,
+    plugin_args,
+    sum_profiles,
+)
 
 DEFAULT_PROMPT = "Once upon a time"
 EMULATORS = ("qemu", "renode")     # RunSpec.emulator: what runs the firmware and counts its instructions
@@ -375,6 +383,8 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
                                   "decode": _branches(decode_sum, unavailable)},
             # bytes of instructions executed: what a fetch unit reads (compressed code: fewer words)
             "by_phase_fetch_bytes": {"prefill": prefill_sum.fetch_bytes, "decode": decode_sum.fetch_bytes},
+            # the decoded tokens per function (summed): what calibration.predict splits the cycles by
+            "decode_by_function": function_table(decode_sum),
         },
         "functions": [{"name": k, "instructions": v} for k, v in ranked if v > 0],
         "memory_traffic": {"prefill": prefill_sum.mem, "decode": decode_sum.mem} if spec.mem_traffic else None,

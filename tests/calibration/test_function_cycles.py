@@ -66,6 +66,14 @@ def test_functions_and_remainder_add_up_to_twin_predict(decoded):
     for term, value in pred["cycles"]["per_token_terms"].items():
         assert fc["per_token_terms"][term] == pytest.approx(value, rel=1e-12, abs=1e-6), term
     assert fc["tokens"] == TOKENS and fc["ran_on"] == plat.id and fc["factors"]["cross_core"] == 1.0
+    # twin predict's own split, from the run report (a separate run): the same cycles per function
+    by_fn = pred["cycles"]["per_token_by_function"]
+    assert by_fn["functions"].keys() == fc["functions"].keys()
+    for f, v in fc["functions"].items():
+        assert by_fn["functions"][f] == pytest.approx(v["cycles"], rel=1e-12, abs=1e-6), f
+    assert by_fn["unattributed"] == pytest.approx(fc["unattributed"]["cycles"], rel=1e-12, abs=1e-6)
+    assert sum(by_fn["functions"].values()) + by_fn["unattributed"] == pytest.approx(pred["cycles"]["per_token"],
+                                                                                    rel=1e-12)
 
     # instructions per function are the profile's; the functions are ordered by cycles
     total = sum_profiles(decode)

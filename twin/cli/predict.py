@@ -103,6 +103,11 @@ def predict_cmd(platform: str, model: str, bits: str, tokens: int, prompt: str |
     total = r["cycles"]["per_token"] or 1.0
     click.echo("  cycles per token     " + " · ".join(f"{name.removeprefix('n_')} {100 * v / total:.0f}%"
                                                      for name, v in terms[:5] if v > 0))
+    by_fn = r["cycles"].get("per_token_by_function")
+    if by_fn:
+        top = list(by_fn["functions"].items())[:5]
+        click.echo("  cycles by function   " + " · ".join(f"{f} {100 * v / total:.0f}%" for f, v in top)
+                   + f" · not attributed {100 * by_fn['unattributed'] / total:.0f}%")
     m = r["memory"]
     click.echo(f"  memory               flash {_human_bytes(m['flash_bytes'])} of "
                f"{_human_bytes(m['flash_available'])}, RAM {_human_bytes(m['ram_bytes'])} of "

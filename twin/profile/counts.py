@@ -504,6 +504,17 @@ def _segment_mem(dump: Dump, k: int) -> dict[str, dict[str, int]] | None:
             for i, n in enumerate(names)}
 
 
+def function_table(p: SegmentProfile) -> dict[str, dict]:
+    """Per function of a profile: instructions, the non-zero classes, instruction bytes, taken and
+    unresolved conditional branches, as plain numbers ({} when the backend counted no functions)."""
+    return {f: {"instructions": p.by_function.get(f, 0),
+                "by_class": {c: n for c, n in by_class.items() if n},
+                "fetch_bytes": p.fetch_bytes_by_function.get(f, 0),
+                "branches_taken": p.branches_taken_by_function.get(f, 0),
+                "branches_unresolved": p.branches_unresolved_by_function.get(f, 0)}
+            for f, by_class in sorted(p.by_function_class.items())}
+
+
 def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
     """Add segment profiles (e.g. all segments of one token, or a whole run)."""
     total = 0
