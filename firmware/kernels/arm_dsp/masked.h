@@ -1,5 +1,5 @@
-/* The 2-bit and 4-bit matvecs of the arm_dsp set (matvec_q2.c, matvec_q4.c: both schemes,
- * bit-identical to ref), private to the set.
+/* The 2-, 3- and 4-bit matvecs of the arm_dsp set (matvec_q2.c, matvec_q3.c, matvec_q4.c: both
+ * schemes, bit-identical to ref), private to the set. 3-bit rows: see TW_M_SPREAD below.
  *
  * A word of a row holds n = 32 / bits codes, element k in bits k*bits .. k*bits + bits - 1, so
  * (w >> k*bits) & mask (mask 0x000F000F, 0x00030003) is the int16 pair (c_k, c_k+n/2) for
@@ -26,7 +26,8 @@
     "ldr    %[w], " ADDR "\n\t"                                                                  \
     TW_M_PAIR(S, "x0", A) TW_M_PAIR(S, "x1", B) TW_M_PAIR(S, "x2", C) TW_M_PAIR(S, "x3", D)
 /* Four activation pairs into x0..x3 (x advances by 16 bytes), then four pairs of three rows at
- * p + stride, p + 2 stride and p (p advances by 4 after the last when LAST says so) */
+ * p + stride, p + 2 stride and p (P0: the last one's address operand, with p's advance if any).
+ * "lsr #0" assembles as the plain register (no shift). */
 #define TW_M_QUAD(A, B, C, D, P0)                                                               \
     "ldrd   %[x2], %[x3], [%[x], #8]\n\t"                                                        \
     "ldrd   %[x0], %[x1], [%[x]], #16\n\t"                                                       \
