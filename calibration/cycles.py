@@ -272,15 +272,21 @@ def cross_core_factor(proxy_core: str, target_core: str) -> tuple[float, str]:
                                f"{t.value:g} ({t.source})")
 
 
-def term_shares(X, coef) -> np.ndarray:
-    """Per row, each feature's share of a linear prediction: coef_j x_j / (X · coef)."""
+def intensities(X) -> np.ndarray:
+    """Per row, each feature per executed instruction (x_j / the row's instructions, the class columns'
+    sum): what a calibration's support is measured in (a term's cost per instruction)."""
     X = np.atleast_2d(np.asarray(X, dtype=float))
-    terms = X * np.asarray(coef, dtype=float)
-    return terms / np.maximum(terms.sum(axis=1, keepdims=True), 1e-12)
+    n = X[:, : len(CLASS_FEATURES)].sum(axis=1, keepdims=True)
+    return X / np.maximum(n, 1e-12)
 
 
 def extrapolation(X, coef, support) -> np.ndarray:
-    """Per row, how far the terms reach past what the fit saw: Σ_j max(0, share_j − support_j), with
-    ``support`` the largest share of each feature over the fitted rows (0 for a feature they never
-    had: its cost is the prior's, unmeasured)."""
-    return np.clip(term_shares(X, coef) - np.asarray(support, dtype=float), 0.0, None).sum(axis=1)
+    """Per row, the share of its linear prediction X · coef beyond what the fit saw: for each feature
+    the part of x_j above support_j × the row's instructions (``support``: the largest x_j per
+    instruction over the fitted rows, 0 for a feature they never had, whose cost is then the prior's,
+    unmeasured), weighted by its cost."""
+    X = np.atleast_2d(np.asarray(X, dtype=float))
+    n = X[:, : len(CLASS_FEATURES)].sum(axis=1, keepdims=True)
+    beyond = np.clip(X - np.asarray(support, dtype=float) * n, 0.0, None)
+    coef = np.asarray(coef, dtype=float)
+    return (beyond @ coef) / np.maximum(X @ coef, 1e-12)

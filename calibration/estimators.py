@@ -30,7 +30,7 @@ from sklearn.pipeline import Pipeline
 
 from twin.platforms import PlatformError, get_platform
 
-from .cycles import CLASS_FEATURES, FEATURES, extrapolation, memory_setup, prior_coefficients, term_shares
+from .cycles import CLASS_FEATURES, FEATURES, extrapolation, intensities, memory_setup, prior_coefficients
 from .dataset import feature_matrix
 from .residual import mix_inputs as _mix
 
@@ -210,10 +210,11 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
     ⌈(n+1)(1-α)⌉-th smallest calibration score as ``q_``: the interval ŷ·(1 ± q_) then covers a new
     exchangeable point with probability >= 1 - α.
 
-    Exchangeable means like the fitted rows. A row whose terms reach past theirs (a board with more
-    wait states than any fitted one: its fetch-stall term never measured) gets
+    Exchangeable means like the fitted rows. A row with more of a term per instruction than any fitted
+    row (a board with more wait states than any fitted one: its fetch-stall term never measured) gets
     ŷ·(1 ± (q_ + extrapolation_band · e)), e the share of its prediction beyond the fitted support
-    (``extrapolation``), when the estimator has a linear part (``coef_``). The default band, 0.25, is
+    (``support_``: each feature's largest count per instruction; ``extrapolation``), when the
+    estimator has a linear part (``coef_``). The default band, 0.25, is
     the prior's own at high confidence (calibration.predict.PRIOR_BANDS): what the calibration did not
     measure is as uncertain as the published timings it rests on. (On the RTL Ibex, calibrated without
     wait states and asked at 2, 57 % of a token's cycles are past the support and the error is 10 %.)"""
@@ -251,7 +252,7 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
         self.n_calibration_ = n
         self.n_features_in_ = X.shape[1]
         linear = getattr(self.estimator_, "base_", self.estimator_)
-        self.support_ = term_shares(X, linear.coef_).max(axis=0) if hasattr(linear, "coef_") else None
+        self.support_ = intensities(X).max(axis=0) if hasattr(linear, "coef_") else None
         return self
 
     def predict(self, X) -> np.ndarray:

@@ -19,7 +19,7 @@ import pandas as pd
 from twin.platforms import get_platform
 
 from . import store
-from .cycles import FEATURES, coefficients_dict, core_prior, memory_setup, term_shares
+from .cycles import FEATURES, coefficients_dict, core_prior, intensities, memory_setup
 from .dataset import (
     UNMEASURED_ROWS,
     DatasetError,
@@ -237,7 +237,7 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = P
     block = store.residual_block(model.estimator_.residual_) if chosen == WITH_RESIDUAL else None
     linear_fit = _linear_part(model.estimator_)
     coef = store.clamp_coef(coefficients_dict(linear_fit.coef_))
-    support = term_shares(X, [coef[f] for f in FEATURES]).max(axis=0)
+    support = intensities(X).max(axis=0)
     extrap = {"band": model.extrapolation_band, "support": {f: float(v) for f, v in zip(FEATURES, support, strict=True)}}
     cycles = FittedModel(coef, alpha, q, cv, residual=block, extrapolation=extrap)
 

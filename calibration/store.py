@@ -42,8 +42,9 @@ class FittedModel:
     q: float = 0.0                   # relative half-width of the (1 - alpha) interval
     cv: dict = field(default_factory=dict, hash=False)   # {"by_workload": {...}, "by_board": {...}}
     residual: dict | None = field(default=None, hash=False)   # residual block (calibration/residual.py)
-    # {"band": b, "support": {feature: largest share of a fitted row's prediction}}: a row past the
-    # support gets q + b × its excess share (estimators.ConformalInterval); None: a file without it
+    # {"band": b, "support": {feature: its largest count per instruction over the fitted rows}}: a row
+    # past the support gets q + b × the share of its cycles beyond it (estimators.ConformalInterval);
+    # None: a file without it
     extrapolation: dict | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict:
@@ -71,7 +72,7 @@ class FittedModel:
         return pred
 
     def excess(self, X) -> np.ndarray:
-        """Per row, the share of the prediction past the fitted rows' support (0 without one)."""
+        """Per row, the share of the prediction beyond the fitted rows' support (0 without one)."""
         X = np.atleast_2d(np.asarray(X, dtype=float))
         if not self.extrapolation:
             return np.zeros(len(X))
@@ -291,9 +292,9 @@ def _check_model(m: object, where: str, features: tuple[str, ...]) -> None:
         band, support = (ext.get("band"), ext.get("support")) if isinstance(ext, dict) else (None, None)
         if not _number(band) or band < 0:
             raise _fail(where, f"field 'extrapolation.band' must be a finite number >= 0, got {band!r}")
-        if not isinstance(support, dict) or any(not _number(v) or not 0 <= v <= 1 for v in support.values()):
-            raise _fail(where, "field 'extrapolation.support' must be an object {feature: share in [0, 1]}, "
-                               f"got {support!r}")
+        if not isinstance(support, dict) or any(not _number(v) or v < 0 for v in support.values()):
+            raise _fail(where, "field 'extrapolation.support' must be an object {feature: count per "
+                               f"instruction >= 0}}, got {support!r}")
     cv = m.get("cv", {})
     if not isinstance(cv, dict):
         raise _fail(where, f"field 'cv' must be an object, got {cv!r}")

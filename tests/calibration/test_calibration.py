@@ -264,8 +264,8 @@ def test_calibration_file_errors_name_the_field(bench, tmp_path):
         ({**good, "core": "cortex-m7"}, "field 'id' .* does not match the content"),
         ({**good, "cycles": {**good["cycles"], "extrapolation": {"band": -1, "support": {}}}},
          r"field 'extrapolation.band' must be a finite number >= 0"),
-        ({**good, "cycles": {**good["cycles"], "extrapolation": {"band": 0.25, "support": {"fetch_wait": 2}}}},
-         r"field 'extrapolation.support' must be an object \{feature: share in \[0, 1\]\}"),
+        ({**good, "cycles": {**good["cycles"], "extrapolation": {"band": 0.25, "support": {"fetch_wait": -1}}}},
+         r"field 'extrapolation.support' must be an object \{feature: count per instruction >= 0\}"),
     ]
     for data, message in cases:
         path = tmp_path / "broken.json"
@@ -300,9 +300,9 @@ def test_fit_calibration_api_and_dataset_files(bench, tmp_path):
 
 
 def test_rows_past_the_calibrated_support_get_a_wider_interval(bench, tmp_path):
-    """A calibration records each term's largest share of a fitted row's cycles; a row whose terms go
-    past (here: flash waits twice those of any fitted row) gets q + band × the excess share, and a file
-    written before the field existed keeps the plain q."""
+    """A calibration records each feature's largest count per instruction over its rows; a row past it
+    (here: 20 times the fetch waits) gets q + band × the share of its cycles beyond, and a file written
+    before the field existed keeps the plain q."""
     import dataclasses
 
     cal = calibrate(bench.query("board == 'stm32f4-disco'"))
