@@ -87,6 +87,7 @@ def measure(board: str, bits: int, tokens: int, kernels: str) -> dict:
         "function_cycles": None if per_function is None else per_function["functions"],   # older: None
         "unattributed_cycles": None if per_function is None else per_function["unattributed"],
         "unresolved_branches": None if per_function is None else per_function["unresolved"],
+        "flash_by_function": getattr(total, "mem_by_function", None) is not None,   # older trees: False
     }
 
 
@@ -160,10 +161,11 @@ def print_functions(r: dict, b: dict | None, args) -> None:
     rest = sum(list(fc.values())[args.top:])
     print(f"      {'(the other functions)':30} {'':12} {rest:13,.0f} {rest / macs:10.3f} {rest / cycles:6.1%}")
     un = r["unattributed_cycles"]
-    why = "flash-load wait states"
+    why = [] if r.get("flash_by_function") else ["flash-load wait states"]   # older trees: not per function
     if r["unresolved_branches"]:
-        why += ("; taken_fraction x unresolved conditional branches ("
-                + ", ".join(f"{f} {v:,.0f}" for f, v in r["unresolved_branches"].items()) + " per token)")
+        why.append("taken_fraction x unresolved conditional branches ("
+                   + ", ".join(f"{f} {v:,.0f}" for f, v in r["unresolved_branches"].items()) + " per token)")
+    why = "; ".join(why)
     line = f"      {'(not attributed to a function)':30} {'':12} {un:13,.0f} {un / macs:10.3f} {un / cycles:6.1%}   {why}"
     print(line)
     if b and bc is None:

@@ -210,21 +210,34 @@ def _per_token_functions(by_function: dict | None, n: int) -> dict[str, dict] | 
     """A report's decode_by_function (summed over the tokens) per token; None when it has none."""
     if not by_function:
         return None
+    def flash(d: dict) -> float | None:        # loads from flash, where the plugin counted them per function
+        mem = d.get("mem")
+        return None if mem is None else sum(mem.get(r, {}).get("loads", 0) for r in FLASH_REGIONS) / n
+
     return {f: {"instructions": d["instructions"] / n, "by_class": {c: v / n for c, v in d["by_class"].items()},
                 "fetch_bytes": d["fetch_bytes"] / n, "branches_taken": d["branches_taken"] / n,
-                "branches_unresolved": d["branches_unresolved"] / n} for f, d in by_function.items()}
+                "branches_unresolved": d["branches_unresolved"] / n, "loads_flash": flash(d)}
+            for f, d in by_function.items()}
+
+
+def _flash_left(loads_flash: float | None, functions: dict[str, dict]) -> float | None:
+    """The token's flash loads no function was given (all of them without per-function counts)."""
+    if loads_flash is None or any(d.get("loads_flash") is None for d in functions.values()):
+        return loads_flash
+    return max(loads_flash - sum(d["loads_flash"] for d in functions.values()), 0.0)
 
 
 def _split_by_function(bm: BoardModel, ws: float, width: float | None, functions: dict[str, dict],
                        residual_factor: float = 1.0) -> dict[str, dict]:
     """The cycle model applied to each function (per token: instructions, by_class, branches_taken,
-    fetch_bytes), its terms by feature; flash-load waits are the caller's (not per function). The
+    fetch_bytes and, where the plugin counted them per function, loads_flash), its terms by feature;
+    flash-load waits not counted per function are the caller's (``_unattributed``). The
     cross-core factor, the soft-float calls and a calibration's residual factor (the whole token's
     1 + r: it depends on the token's mix) apply as to the whole."""
     out = {}
     for f, d in functions.items():
-        x = feature_vector(d["by_class"], wait_states=ws, loads_flash=0.0, branches_taken=d["branches_taken"],
-                           fetch_bytes=d["fetch_bytes"], fetch_width=width)
+        x = feature_vector(d["by_class"], wait_states=ws, loads_flash=d.get("loads_flash") or 0.0,
+                           branches_taken=d["branches_taken"], fetch_bytes=d["fetch_bytes"], fetch_width=width)
         t = {name: float(v) * bm.factor * residual_factor for name, v in zip(FEATURES, x * bm.coef, strict=True)}
         if bm.extra_per_fp:
             t["soft_float_calls"] = bm.extra_per_fp * d["by_class"].get("fp", 0.0)
@@ -583,7 +596,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     by_function = None
     if counts.decode_functions:   # where the token's cycles go, by function (+ what no function gets)
         fns = _split_by_function(bm, ws, width, counts.decode_functions, token_factor)
-        rest = _unattributed(bm, ws, width, counts.decode, counts.decode_loads_flash,
+        rest = _unattributed(bm, ws, width, counts.decode, _flash_left(counts.decode_loads_flash, counts.decode_functions),
                              sum(d["branches_unresolved"] for d in counts.decode_functions.values()), token_factor)
         by_function = {"functions": {f: d["cycles"] for f, d in fns.items()},
                        "unattributed": sum(rest.values())}
@@ -683,9 +696,10 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
 
 def _unattributed(bm: BoardModel, ws: float, width: float | None, by_class: dict[str, float],
                   loads_flash: float | None, unresolved: float, residual_factor: float = 1.0) -> dict[str, float]:
-    """The terms of a token no function can be given: the flash-load wait states (loads are counted per
-    memory region, not per function) and the unresolved conditional branches' assumed taken share (its
-    refill and, with a fetch width, its refetch)."""
+    """The terms of a token no function can be given: the flash-load wait states of ``loads_flash``
+    (the loads not counted per function: ``_flash_left``; None, an assumed share of the loads) and the
+    unresolved conditional branches' assumed taken share (its refill and, with a fetch width, its
+    refetch)."""
     rest = np.zeros(len(FEATURES))
     guessed = measured_taken(0.0, unresolved)
     rest[FEATURES.index("branches_taken")] = guessed
@@ -712,8 +726,9 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
     where the core's fetch width is known, its instruction bytes. Both factors are linear, so they are
     applied per function as to the whole; the prior has no residual.
 
-    Not attributed to a function (``unattributed``): the flash-load wait states (the profiler counts
-    loads per memory region and segment, not per function) and the part of the taken-branch and fetch
+    Not attributed to a function (``unattributed``): the flash-load wait states of loads not counted
+    per function (a profile without the plugin's per-instruction memory counts, ``mem_by_function``;
+    with them each function carries its own) and the part of the taken-branch and fetch
     terms that comes from the conditional branches whose taken / not-taken split was not resolved
     (``taken_fraction`` × their executions, the model's assumption for the whole token; where they ran
     is in ``branches_unresolved_by_function``). Σ ``functions[f]["cycles"]`` + ``unattributed["cycles"]``
@@ -750,12 +765,15 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
     per_fn = _per_token_functions(function_table(tot), n) or {}
     functions = _split_by_function(bm, ws, width, per_fn)
     rest_terms = _unattributed(bm, ws, width, {c: v / n for c, v in tot.by_class.items()},
-                               None if loads_flash is None else loads_flash / n, tot.branches_unresolved / n)
+                               _flash_left(None if loads_flash is None else loads_flash / n, per_fn),
+                               tot.branches_unresolved / n)
     notes = [*bm.notes,
              "per function: the prior applied to each function's instructions by class, taken branches and "
              "instruction bytes; cross-core factor and soft-float calls as for the whole token; no residual",
-             "not attributed to a function: flash-load wait states (loads are counted per memory region, not "
-             f"per function) and taken_fraction × the {tot.branches_unresolved / n:,.0f} unresolved conditional "
+             "not attributed to a function: "
+             + ("" if tot.mem_by_function is not None else
+                "flash-load wait states (no per-function memory counts in this profile) and ")
+             + f"taken_fraction × the {tot.branches_unresolved / n:,.0f} unresolved conditional "
              "branches per token (their split is an assumption)"]
     if loads_flash is None:
         notes.append("memory traffic not counted: loads_flash = flash_load_fraction × loads (assumption)")

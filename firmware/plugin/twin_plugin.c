@@ -43,6 +43,10 @@
  *                                      block translated twice gets two records
  *   seg K P ID1 C1 ... IDP CP          segment K (0..S-1): P pairs (TB id, executions), nonzero only
  *   mem K L0 S0 L1 S1 ... LR SR        segment K loads/stores per region bucket (mem=on only)
+ *   msite K P A1 B1 L1 S1 ... AP BP LP SP  segment K (mem=on only): P quadruples (instruction
+ *                                      HEXADDR, region bucket, loads, stores), nonzero only, in no
+ *                                      particular order, an address possibly more than once (a block
+ *                                      translated twice); they add up to the segment's mem record
  *   edge K P S1 D1 C1 ... SP DP CP     segment K (edges=on only): P triples (source TB id,
  *                                      destination TB id, transitions), nonzero only, in no
  *                                      particular order; the host derives taken / not-taken
@@ -153,6 +157,24 @@ static size_t *edge_seg_start;
 static uint64_t mem_now[MAX_REGIONS + 1][2];
 static uint64_t mem_last[MAX_REGIONS + 1][2];
 static uint64_t *mem_segs; /* n_segs * (MAX_REGIONS + 1) * 2 deltas */
+
+/* The same per instruction (mem=on): one site per translated instruction, its counters allocated at
+ * its first access (c[4 b + s]: now, c[4 b + 2 + s]: at the last snapshot; s 0 = load, 1 = store),
+ * the sites with counters chained from touched_sites. Per segment, the nonzero deltas. */
+struct mem_site {
+    uint64_t vaddr;
+    uint64_t *c;
+    struct mem_site *next;
+};
+static struct mem_site *touched_sites;
+struct site_delta {
+    uint64_t vaddr;
+    uint32_t bucket;
+    uint64_t loads, stores;
+};
+static struct site_delta *site_deltas;
+static size_t n_site_deltas, site_deltas_cap;
+static size_t *site_seg_start; /* per segment: site_deltas[site_seg_start[k] .. site_seg_start[k+1]) */
 
 static void *xrealloc(void *p, size_t size)
 {
@@ -278,6 +300,7 @@ static void snapshot(void)
         }
         if (mem_on) {
             mem_segs = xrealloc(mem_segs, segs_cap * (MAX_REGIONS + 1) * 2 * sizeof *mem_segs);
+            site_seg_start = xrealloc(site_seg_start, segs_cap * sizeof *site_seg_start);
         }
         if (n_entries) {
             cuts = xrealloc(cuts, segs_cap * sizeof *cuts);
@@ -290,6 +313,9 @@ static void snapshot(void)
         seg_start[0] = 0;
         if (edges_on) {
             edge_seg_start[0] = 0;
+        }
+        if (mem_on) {
+            site_seg_start[0] = 0;
         }
     }
     for (uint32_t id = 0; id < n_tbs; id++) {
@@ -316,6 +342,23 @@ static void snapshot(void)
                 mem_last[b][s] = now;
             }
         }
+        for (struct mem_site *m = touched_sites; m; m = m->next) {
+            for (unsigned b = 0; b <= n_regions; b++) {
+                uint64_t *c = &m->c[4 * b];
+                uint64_t dl = c[0] - c[2], ds = c[1] - c[3];
+                if (!dl && !ds) {
+                    continue;
+                }
+                if (n_site_deltas == site_deltas_cap) {
+                    site_deltas_cap = site_deltas_cap ? 2 * site_deltas_cap : 4096;
+                    site_deltas = xrealloc(site_deltas, site_deltas_cap * sizeof *site_deltas);
+                }
+                site_deltas[n_site_deltas++] = (struct site_delta){m->vaddr, b, dl, ds};
+                c[2] = c[0];
+                c[3] = c[1];
+            }
+        }
+        site_seg_start[n_segs + 1] = n_site_deltas;
     }
     if (edges_on) {
         snapshot_edges();
@@ -363,13 +406,23 @@ static void on_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t
                    void *userdata)
 {
     (void)vcpu_index;
-    (void)userdata;
     unsigned b = 0;
     while (b < n_regions && !(vaddr >= regions[b].start && vaddr < regions[b].end)) {
         b++;
     }
     int is_store = qemu_plugin_mem_is_store(info) ? 1 : 0;
     __atomic_fetch_add(&mem_now[b][is_store], 1, __ATOMIC_RELAXED);
+    struct mem_site *m = userdata;   /* one vCPU: no other thread touches the site */
+    if (!m->c) {
+        m->c = calloc((size_t)(n_regions + 1) * 4, sizeof *m->c);
+        if (!m->c) {
+            fprintf(stderr, "twin_plugin: out of memory\n");
+            abort();
+        }
+        m->next = touched_sites;
+        touched_sites = m;
+    }
+    m->c[4 * b + is_store] += 1;
 }
 
 static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -389,8 +442,14 @@ static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         }
         if (mem_on) {
             /* The rw filter is unreliable in QEMU 7.2: ask for both, test is_store(). */
+            struct mem_site *site = calloc(1, sizeof *site);   /* lives as long as the TB may run */
+            if (!site) {
+                fprintf(stderr, "twin_plugin: out of memory\n");
+                abort();
+            }
+            site->vaddr = insns[i];
             qemu_plugin_register_vcpu_mem_cb(insn, on_mem, QEMU_PLUGIN_CB_NO_REGS,
-                                             QEMU_PLUGIN_MEM_RW, NULL);
+                                             QEMU_PLUGIN_MEM_RW, site);
         }
     }
 
@@ -462,6 +521,15 @@ static void write_dump(FILE *f)
             fprintf(f, "mem %zu", k);
             for (unsigned b = 0; b <= n_regions; b++) {
                 fprintf(f, " %" PRIu64 " %" PRIu64, row[2 * b], row[2 * b + 1]);
+            }
+            fputc('\n', f);
+        }
+        for (size_t k = 0; k < n_segs; k++) {
+            fprintf(f, "msite %zu %zu", k, site_seg_start[k + 1] - site_seg_start[k]);
+            for (size_t i = site_seg_start[k]; i < site_seg_start[k + 1]; i++) {
+                const struct site_delta *d = &site_deltas[i];
+                fprintf(f, " %" PRIx64 " %" PRIu32 " %" PRIu64 " %" PRIu64, d->vaddr, d->bucket, d->loads,
+                        d->stores);
             }
             fputc('\n', f);
         }

@@ -211,8 +211,14 @@ def test_corrupt_frame_is_rejected_and_the_link_recovers():
 def test_memory_traffic_by_region():
     plain = run(RunSpec(platform="mps2-an386", tokens=3))
     r = run(RunSpec(platform="mps2-an386", tokens=3, mem_traffic=True))
-    assert r["instructions"] == plain["instructions"]          # counting memory changes no count
+    by_fn = r["instructions"]["decode_by_function"]
+    stripped = {f: {k: v for k, v in d.items() if k != "mem"} for f, d in by_fn.items()}
+    assert {**r["instructions"], "decode_by_function": stripped} == plain["instructions"]   # no count changes
     decode = r["memory_traffic"]["decode"]
+    for region, d in decode.items():                               # per function, adding up to the phase
+        for kind in ("loads", "stores"):
+            assert sum(f["mem"].get(region, {}).get(kind, 0) for f in by_fn.values()) == d[kind], (region, kind)
+    assert all("mem" not in d for d in plain["instructions"]["decode_by_function"].values())
     assert decode["model"]["stores"] == 0 and decode["code"]["stores"] == 0   # weights are read in place
     assert decode["ram"]["stores"] > 0 and decode["ram"]["loads"] > 0
     # every weight byte is read once per generated token, at most 4 bytes per load

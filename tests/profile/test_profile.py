@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,10 +193,16 @@ def test_mem_mode_counts_loop_traffic_per_region(target, plugin, tmp_path):
         expected = {r: {"loads": lo, "stores": st} for r, (lo, st) in SEGMENT1_MEM_FIXED[t.arch].items()}
         expected["buf"] = {"loads": n, "stores": n}
         assert prof[1].mem == expected
-        assert counts_only[0].mem is None
+        assert counts_only[0].mem is None and counts_only[0].mem_by_function is None
+        # per function of the accessing instruction: the loop's one load and one store an iteration are
+        # work_loop's, and the functions add up to the segment's figure in every region
+        assert prof[1].mem_by_function["work_loop"]["buf"] == {"loads": n, "stores": n}
+        for r, d in prof[1].mem.items():
+            for kind in ("loads", "stores"):
+                assert sum(m.get(r, {}).get(kind, 0) for m in prof[1].mem_by_function.values()) == d[kind]
     # Memory mode does not change what is counted.
-    assert [dataclasses.replace(p, mem=None) for p in run_profiled(t, elf, plugin, tmp_path, 250,
-                                                                      mem=True)[1]] == counts_only
+    assert [dataclasses.replace(p, mem=None, mem_by_function=None)
+            for p in run_profiled(t, elf, plugin, tmp_path, 250, mem=True)[1]] == counts_only
 
 
 @pytest.mark.qemu
@@ -246,6 +253,11 @@ def good_dump(tmp_path_factory, plugin) -> str:
          "garbled"),
         (lambda s: s.replace("seg 1 ", "seg 1 zz ", 1), "garbled"),
         (lambda s: s.replace("\nmem 0 ", "\nmem 0 1 ", 1), "garbled"),
+        # a per-instruction count changed: the segment's accesses no longer add up to its mem record
+        (lambda s: re.sub(r"(\nmsite 1 [1-9]\d* [0-9a-f]+ \d+ )(\d+)", lambda m: m[1] + str(int(m[2]) + 1), s, count=1),
+         "do not add up to its mem record"),
+        (lambda s: "".join(ln for ln in s.splitlines(keepends=True) if not ln.startswith("msite 2 ")),
+         "msite rows for"),
         (lambda s: "hello\n", "not a twin plugin dump"),
         (lambda s: "", "not a twin plugin dump"),
     ],

@@ -169,6 +169,9 @@ class Dump:
     segments: tuple[tuple[np.ndarray, np.ndarray], ...]  # per segment: (tb ids, executions), int64
     regions: tuple[tuple[str, int, int], ...] = ()
     mem: np.ndarray | None = None  # (S, R+1, 2) int64: [segment, region or "?", loads/stores]
+    # mem=on: per segment (instruction addresses, region buckets, loads, stores), int64; they add up
+    # to mem (an address may appear more than once)
+    mem_sites: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...] | None = None
     # edges=on only: per segment (source TB ids, destination TB ids, transitions), int64
     edges: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] | None = None
     # entry= only: the entry-cut addresses, and per segment what closed it: (address, exact) of the
@@ -214,6 +217,7 @@ def parse_dump(path: Path | str) -> Dump:
     insn_addrs: list[int] = []
     segments: list[tuple[np.ndarray, np.ndarray]] = []
     mem_rows: list[list[int]] = []
+    site_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     edge_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     entries: list[int] = []
     cut_rows: list[tuple[int, bool] | None] = []
@@ -249,6 +253,15 @@ def parse_dump(path: Path | str) -> Dump:
                 if k != len(mem_rows) or len(parts) != 2 + 2 * (len(regions) + 1):
                     raise _err(p, lineno, f"mem record {k} out of order or of wrong length")
                 mem_rows.append([int(x) for x in parts[2:]])
+            elif tag == "msite":
+                k, n_sites = int(parts[1]), int(parts[2])
+                if k != len(site_rows) or len(parts) != 3 + 4 * n_sites:
+                    raise _err(p, lineno, f"msite record {k} out of order or of wrong length")
+                flat = parts[3:]
+                site_rows.append((np.array([int(a, 16) for a in flat[0::4]], dtype=np.int64),
+                                  np.array([int(x) for x in flat[1::4]], dtype=np.int64),
+                                  np.array([int(x) for x in flat[2::4]], dtype=np.int64),
+                                  np.array([int(x) for x in flat[3::4]], dtype=np.int64)))
             elif tag == "region":
                 idx, name, start, stop = int(parts[1]), parts[2], int(parts[3], 16), int(parts[4], 16)
                 if idx != len(regions) or len(parts) != 5:
@@ -293,6 +306,21 @@ def parse_dump(path: Path | str) -> Dump:
             raise ProfileError(f"truncated plugin dump {p}: {len(mem_rows)} mem rows for "
                                f"{len(segments)} segments")
         mem = np.array(mem_rows, dtype=np.int64).reshape(len(segments), len(regions) + 1, 2)
+    mem_sites = None
+    if site_rows:
+        if len(site_rows) != len(segments) or mem is None:
+            raise ProfileError(f"truncated plugin dump {p}: {len(site_rows)} msite rows for "
+                               f"{len(segments)} segments")
+        for k, (_, bucket, loads, stores) in enumerate(site_rows):
+            per = np.zeros((len(regions) + 1, 2), dtype=np.int64)
+            if bucket.size and (bucket.min() < 0 or bucket.max() > len(regions)):
+                raise ProfileError(f"garbled plugin dump {p}: msite record {k} names an unknown region")
+            np.add.at(per, (bucket, 0), loads)
+            np.add.at(per, (bucket, 1), stores)
+            if not np.array_equal(per, mem[k]):
+                raise ProfileError(f"garbled plugin dump {p}: the per-instruction accesses of segment {k} "
+                                   "do not add up to its mem record")
+        mem_sites = tuple(site_rows)
 
     edges = None
     if edge_rows:
@@ -320,6 +348,7 @@ def parse_dump(path: Path | str) -> Dump:
         segments=tuple(segments),
         regions=tuple(regions),
         mem=mem,
+        mem_sites=mem_sites,
         edges=edges,
         entries=tuple(entries),
         cuts=tuple(cut_rows) if cut_rows else None,
@@ -365,6 +394,9 @@ class SegmentProfile:
     # which sums to branches_unresolved.
     branches_taken_by_function: dict[str, int] = field(default_factory=dict)
     branches_unresolved_by_function: dict[str, int] = field(default_factory=dict)
+    # Loads/stores per function of the accessing instruction and region, as mem (None without the
+    # plugin's per-instruction counts; summed over the functions, each region's figure is mem's)
+    mem_by_function: dict[str, dict[str, dict[str, int]]] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -492,6 +524,7 @@ def analyze(dump: Dump, elf: Path | str, arch: str,
             fetch_bytes_by_function={func_names[i]: int(func_bytes[i]) for i in ran},
             branches_taken_by_function={func_names[i]: n for i, n in sorted(taken_f.items()) if n},
             branches_unresolved_by_function={func_names[i]: n for i, n in sorted(unres_f.items()) if n},
+            mem_by_function=_segment_mem_by_function(dump, k, functions, func_names),
         ))
     return profiles
 
@@ -504,6 +537,21 @@ def _segment_mem(dump: Dump, k: int) -> dict[str, dict[str, int]] | None:
             for i, n in enumerate(names)}
 
 
+def _segment_mem_by_function(dump: Dump, k: int, functions: _FunctionTable,
+                             func_names: tuple[str, ...]) -> dict[str, dict[str, dict[str, int]]] | None:
+    if dump.mem_sites is None:
+        return None
+    addrs, bucket, loads, stores = dump.mem_sites[k]
+    names = [r[0] for r in dump.regions] + [OUTSIDE_REGIONS]
+    fn = functions.lookup(addrs.astype(np.uint64)) if addrs.size else np.zeros(0, dtype=np.int64)
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for f, b, n_ld, n_st in zip(fn.tolist(), bucket.tolist(), loads.tolist(), stores.tolist(), strict=True):
+        acc = out.setdefault(func_names[f], {}).setdefault(names[b], {"loads": 0, "stores": 0})
+        acc["loads"] += n_ld
+        acc["stores"] += n_st
+    return out
+
+
 def function_table(p: SegmentProfile) -> dict[str, dict]:
     """Per function of a profile: instructions, the non-zero classes, instruction bytes, taken and
     unresolved conditional branches, as plain numbers ({} when the backend counted no functions)."""
@@ -511,7 +559,8 @@ def function_table(p: SegmentProfile) -> dict[str, dict]:
                 "by_class": {c: n for c, n in by_class.items() if n},
                 "fetch_bytes": p.fetch_bytes_by_function.get(f, 0),
                 "branches_taken": p.branches_taken_by_function.get(f, 0),
-                "branches_unresolved": p.branches_unresolved_by_function.get(f, 0)}
+                "branches_unresolved": p.branches_unresolved_by_function.get(f, 0),
+                **({} if p.mem_by_function is None else {"mem": p.mem_by_function.get(f, {})})}
             for f, by_class in sorted(p.by_function_class.items())}
 
 
@@ -527,6 +576,10 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
     func_bytes: dict[str, int] = {}
     func_taken: dict[str, int] = {}
     func_unres: dict[str, int] = {}
+    profiles = list(profiles)
+    # per function and region only when every profile has them (else a partial sum would look whole)
+    func_mem: dict[str, dict[str, dict[str, int]]] | None = (
+        {} if profiles and all(p.mem_by_function is not None for p in profiles) else None)
     for p in profiles:
         total += p.total
         undecoded += p.undecoded
@@ -552,8 +605,14 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
                 acc = mem.setdefault(r, {"loads": 0, "stores": 0})
                 acc["loads"] += d["loads"]
                 acc["stores"] += d["stores"]
+        if func_mem is not None:
+            for f, regions in p.mem_by_function.items():
+                for r, d in regions.items():
+                    acc = func_mem.setdefault(f, {}).setdefault(r, {"loads": 0, "stores": 0})
+                    acc["loads"] += d["loads"]
+                    acc["stores"] += d["stores"]
     return SegmentProfile(total, by_class, by_function, mem, undecoded, taken, not_taken, unresolved, fetch_bytes,
-                          func_class, func_bytes, func_taken, func_unres)
+                          func_class, func_bytes, func_taken, func_unres, func_mem)
 
 
 # ---------------------------------------------------------------------------------------------
