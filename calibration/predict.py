@@ -603,10 +603,10 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     token_s = token_cycles / clock_hz
     ttft_s = (prefill_cycles + token_cycles) / clock_hz
     notes = list(bm.notes)
+    x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash,    # a token's
+                       branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
+                       fetch_width=width)
     if cal is not None:   # terms past the calibration's rows (more wait states than any it saw) widen it
-        x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash,
-                           branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
-                           fetch_width=width)
         excess = float(cal.cycles.excess(x)[0])
         if excess > 0.005:
             grow = cal.cycles.half_width(x)[0] - cal.cycles.q
@@ -626,9 +626,6 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
 
     energy, e_lo, e_hi = None, 0.0, 0.0
     if bm.energy_coef is not None:
-        x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash,
-                           branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
-                           fetch_width=width)
         energy = float(np.append(x, token_s) @ bm.energy_coef)
         e_lo = e_hi = float(bm.energy_q or 0.0)
         notes.append(f"energy from calibration {bm.source}")
