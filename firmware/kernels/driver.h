@@ -33,6 +33,15 @@ typedef void tw_pass_fn(float *out, const uint32_t *v, const tw_tensor *w, int a
         (x) += 2;                                                                               \
     } while (0)
 
+/* A prepare function's end of one group: its activation sum and scale, as TW_GROUP_TAIL reads them;
+ * returns where the next group's words start. */
+TW_ALWAYS_INLINE uint32_t *tw_put_group_tail(uint32_t *v, int32_t sum, float xs) {
+    union { float f; uint32_t u; } b = {xs};
+    v[0] = (uint32_t)sum;
+    v[1] = b.u;
+    return v + 2;
+}
+
 /* The matvec around a prepared-activation kernel: v, the caller's buffer, holds a pass. */
 TW_ALWAYS_INLINE void tw_matvec_prepared(float *out, const int8_t *xq, const float *xs, const tw_tensor *w,
                                          uint32_t *v, tw_prepare_fn *prepare, tw_pass_fn *pass) {

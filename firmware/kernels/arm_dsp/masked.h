@@ -100,10 +100,7 @@ TW_ALWAYS_INLINE void tw_m_pair(uint32_t *pr, const int8_t *x, const float *xs, 
                 pr[3] = (uint32_t)tw_sxtb16_ror8(hi);
             }
         }
-        union { float f; uint32_t u; } v = {xs[i]};
-        pr[0] = s - 128u * gs;
-        pr[1] = v.u;
-        pr += 2;
+        pr = tw_put_group_tail(pr, (int32_t)(s - 128u * gs), xs[i]);
     }
 }
 

@@ -55,10 +55,7 @@ static __attribute__((noinline)) void matvec_q8_pairs(uint32_t *pr, const int8_t
             pr[0] = (uint32_t)tw_sxtb16(a);
             pr[1] = (uint32_t)tw_sxtb16_ror8(a);
         }
-        union { float f; uint32_t u; } v = {xs[i]};
-        pr[0] = s - 128u * gs;
-        pr[1] = v.u;
-        pr += 2;
+        pr = tw_put_group_tail(pr, (int32_t)(s - 128u * gs), xs[i]);
     }
 }
 

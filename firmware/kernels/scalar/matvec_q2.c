@@ -24,8 +24,6 @@
 #define Q2_WORDS (TW_PASS_ELEMS / 2 + 2 * (TW_PASS_ELEMS / 32))   /* a word per 2 elements, then sum and xs per group */
 #define Q2_M 0x00030003u
 
-typedef union { uint32_t u; float f; } q2_word;
-
 /* Groups of gs elements of x, n of them: per 16 elements the 8 words x_k+8 + x_k * 2^16 (k = 0..7),
  * each group's words followed by its activation sum and its scale xs (the bits), read back in that
  * order by rows_q2. */
@@ -39,10 +37,7 @@ TW_ALWAYS_INLINE void prepare_q2(uint32_t *v, const int8_t *x, const float *xs, 
                 s += a + b;
             }
         }
-        q2_word t = {.f = xs[g]};
-        v[0] = (uint32_t)s;
-        v[1] = t.u;
-        v += 2;
+        v = tw_put_group_tail(v, s, xs[g]);
     }
 }
 

@@ -38,8 +38,6 @@
 #define Q3_M2 0x00030003u
 #define Q3_M1 0x00010001u
 
-typedef union { uint32_t u; float f; } q3_word;
-
 /* The activation word of the code pair (c_a, c_b): x_b + x_a * 2^16 (mod 2^32). */
 #define Q3_PAIR(x, a, b) ((uint32_t)(int32_t)(x)[b] + ((uint32_t)(int32_t)(x)[a] << 16))
 
@@ -58,10 +56,7 @@ TW_ALWAYS_INLINE void prepare_q3(uint32_t *v, const int8_t *x, const float *xs, 
             v[17] = v[11] << 2;
             for (uint32_t k = 0; k < 32; k++) s += x[k];
         }
-        q3_word t = {.f = xs[g]};
-        v[0] = (uint32_t)s;
-        v[1] = t.u;
-        v += 2;
+        v = tw_put_group_tail(v, s, xs[g]);
     }
 }
 

@@ -42,8 +42,6 @@
 #define Q4_ROW1(p, i) tw_load4((p) + stride + 4 * (i))
 #endif
 
-typedef union { uint32_t u; float f; } q4_word;
-
 /* The activation word of the code pair (c_a, c_b): x_b + x_a * 2^16 (mod 2^32). */
 #define Q4_PAIR(x, a, b) ((uint32_t)(int32_t)(x)[b] + ((uint32_t)(int32_t)(x)[a] << 16))
 
@@ -73,10 +71,7 @@ TW_ALWAYS_INLINE void prepare_q4(uint32_t *v, const int8_t *x, const float *xs, 
             int32_t hi = (int32_t)(c + 0x8000u) >> 16;
             s += (int32_t)(c - ((uint32_t)hi << 16)) + hi;
         }
-        q4_word t = {.f = xs[g]};
-        v[0] = (uint32_t)s;
-        v[1] = t.u;
-        v += 2;
+        v = tw_put_group_tail(v, s, xs[g]);
     }
 }
 
