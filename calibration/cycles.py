@@ -6,17 +6,23 @@ Features (``FEATURES``, one value per workload × phase)::
     branches_taken   taken branches counted by the twin (twin/profile/counts.py: derived from block counts
                      or exact edge counts; unresolved conditional ones × taken_fraction, see
                      measured_taken); when a row has none, taken_fraction × n_branch
-    fetch_wait       flash fetches × effective flash wait states (instruction fetch from flash):
-                     where the core's fetch width is known (cores.yaml fetch_width_bytes) and the twin
-                     counted the executed instruction bytes, fetches = fetch_bytes / width + taken
-                     branches (each transfer refetches); else one fetch per instruction
+    fetch_wait       instruction fetches that wait on flash × effective flash wait states. Where the
+                     twin simulated the board's instruction cache (its geometry in the platform file:
+                     twin.runner.simulated_caches), the waiting fetches are its line fills: misses,
+                     plus the part of each prefetched line's fill its execution does not hide
+                     (``cache_fills``), × the memory accesses per line. Else they are fetches × the
+                     miss fraction (1 - hit rate) of the board's fetch accelerator (an assumption per
+                     kind, cores.yaml memory.fetch_hit): where the core's fetch width is known
+                     (cores.yaml fetch_width_bytes) and the twin counted the executed instruction
+                     bytes, fetches = fetch_bytes / width + taken branches (each transfer refetches);
+                     else one fetch per instruction
     flash_load_wait  loads_flash × effective flash wait states (model weights read from flash)
 
     cycles = coef · features
 
 The prior coefficients come from published per-class timings (``calibration/cores.yaml``, every
-figure with its source); the coefficients of the two wait terms are the *miss* fractions
-(1 - hit rate) of the instruction-fetch accelerator and of the data path.  A bench calibration
+figure with its source); the fetch term's is 1 (its feature already counts only the fetches that
+wait), the flash-load term's the *miss* fraction (1 - hit rate) of the data path.  A bench calibration
 (``calibration.estimators``) fits the same coefficients, non-negative, from measured cycles.
 
 Assumptions, stated: when memory traffic was not counted, ``loads_flash`` is
@@ -37,6 +43,7 @@ import numpy as np
 import yaml
 
 from twin.platforms import Platform, get_platform
+from twin.profile.counts import own_cache
 from twin.profile.isa import CLASSES
 
 CORES_FILE = Path(__file__).resolve().parent / "cores.yaml"
@@ -74,6 +81,15 @@ class CorePrior:
 
 
 @dataclass(frozen=True)
+class FetchCache:
+    """A board's instruction cache as the twin simulates it: its key in the counts (CacheGeometry.key),
+    its line and the memory accesses one line fill takes (line bytes / bytes per access)."""
+    key: str
+    line_bytes: int
+    beats: int
+
+
+@dataclass(frozen=True)
 class MemorySetup:
     """How one board at one clock feeds the core: effective wait states and hit rates."""
     wait_states: float
@@ -81,6 +97,30 @@ class MemorySetup:
     data_hit: float
     notes: tuple[str, ...] = ()
     fetch_width: float | None = None     # the core's fetch width in bytes (fetch_wait's unit), None: unknown
+    icache: FetchCache | None = None     # the simulated instruction cache, None: none has a geometry
+
+    @property
+    def fetch_miss(self) -> float:
+        """The assumed share of fetches that wait, where the counts carry no simulation of the cache."""
+        return 1.0 - self.fetch_hit
+
+    def fills(self, icache: Mapping[str, Mapping[str, float]] | None, *, fetch_bytes: float | None,
+              instructions: float) -> float | None:
+        """Memory accesses of the instruction fetches that wait, from counts that simulated this
+        board's cache (``icache``: SegmentProfile.icache or a per-token copy), else None.
+
+        A miss waits for its whole fill; a line the next-line prefetcher fetched waits for the part
+        of its fill the previous line's execution did not hide: 1 - (instructions per line, at one
+        cycle each) / (accesses × (wait states + 1)), at least 0 (the instructions per line from the
+        counts' mean instruction size; one cycle each is the core's best, so the stall is the most
+        the prior charges)."""
+        if self.icache is None or not icache or self.icache.key not in icache:
+            return None
+        s = icache[self.icache.key]
+        per_line = self.icache.line_bytes / (float(fetch_bytes) / instructions) \
+            if fetch_bytes and instructions else 1.0
+        exposed = max(0.0, 1.0 - per_line / (self.icache.beats * (self.wait_states + 1.0)))
+        return (float(s["misses"]) + exposed * float(s["prefetched"])) * self.icache.beats
 
 
 @dataclass(frozen=True)
@@ -192,7 +232,25 @@ def memory_setup(platform: Platform, clock_hz: int | None = None) -> MemorySetup
     data_hit, n2 = _hit("data_hit", platform, tables.memory["data_hit"])
     prior = tables.cores.get(platform.core)
     width = prior.fetch_width_bytes.value if prior and prior.fetch_width_bytes else None
-    return MemorySetup(ws, fetch_hit, data_hit, (*notes, n1, n2), width)
+    icache = fetch_cache(platform)
+    if icache is not None:
+        n1 = (f"instruction fetch: the twin simulates the {icache.key} cache (line fills of "
+              f"{icache.beats} access{'es' if icache.beats > 1 else ''}); without that simulation in the "
+              f"counts, {n1}")
+    return MemorySetup(ws, fetch_hit, data_hit, (*notes, n1, n2), width, icache)
+
+
+def fetch_cache(platform: Platform) -> FetchCache | None:
+    """The accelerator of ``platform`` the twin simulates as its instruction cache (the first with size,
+    line and ways: twin.profile.counts.own_cache), None when it has none. A line fill takes line bytes /
+    ``bus_bytes`` memory accesses (one when the platform file gives no bus width: a flash as wide as
+    the line)."""
+    own = own_cache(platform.accelerators)
+    if own is None:
+        return None
+    g, acc = own
+    bus = getattr(acc, "bus_bytes", None) or g.line_bytes
+    return FetchCache(g.key, g.line_bytes, max(1, g.line_bytes // bus))
 
 
 def wait_states_for(board: str, clock_hz: float) -> float:
@@ -223,7 +281,7 @@ def prior_coefficients(core: str, memory: MemorySetup | None = None) -> np.ndarr
         costs[fp_i] = costs[fp_i] + frac * max(prior.fp_divsqrt_cycles.value - costs[fp_i], 0.0)
     taken = prior.taken_branch_penalty.value if prior.taken_branch_penalty else 0.0
     mem = memory or MemorySetup(0.0, 1.0, 1.0)
-    return np.array([*costs, taken, 1.0 - mem.fetch_hit, 1.0 - mem.data_hit], dtype=float)
+    return np.array([*costs, taken, 1.0, 1.0 - mem.data_hit], dtype=float)
 
 
 def coefficients_dict(coef: np.ndarray) -> dict[str, float]:
@@ -240,8 +298,10 @@ def measured_taken(taken: float, unresolved: float = 0.0, taken_fraction: float 
 def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
                    loads_flash: float | None = None, branches_taken: float | None = None,
                    taken_fraction: float | None = None, flash_load_fraction: float | None = None,
-                   fetch_bytes: float | None = None, fetch_width: float | None = None) -> np.ndarray:
-    """The ``FEATURES`` vector of one count set (a phase's instructions by class)."""
+                   fetch_bytes: float | None = None, fetch_width: float | None = None,
+                   fetch_miss: float = 1.0, fetch_fills: float | None = None) -> np.ndarray:
+    """The ``FEATURES`` vector of one count set (a phase's instructions by class). ``fetch_fills``:
+    the waiting fetches of a simulated cache (MemorySetup.fills), else fetches × ``fetch_miss``."""
     tables = load_tables()
     tf = taken_fraction if taken_fraction is not None else tables.figure("memory", "taken_fraction").value
     ff = (flash_load_fraction if flash_load_fraction is not None
@@ -255,7 +315,8 @@ def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
     fetches = n_total
     if fetch_width and fetch_bytes is not None and not (isinstance(fetch_bytes, float) and math.isnan(fetch_bytes)):
         fetches = float(fetch_bytes) / fetch_width + float(branches_taken)
-    return np.array([*counts, branches_taken, fetches * wait_states, loads_flash * wait_states])
+    waiting = fetches * fetch_miss if fetch_fills is None else float(fetch_fills)
+    return np.array([*counts, branches_taken, waiting * wait_states, loads_flash * wait_states])
 
 
 def predict_cycles(coef: np.ndarray, features: np.ndarray) -> np.ndarray | float:

@@ -6,27 +6,31 @@ runs, boards without a counter): such rows carry counts but cannot train a cycle
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from twin.platforms import get_platform
 from twin.profile.isa import CLASSES
 
 from .cycles import (
     CLASS_FEATURES,
     FEATURES,
     FLASH_REGIONS,
+    MemorySetup,
     feature_vector,
     fetch_width_for,
     measured_taken,
+    memory_setup,
     wait_states_for,
 )
 
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 OPTIONAL_FEATURES = ("loads_flash", "loads_sram", "stores_sram", "branches_taken", "branches_unresolved",
-                     "fetch_bytes")
+                     "fetch_bytes", "icache_misses", "icache_prefetched")
 TARGETS = ("cycles", "energy_j")
 OPTIONAL_COLUMNS = ("energy_j", "cycle_counter", "flash_wait_states", "compiler", "cflags", "bench_date")
 REQUIRED_COLUMNS = (*ID_COLUMNS, *CLASS_FEATURES, "cycles")
@@ -134,6 +138,7 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
     ws_col = df["flash_wait_states"] if "flash_wait_states" in df.columns else None
     cache: dict[tuple[str, float], float] = {}
     widths: dict[str, float | None] = {}
+    setups: dict[str, MemorySetup | None] = {}   # the board's fetch model (its cache, its assumed miss fraction)
     rows = []
     for i, r in enumerate(df.itertuples(index=False)):
         d = r._asdict()
@@ -152,8 +157,16 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
         if board not in widths:
             try:
                 widths[board] = fetch_width_for(board)
+                setups[board] = memory_setup(get_platform(board))
             except ValueError:
-                widths[board] = None
+                widths[board], setups[board] = None, None
+        mem = setups[board]
+        sim = None       # the board's cache as the twin simulated it, where the row carries it
+        if mem is not None and _opt(d.get("icache_misses")) is not None and mem.icache is not None:
+            sim = {mem.icache.key: {"misses": _opt(d.get("icache_misses")),
+                                    "prefetched": _opt(d.get("icache_prefetched")) or 0.0}}
+        fills = None if sim is None else dataclasses.replace(mem, wait_states=float(ws)).fills(
+            sim, fetch_bytes=_opt(d.get("fetch_bytes")), instructions=sum(float(v) for v in by_class.values()))
         taken, unresolved = _opt(d.get("branches_taken")), _opt(d.get("branches_unresolved"))
         if taken is not None and unresolved is not None:     # the split the profiler could not derive
             taken = measured_taken(taken, unresolved, taken_fraction)
@@ -161,6 +174,7 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
                                    loads_flash=_opt(d.get("loads_flash")),
                                    branches_taken=taken,
                                    fetch_bytes=_opt(d.get("fetch_bytes")), fetch_width=widths[board],
+                                   fetch_miss=1.0 if mem is None else mem.fetch_miss, fetch_fills=fills,
                                    taken_fraction=taken_fraction, flash_load_fraction=flash_load_fraction))
     return np.array(rows, dtype=float).reshape(len(rows), len(FEATURES))
 

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .cycles import (
     FEATURES,
     FLASH_REGIONS,
     CycleModelError,
+    MemorySetup,
     core_prior,
     cross_core_factor,
     feature_vector,
@@ -46,7 +47,7 @@ from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 5
+COUNTS_VERSION = 6
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
@@ -77,9 +78,13 @@ class TwinCounts:
     kernels: str = "ref"              # the kernel set of the build that ran (firmware/kernels)
     prefill_fetch_bytes: float | None = None      # instruction bytes executed (None: not counted)
     decode_fetch_bytes: float | None = None       # per token
-    # per token, per function: instructions, by_class, fetch_bytes, branches_taken, branches_unresolved
-    # (the run report's instructions.decode_by_function / tokens; None: not counted)
+    # per token, per function: instructions, by_class, fetch_bytes, branches_taken, branches_unresolved,
+    # loads_flash, icache_misses (the run report's instructions.decode_by_function / tokens; None: not counted)
     decode_functions: dict[str, dict] | None = None
+    # simulated instruction caches by geometry key: lookups, misses, prefetched (decode: per token;
+    # None: not simulated)
+    prefill_icache: dict[str, dict[str, float]] | None = None
+    decode_icache: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,7 +208,14 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
         prefill_fetch_bytes=None if "prefill" not in fetch else float(fetch["prefill"]),
         decode_fetch_bytes=None if "decode" not in fetch else float(fetch["decode"]) / n_dec,
         decode_functions=_per_token_functions(ins.get("decode_by_function"), n_dec),
+        prefill_icache=_icache(ins, "prefill", 1),
+        decode_icache=_icache(ins, "decode", n_dec),
     )
+
+
+def _icache(ins: dict, phase: str, n: int) -> dict[str, dict[str, float]] | None:
+    stats = (ins.get("by_phase_icache") or {}).get(phase)
+    return {k: {s: v / n for s, v in d.items()} for k, d in stats.items()} if stats else None
 
 
 def _per_token_functions(by_function: dict | None, n: int) -> dict[str, dict] | None:
@@ -216,7 +228,8 @@ def _per_token_functions(by_function: dict | None, n: int) -> dict[str, dict] | 
 
     return {f: {"instructions": d["instructions"] / n, "by_class": {c: v / n for c, v in d["by_class"].items()},
                 "fetch_bytes": d["fetch_bytes"] / n, "branches_taken": d["branches_taken"] / n,
-                "branches_unresolved": d["branches_unresolved"] / n, "loads_flash": flash(d)}
+                "branches_unresolved": d["branches_unresolved"] / n, "loads_flash": flash(d),
+                "icache_misses": {k: m / n for k, m in (d.get("icache_misses") or {}).items()} or None}
             for f, d in by_function.items()}
 
 
@@ -227,7 +240,26 @@ def _flash_left(loads_flash: float | None, functions: dict[str, dict]) -> float 
     return max(loads_flash - sum(d["loads_flash"] for d in functions.values()), 0.0)
 
 
-def _split_by_function(bm: BoardModel, ws: float, width: float | None, functions: dict[str, dict],
+def _features(mem: MemorySetup, width: float | None, by_class: Mapping[str, float], *,
+              loads_flash: float | None, branches_taken: float | None, fetch_bytes: float | None,
+              icache: Mapping | None) -> np.ndarray:
+    """``feature_vector`` of one count set for the board of ``mem``: with the fetches that wait from
+    the counts' simulation of its instruction cache where they carry one (``icache``; the caller gives
+    none for code of another ISA), else from its assumed miss fraction."""
+    fills = mem.fills(icache, fetch_bytes=fetch_bytes, instructions=sum(by_class.values()))
+    return feature_vector(by_class, wait_states=mem.wait_states, loads_flash=loads_flash,
+                          branches_taken=branches_taken, fetch_bytes=fetch_bytes, fetch_width=width,
+                          fetch_miss=mem.fetch_miss, fetch_fills=fills)
+
+
+def _function_icache(d: dict) -> dict | None:
+    """A function's simulated misses as icache statistics (its prefetched lines are not counted per
+    function: their exposed part is the unattributed rest's)."""
+    m = d.get("icache_misses") if d.get("same_isa", True) else None
+    return None if m is None else {k: {"misses": v, "prefetched": 0.0} for k, v in m.items()}
+
+
+def _split_by_function(bm: BoardModel, mem: MemorySetup, width: float | None, functions: dict[str, dict],
                        residual_factor: float = 1.0) -> dict[str, dict]:
     """The cycle model applied to each function (per token: instructions, by_class, branches_taken,
     fetch_bytes and, where the plugin counted them per function, loads_flash), its terms by feature;
@@ -236,8 +268,8 @@ def _split_by_function(bm: BoardModel, ws: float, width: float | None, functions
     1 + r: it depends on the token's mix) apply as to the whole."""
     out = {}
     for f, d in functions.items():
-        x = feature_vector(d["by_class"], wait_states=ws, loads_flash=d.get("loads_flash") or 0.0,
-                           branches_taken=d["branches_taken"], fetch_bytes=d["fetch_bytes"], fetch_width=width)
+        x = _features(mem, width, d["by_class"], loads_flash=d.get("loads_flash") or 0.0,
+                      branches_taken=d["branches_taken"], fetch_bytes=d["fetch_bytes"], icache=_function_icache(d))
         t = {name: float(v) * bm.factor * residual_factor for name, v in zip(FEATURES, x * bm.coef, strict=True)}
         if bm.extra_per_fp:
             t["soft_float_calls"] = bm.extra_per_fp * d["by_class"].get("fp", 0.0)
@@ -477,14 +509,14 @@ def _cv_summary(cv: dict) -> str:
     return "; ".join(parts) or "no cross-validation"
 
 
-def _cycles(bm: BoardModel, by_class: dict[str, float], loads_flash: float | None, ws: float,
-            branches_taken: float | None, fetch_bytes: float | None = None,
-            fetch_width: float | None = None) -> tuple[float, float, dict[str, float]]:
+def _cycles(bm: BoardModel, mem: MemorySetup, width: float | None, by_class: dict[str, float],
+            loads_flash: float | None, branches_taken: float | None, fetch_bytes: float | None = None,
+            icache: Mapping | None = None) -> tuple[float, float, dict[str, float]]:
     """(cycles, residual factor 1 + r, cycles by term): the factor is 1 without a residual; the terms
     (one per feature of the cycle model, with the residual and cross-core factors applied, and the
     soft-float calls of a cross-core prediction) add up to the cycles."""
-    x = feature_vector(by_class, wait_states=ws, loads_flash=loads_flash, branches_taken=branches_taken,
-                       fetch_bytes=fetch_bytes, fetch_width=fetch_width)
+    x = _features(mem, width, by_class, loads_flash=loads_flash, branches_taken=branches_taken,
+                  fetch_bytes=fetch_bytes, icache=icache)
     factor = 1.0 + float(bm.residual.correction(x[None, :])[0]) if bm.residual is not None else 1.0
     terms = {f: float(v) * factor * bm.factor for f, v in zip(FEATURES, x * bm.coef, strict=True)}
     if bm.extra_per_fp:
@@ -587,25 +619,30 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         ws = msetup.wait_states
     except CycleModelError as exc:
         raise PredictError(str(exc)) from None
-    width = msetup.fetch_width if proxy_plat.isa == plat.isa else None   # fetch bytes of the same code
-    prefill_cycles, prefill_factor, _ = _cycles(bm, counts.prefill, counts.prefill_loads_flash, ws,
-                                                counts.prefill_branches_taken, counts.prefill_fetch_bytes, width)
-    token_cycles, token_factor, token_terms = _cycles(bm, counts.decode, counts.decode_loads_flash, ws,
+    same_isa = proxy_plat.isa == plat.isa          # the counts' fetch bytes and caches are of this code
+    width = msetup.fetch_width if same_isa else None
+    pre_icache, dec_icache = (counts.prefill_icache, counts.decode_icache) if same_isa else (None, None)
+    prefill_cycles, prefill_factor, _ = _cycles(bm, msetup, width, counts.prefill, counts.prefill_loads_flash,
+                                                counts.prefill_branches_taken, counts.prefill_fetch_bytes, pre_icache)
+    token_cycles, token_factor, token_terms = _cycles(bm, msetup, width, counts.decode, counts.decode_loads_flash,
                                                       counts.decode_branches_taken, counts.decode_fetch_bytes,
-                                                      width)
+                                                      dec_icache)
     by_function = None
     if counts.decode_functions:   # where the token's cycles go, by function (+ what no function gets)
-        fns = _split_by_function(bm, ws, width, counts.decode_functions, token_factor)
-        rest = _unattributed(bm, ws, width, counts.decode, _flash_left(counts.decode_loads_flash, counts.decode_functions),
-                             sum(d["branches_unresolved"] for d in counts.decode_functions.values()), token_factor)
+        per_fn = {f: {**d, "same_isa": same_isa} for f, d in counts.decode_functions.items()}
+        fns = _split_by_function(bm, msetup, width, per_fn, token_factor)
+        rest = _unattributed(bm, msetup, width, counts.decode,
+                             _flash_left(counts.decode_loads_flash, per_fn),
+                             sum(d["branches_unresolved"] for d in per_fn.values()), token_factor,
+                             _fills_left(msetup, counts.decode, counts.decode_fetch_bytes, dec_icache, per_fn))
         by_function = {"functions": {f: d["cycles"] for f, d in fns.items()},
                        "unattributed": sum(rest.values())}
     token_s = token_cycles / clock_hz
     ttft_s = (prefill_cycles + token_cycles) / clock_hz
     notes = list(bm.notes)
-    x = feature_vector(counts.decode, wait_states=ws, loads_flash=counts.decode_loads_flash,    # a token's
-                       branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
-                       fetch_width=width)
+    x = _features(msetup, width, counts.decode, loads_flash=counts.decode_loads_flash,    # a token's
+                  branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
+                  icache=dec_icache)
     if cal is not None:   # terms past the calibration's rows (more wait states than any it saw) widen it
         excess = float(cal.cycles.excess(x)[0])
         if excess > 0.005:
@@ -691,16 +728,34 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     }
 
 
-def _unattributed(bm: BoardModel, ws: float, width: float | None, by_class: dict[str, float],
-                  loads_flash: float | None, unresolved: float, residual_factor: float = 1.0) -> dict[str, float]:
+def _fills_left(mem: MemorySetup, by_class: Mapping[str, float], fetch_bytes: float | None,
+                icache: Mapping | None, functions: dict[str, dict]) -> float | None:
+    """The token's simulated waiting fetches no function was given (the prefetched lines' exposed part),
+    None where the fetch model is not the simulation."""
+    whole = mem.fills(icache, fetch_bytes=fetch_bytes, instructions=sum(by_class.values()))
+    if whole is None:
+        return None
+    given = sum(mem.fills(_function_icache(d), fetch_bytes=d["fetch_bytes"], instructions=d["instructions"]) or 0.0
+                for d in functions.values())
+    return max(whole - given, 0.0)
+
+
+def _unattributed(bm: BoardModel, mem: MemorySetup, width: float | None, by_class: dict[str, float],
+                  loads_flash: float | None, unresolved: float, residual_factor: float = 1.0,
+                  fills_left: float | None = None) -> dict[str, float]:
     """The terms of a token no function can be given: the flash-load wait states of ``loads_flash``
-    (the loads not counted per function: ``_flash_left``; None, an assumed share of the loads) and the
-    unresolved conditional branches' assumed taken share (its refill and, with a fetch width, its
-    refetch)."""
+    (the loads not counted per function: ``_flash_left``; None, an assumed share of the loads), the
+    unresolved conditional branches' assumed taken share (its refill and, with a fetch width and no
+    simulated cache, its refetch) and, with a simulated cache, the waits of its prefetched lines
+    (``fills_left``)."""
     rest = np.zeros(len(FEATURES))
     guessed = measured_taken(0.0, unresolved)
+    ws = mem.wait_states
     rest[FEATURES.index("branches_taken")] = guessed
-    rest[FEATURES.index("fetch_wait")] = guessed * ws if width else 0.0
+    if fills_left is not None:
+        rest[FEATURES.index("fetch_wait")] = fills_left * ws
+    else:
+        rest[FEATURES.index("fetch_wait")] = guessed * ws * mem.fetch_miss if width else 0.0
     rest[FEATURES.index("flash_load_wait")] = feature_vector(
         by_class, wait_states=ws, loads_flash=loads_flash)[FEATURES.index("flash_load_wait")]
     terms = {f: float(v) * bm.factor * residual_factor for f, v in zip(FEATURES, rest * bm.coef, strict=True)}
@@ -751,19 +806,22 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
     except CycleModelError as exc:
         raise PredictError(str(exc)) from None
     ws = msetup.wait_states
-    width = msetup.fetch_width if ran.isa == plat.isa else None     # as in predict_from_counts
+    same_isa = ran.isa == plat.isa                                  # as in predict_from_counts
+    width = msetup.fetch_width if same_isa else None
     loads_flash = None if tot.mem is None else float(sum(tot.mem.get(r, {}).get("loads", 0)
                                                          for r in FLASH_REGIONS))
     taken = measured_taken(tot.branches_taken, tot.branches_unresolved)
-    per_token, _, per_token_terms = _cycles(bm, {c: v / n for c, v in tot.by_class.items()},
-                                            None if loads_flash is None else loads_flash / n, ws, taken / n,
-                                            tot.fetch_bytes / n, width)
+    mix = {c: v / n for c, v in tot.by_class.items()}
+    icache = {k: {s: v / n for s, v in d.items()} for k, d in tot.icache.items()} if same_isa else None
+    per_token, _, per_token_terms = _cycles(bm, msetup, width, mix, None if loads_flash is None else loads_flash / n,
+                                            taken / n, tot.fetch_bytes / n, icache)
 
-    per_fn = _per_token_functions(function_table(tot), n) or {}
-    functions = _split_by_function(bm, ws, width, per_fn)
-    rest_terms = _unattributed(bm, ws, width, {c: v / n for c, v in tot.by_class.items()},
+    per_fn = {f: {**d, "same_isa": same_isa} for f, d in (_per_token_functions(function_table(tot), n) or {}).items()}
+    functions = _split_by_function(bm, msetup, width, per_fn)
+    rest_terms = _unattributed(bm, msetup, width, mix,
                                _flash_left(None if loads_flash is None else loads_flash / n, per_fn),
-                               tot.branches_unresolved / n)
+                               tot.branches_unresolved / n, 1.0,
+                               _fills_left(msetup, mix, tot.fetch_bytes / n, icache, per_fn))
     notes = [*bm.notes,
              "per function: the prior applied to each function's instructions by class, taken branches and "
              "instruction bytes; cross-core factor and soft-float calls as for the whole token; no residual",

@@ -30,11 +30,14 @@ from twin.device.transport import Device, DeviceGone, DeviceTimeout
 from twin.model import modelgen
 from twin.model.image import QuantRecipe, read_image, write_image
 from twin.model.reference import QuantReference
-from twin.platforms import Platform, get_platform, with_kernels
+from twin.platforms import Platform, all_platforms, get_platform, with_kernels
 from twin.profile.counts import (
+    MAX_CACHES,
+    CacheGeometry,
     Dump,
     SegmentProfile,
     analyze,
+    cache_geometry,
     function_table,
     parse_dump,
     plugin_args,
@@ -136,6 +139,21 @@ def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
     return regions
 
 
+def simulated_caches(platform: Platform) -> tuple[CacheGeometry, ...]:
+    """The instruction caches a run on ``platform`` simulates: the geometry of every catalog board's
+    instruction cache that states one (``accelerators``: line_bytes, ways), the platform's own first, at most
+    MAX_CACHES, each serving fetches from the platform's code window. What-if predictions for a board
+    then use the misses of its own geometry (calibration.cycles)."""
+    boards = [platform, *(p for pid, p in sorted(all_platforms().items()) if pid != platform.id)]
+    out: dict[str, CacheGeometry] = {}
+    for board in boards:
+        for acc in board.accelerators:
+            g = cache_geometry(acc, platform.flash.origin, platform.flash.end)
+            if g is not None and len(out) < MAX_CACHES:
+                out.setdefault(g.key, g)
+    return tuple(out.values())
+
+
 def model_tokenizer(model: str):
     """The tokenizer for a RunSpec.model: the built-in model's, an image's sidecar ``<image>.tokenizer.json``
     (written by `twin image`), or None (byte-level)."""
@@ -232,10 +250,12 @@ def check_emulator(platform: Platform, emulator: str, mem_traffic: bool = False)
 
 @contextmanager
 def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_traffic: bool = False,
-                     timeout: float = 120.0, reply_timeout: float = 30.0, emulator: str = "qemu") -> Iterator[Session]:
+                     timeout: float = 120.0, reply_timeout: float = 30.0, emulator: str = "qemu",
+                     icaches: tuple[CacheGeometry, ...] | None = None) -> Iterator[Session]:
     """An emulator session that counts: QEMU under the profiling plugin, or Renode with its opcode
     counters. When the block ends and the backend has ended, ``session.segments`` holds the counts cut at
-    the firmware's markers (boot | phase | io | phase | …) and ``session.unavailable`` what it could not count."""
+    the firmware's markers (boot | phase | io | phase | …) and ``session.unavailable`` what it could not count.
+    ``icaches``: the instruction caches QEMU's plugin simulates (default: :func:`simulated_caches`)."""
     check_emulator(platform, emulator, mem_traffic)
     if emulator == "renode":
         backend = renode.RenodeProcess(platform, elf, image, timeout=timeout)
@@ -249,7 +269,9 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
     with tempfile.TemporaryDirectory(prefix="twin-profile-") as tmp:
         dump = Path(tmp) / "profile.dump"
         with emulator_session(platform, elf, image, timeout=timeout, reply_timeout=reply_timeout,
-                              extra_args=tuple(plugin_args(elf, dump, regions))) as session:
+                              extra_args=tuple(plugin_args(elf, dump, regions,
+                                                           icaches=simulated_caches(platform) if icaches is None
+                                                           else icaches))) as session:
             yield session
         session.dump = parse_dump(dump)
         session.segments = analyze(session.dump, elf, platform.arch)
@@ -383,6 +405,8 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
                                   "decode": _branches(decode_sum, unavailable)},
             # bytes of instructions executed: what a fetch unit reads (compressed code: fewer words)
             "by_phase_fetch_bytes": {"prefill": prefill_sum.fetch_bytes, "decode": decode_sum.fetch_bytes},
+            # simulated instruction caches (simulated_caches), by geometry: line lookups, misses, prefetched
+            "by_phase_icache": {"prefill": prefill_sum.icache, "decode": decode_sum.icache},
             # the decoded tokens per function (summed): what calibration.predict splits the cycles by
             "decode_by_function": function_table(decode_sum),
         },

@@ -16,6 +16,12 @@
  *   region=NAME:0xSTART:0xEND an address range [START, END) for mem mode (repeatable, up to 8)
  *   edges=on|off              count TB-to-TB transitions (default off; one C callback per TB
  *                             execution, so several times slower than the inline counters)
+ *   icache=LINE:SETS:WAYS:PF:0xSTART:0xEND
+ *                             simulate an instruction cache (repeatable, up to 4 geometries): LINE
+ *                             bytes per line (a power of two), SETS sets (a power of two), WAYS ways,
+ *                             true LRU, PF 1 = a next-line prefetch buffer, 0 = none; only fetches
+ *                             from [START, END) (the flash) look it up. One C callback per TB
+ *                             execution, like edges=on
  *   entry=0xADDR              an *entry cut* (repeatable, up to 64): every execution of the
  *                             instruction at ADDR (a function's first instruction) closes the
  *                             current segment just before it (`twin count --phase SYMBOL`)
@@ -28,7 +34,9 @@
  * ADDR.  Where ADDR lies inside a TB (code falling through into it), the cut is at TB granularity
  * as for mark= (the whole TB in the closing segment).  With edges=on, the edge into the entry's TB
  * stays in the closing segment.
- * Memory accesses are counted when they happen.  An edge (previous TB -> current TB) is counted
+ * Cache lookups are made when a TB is entered, for every line its instructions touch, in order:
+ * a TB's lines (and misses) belong to the segment that counts the TB, an exact entry cut moves
+ * them with the execution it moves.  Memory accesses are counted when they happen.  An edge (previous TB -> current TB) is counted
  * when the current TB is entered, i.e. in the segment that counts the current TB; the first TB of
  * the run has no previous TB and no edge.
  *
@@ -51,6 +59,12 @@
  *                                      destination TB id, transitions), nonzero only, in no
  *                                      particular order; the host derives taken / not-taken
  *                                      counts of each block's final branch from them
+ *   icache G LINE SETS WAYS PF HEXSTART HEXEND   one per icache= geometry (G 0..), as given
+ *   cache K G L M P                    segment K, geometry G (icache= only): line lookups, misses,
+ *                                      lines served by the prefetch buffer (neither counts as the
+ *                                      other); L = hits + M + P
+ *   cmiss K G P ID1 M1 ... IDP MP      segment K, geometry G: P pairs (TB id, misses), nonzero only;
+ *                                      they add up to the cache record's M
  *   entry HEX                          one per entry cut (entry= given only), in argument order
  *   cut K HEX X | cut K -              entry= given only: what closed segment K - the mark or entry
  *                                      at HEX (X = 1: exactly before that instruction, 0: at TB
@@ -74,7 +88,7 @@
 
 TWIN_EXPORT int qemu_plugin_version = TWIN_PLUGIN_API_VERSION;
 
-enum { CHUNK_RECORDS = 1024, MAX_REGIONS = 8, MAX_NAME = 32, MAX_ENTRIES = 64 };
+enum { CHUNK_RECORDS = 1024, MAX_REGIONS = 8, MAX_NAME = 32, MAX_ENTRIES = 64, MAX_CACHES = 4 };
 
 /* One translated block.  Records live in fixed-size chunks that never move, so the address
  * of `count` handed to QEMU for the inline add stays valid for the whole run. */
@@ -84,6 +98,18 @@ struct tb_record {
     uint64_t vaddr;
     uint32_t n_insns;
     uint64_t *insns;   /* n_insns instruction vaddrs */
+    uint64_t end;      /* one past its last instruction byte */
+    uint64_t miss[MAX_CACHES][2];   /* icache= misses so far, at the previous snapshot */
+};
+
+/* One simulated instruction cache: tags[set * ways ..] most recently used first, UINT64_MAX empty. */
+struct cache {
+    uint32_t line_shift, sets, ways;
+    bool prefetch;
+    uint64_t start, end;        /* the window of addresses it serves */
+    uint64_t *tags;
+    uint64_t pf_line;           /* the line in the prefetch buffer, UINT64_MAX none */
+    uint64_t now[3], last[3];   /* lookups, misses, prefetched */
 };
 
 struct region {
@@ -105,6 +131,19 @@ static struct region regions[MAX_REGIONS];
 static unsigned n_regions;
 static char target_name[MAX_NAME] = "?";
 static uint64_t entry_vaddrs[MAX_ENTRIES];
+static struct cache caches[MAX_CACHES];
+static unsigned n_caches;
+static uint64_t *cache_segs;    /* n_segs * MAX_CACHES * 3 deltas */
+struct miss_delta {
+    uint32_t id;
+    uint32_t cache;
+    uint64_t misses;
+};
+static struct miss_delta *miss_deltas;
+static size_t n_miss_deltas, miss_deltas_cap;
+static size_t *miss_seg_start;  /* per segment: miss_deltas[miss_seg_start[k] .. miss_seg_start[k+1]) */
+static uint32_t last_cache_tb;  /* the TB whose lookups were made last, and their misses */
+static uint64_t last_tb_stats[MAX_CACHES][3];   /* lookups, misses, prefetched */
 static unsigned n_entries;
 
 /* Entry cuts: what closed each segment (entry= given only). */
@@ -289,6 +328,68 @@ static void on_tb_exec(unsigned int vcpu_index, void *userdata)
     have_prev = true;
 }
 
+/* Look line `line` up in cache c: 0 hit, 1 miss, 2 served by the prefetch buffer.  True LRU. */
+static int cache_access(struct cache *c, uint64_t line)
+{
+    uint64_t *set = &c->tags[(line & (c->sets - 1)) * c->ways];
+    int result = 1;
+    uint32_t w = 0;
+    while (w < c->ways && set[w] != line) {
+        w++;
+    }
+    if (w < c->ways) {
+        result = 0;
+    } else {
+        w = c->ways - 1;   /* evict the least recently used */
+        if (line == c->pf_line) {
+            result = 2;
+        }
+    }
+    memmove(&set[1], &set[0], w * sizeof *set);
+    set[0] = line;
+    if (c->prefetch) {
+        c->pf_line = line + 1;
+    }
+    c->now[0]++;
+    if (result) {
+        c->now[result]++;
+    }
+    return result;
+}
+
+static void on_tb_cache(unsigned int vcpu_index, void *userdata)
+{
+    (void)vcpu_index;
+    uint32_t id = (uint32_t)(uintptr_t)userdata;
+    struct tb_record *r = record_at(id);   /* the record is complete before its TB can run */
+    last_cache_tb = id;
+    for (unsigned g = 0; g < n_caches; g++) {
+        struct cache *c = &caches[g];
+        uint64_t before[3] = {c->now[0], c->now[1], c->now[2]};
+        if (r->vaddr >= c->start && r->end <= c->end) {
+            for (uint64_t line = r->vaddr >> c->line_shift; line <= (r->end - 1) >> c->line_shift; line++) {
+                cache_access(c, line);
+            }
+        }
+        for (int i = 0; i < 3; i++) {
+            last_tb_stats[g][i] = c->now[i] - before[i];
+        }
+        r->miss[g][0] += last_tb_stats[g][1];
+    }
+}
+
+/* Move the last TB's lookups of every cache out of (sign -1) or back into (+1) the running counts. */
+static void shift_last_misses(int sign)
+{
+    struct tb_record *r = record_at(last_cache_tb);
+    for (unsigned g = 0; g < n_caches; g++) {
+        r->miss[g][0] += (uint64_t)sign * last_tb_stats[g][1];
+        for (int i = 0; i < 3; i++) {
+            caches[g].now[i] += (uint64_t)sign * last_tb_stats[g][i];
+        }
+    }
+}
+
 /* Close the current segment: store nonzero counter deltas.  Caller holds the lock. */
 static void snapshot(void)
 {
@@ -305,6 +406,10 @@ static void snapshot(void)
         if (n_entries) {
             cuts = xrealloc(cuts, segs_cap * sizeof *cuts);
         }
+        if (n_caches) {
+            cache_segs = xrealloc(cache_segs, segs_cap * MAX_CACHES * 3 * sizeof *cache_segs);
+            miss_seg_start = xrealloc(miss_seg_start, segs_cap * sizeof *miss_seg_start);
+        }
     }
     if (n_entries) {
         cuts[n_segs] = pending_cut;
@@ -316,6 +421,9 @@ static void snapshot(void)
         }
         if (mem_on) {
             site_seg_start[0] = 0;
+        }
+        if (n_caches) {
+            miss_seg_start[0] = 0;
         }
     }
     for (uint32_t id = 0; id < n_tbs; id++) {
@@ -332,6 +440,27 @@ static void snapshot(void)
         pairs[n_pairs].delta = now - r->last;
         n_pairs++;
         r->last = now;
+        for (unsigned g = 0; g < n_caches; g++) {
+            uint64_t dm = r->miss[g][0] - r->miss[g][1];
+            if (!dm) {
+                continue;
+            }
+            if (n_miss_deltas == miss_deltas_cap) {
+                miss_deltas_cap = miss_deltas_cap ? 2 * miss_deltas_cap : 4096;
+                miss_deltas = xrealloc(miss_deltas, miss_deltas_cap * sizeof *miss_deltas);
+            }
+            miss_deltas[n_miss_deltas++] = (struct miss_delta){id, g, dm};
+            r->miss[g][1] = r->miss[g][0];
+        }
+    }
+    if (n_caches) {
+        for (unsigned g = 0; g < n_caches; g++) {
+            for (int i = 0; i < 3; i++) {
+                cache_segs[(n_segs * MAX_CACHES + g) * 3 + i] = caches[g].now[i] - caches[g].last[i];
+                caches[g].last[i] = caches[g].now[i];
+            }
+        }
+        miss_seg_start[n_segs + 1] = n_miss_deltas;
     }
     if (mem_on) {
         uint64_t *row = &mem_segs[n_segs * (MAX_REGIONS + 1) * 2];
@@ -394,7 +523,13 @@ static void on_entry(unsigned int vcpu_index, void *userdata)
         /* This TB's inline add already counted the execution that is starting: it belongs to the
          * segment that begins here.  One vCPU: nothing else touches the counter meanwhile. */
         r->count -= 1;
-        snapshot();
+        if (n_caches && last_cache_tb == site->tb_id) {
+            shift_last_misses(-1);
+            snapshot();
+            shift_last_misses(+1);
+        } else {
+            snapshot();
+        }
         r->count += 1;
     } else {
         snapshot();
@@ -458,6 +593,7 @@ static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     r->vaddr = qemu_plugin_tb_vaddr(tb);
     r->n_insns = (uint32_t)n;
     r->insns = insns;
+    r->end = n ? insns[n - 1] + qemu_plugin_insn_size(qemu_plugin_tb_get_insn(tb, n - 1)) : r->vaddr;
     uint32_t tb_id = n_tbs - 1;
     pthread_mutex_unlock(&lock);
 
@@ -483,6 +619,10 @@ static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &r->count, 1);
     if (edges_on) {
         qemu_plugin_register_vcpu_tb_exec_cb(tb, on_tb_exec, QEMU_PLUGIN_CB_NO_REGS,
+                                             (void *)(uintptr_t)tb_id);
+    }
+    if (n_caches && n) {
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, on_tb_cache, QEMU_PLUGIN_CB_NO_REGS,
                                              (void *)(uintptr_t)tb_id);
     }
 }
@@ -544,6 +684,28 @@ static void write_dump(FILE *f)
             fputc('\n', f);
         }
     }
+    for (unsigned g = 0; g < n_caches; g++) {
+        const struct cache *c = &caches[g];
+        fprintf(f, "icache %u %u %" PRIu32 " %" PRIu32 " %d %" PRIx64 " %" PRIx64 "\n", g, 1u << c->line_shift,
+                c->sets, c->ways, c->prefetch ? 1 : 0, c->start, c->end);
+    }
+    for (size_t k = 0; k < n_segs && n_caches; k++) {
+        for (unsigned g = 0; g < n_caches; g++) {
+            const uint64_t *d = &cache_segs[(k * MAX_CACHES + g) * 3];
+            fprintf(f, "cache %zu %u %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", k, g, d[0], d[1], d[2]);
+            size_t p = 0;
+            for (size_t i = miss_seg_start[k]; i < miss_seg_start[k + 1]; i++) {
+                p += miss_deltas[i].cache == g;
+            }
+            fprintf(f, "cmiss %zu %u %zu", k, g, p);
+            for (size_t i = miss_seg_start[k]; i < miss_seg_start[k + 1]; i++) {
+                if (miss_deltas[i].cache == g) {
+                    fprintf(f, " %" PRIu32 " %" PRIu64, miss_deltas[i].id, miss_deltas[i].misses);
+                }
+            }
+            fputc('\n', f);
+        }
+    }
     for (unsigned e = 0; e < n_entries; e++) {
         fprintf(f, "entry %" PRIx64 "\n", entry_vaddrs[e]);
     }
@@ -596,6 +758,52 @@ static bool parse_u64(const char *s, uint64_t *out)
         return false;
     }
     *out = v;
+    return true;
+}
+
+/* icache=LINE:SETS:WAYS:PF:0xSTART:0xEND */
+static bool parse_icache(const char *spec)
+{
+    if (n_caches == MAX_CACHES) {
+        fprintf(stderr, "twin_plugin: at most %d icache= geometries\n", MAX_CACHES);
+        return false;
+    }
+    uint64_t v[6];
+    char buf[160];
+    if (strlen(spec) >= sizeof buf) {
+        fprintf(stderr, "twin_plugin: icache= spec too long: '%s'\n", spec);
+        return false;
+    }
+    strcpy(buf, spec);
+    char *save = NULL, *tok = strtok_r(buf, ":", &save);
+    int n = 0;
+    for (; tok && n < 6; tok = strtok_r(NULL, ":", &save)) {
+        if (!parse_u64(tok, &v[n++])) {
+            n = -1;
+            break;
+        }
+    }
+    bool pow2 = n == 6 && v[0] && !(v[0] & (v[0] - 1)) && v[1] && !(v[1] & (v[1] - 1));
+    if (tok || !pow2 || v[2] == 0 || v[2] > 1024 || v[1] > (1u << 20) || v[3] > 1 || v[5] <= v[4]) {
+        fprintf(stderr, "twin_plugin: bad icache '%s' (want LINE:SETS:WAYS:PF:0xSTART:0xEND, LINE and "
+                "SETS powers of two, 1..1024 ways, PF 0 or 1)\n", spec);
+        return false;
+    }
+    struct cache *c = &caches[n_caches];
+    c->line_shift = (uint32_t)__builtin_ctzll(v[0]);
+    c->sets = (uint32_t)v[1];
+    c->ways = (uint32_t)v[2];
+    c->prefetch = v[3] == 1;
+    c->start = v[4];
+    c->end = v[5];
+    c->pf_line = UINT64_MAX;
+    c->tags = malloc((size_t)c->sets * c->ways * sizeof *c->tags);
+    if (!c->tags) {
+        fprintf(stderr, "twin_plugin: out of memory\n");
+        return false;
+    }
+    memset(c->tags, 0xff, (size_t)c->sets * c->ways * sizeof *c->tags);
+    n_caches++;
     return true;
 }
 
@@ -685,6 +893,8 @@ static bool parse_arg(const char *arg)
         }
     } else if (klen == 6 && strncmp(arg, "region", 6) == 0) {
         return parse_region(val);
+    } else if (klen == 6 && strncmp(arg, "icache", 6) == 0) {
+        return parse_icache(val);
     } else {
         fprintf(stderr, "twin_plugin: unknown argument '%s'\n", arg);
         return false;

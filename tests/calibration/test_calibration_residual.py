@@ -102,9 +102,10 @@ def test_loaded_file_predicts_what_the_fitted_model_predicts(nonlinear, tmp_path
     for scale in (0.1, 1.0, 30.0):
         counts = _counts(scale)
         r = P.predict_from_counts(plat, counts, calibration=path)
-        ws = memory_setup(plat, plat.default_clock_hz).wait_states
-        x_tok = feature_vector(counts.decode, wait_states=ws, loads_flash=None, branches_taken=None)
-        x_pre = feature_vector(counts.prefill, wait_states=ws, loads_flash=None, branches_taken=None)
+        mem = memory_setup(plat, plat.default_clock_hz)
+        ws, miss = mem.wait_states, mem.fetch_miss
+        x_tok = feature_vector(counts.decode, wait_states=ws, loads_flash=None, branches_taken=None, fetch_miss=miss)
+        x_pre = feature_vector(counts.prefill, wait_states=ws, loads_flash=None, branches_taken=None, fetch_miss=miss)
         (tok,), (tok_lo,), (tok_hi,) = predict_interval(model, x_tok[None, :])
         (pre,), _, _ = predict_interval(model, x_pre[None, :])
         clock = plat.default_clock_hz

@@ -105,8 +105,20 @@ def test_functions_and_remainder_add_up_to_twin_predict(decoded):
     _adds_up(old)
     assert old["unattributed"]["terms"]["flash_load_wait"] == pytest.approx(loads * mem.wait_states * (1 - mem.data_hit))
     assert all(f["terms"]["flash_load_wait"] == 0 for f in old["functions"].values())
-    # with a fetch width, the refetch after the unresolved branches' assumed taken ones is not a function's
-    assert (rest["terms"]["fetch_wait"] > 0) == (mem.fetch_width is not None)
+    if mem.icache is None:
+        # with a fetch width, the refetch after the unresolved branches' assumed taken ones is not a function's
+        assert (rest["terms"]["fetch_wait"] > 0) == (mem.fetch_width is not None)
+        return
+    # a simulated instruction cache: each function waits for its own misses' line fills, the remainder for
+    # the exposed part of the prefetched lines' fills (1 - instructions per line / fill cycles)
+    sim, c = total.icache[mem.icache.key], mem.icache
+    for f, v in fc["functions"].items():
+        misses = total.icache_misses_by_function[c.key].get(f, 0) / TOKENS
+        assert v["terms"]["fetch_wait"] == pytest.approx(misses * c.beats * mem.wait_states, abs=1e-9), f
+    per_line = c.line_bytes / (total.fetch_bytes / total.total)
+    exposed = max(0.0, 1 - per_line / (c.beats * (mem.wait_states + 1)))
+    assert rest["terms"]["fetch_wait"] == pytest.approx(exposed * sim["prefetched"] / TOKENS * c.beats * mem.wait_states)
+    assert 0 < exposed < 1 and sim["prefetched"] > 0
 
 
 def test_the_loop_heaviest_function_is_the_matvec(decoded):

@@ -32,7 +32,7 @@ from twin.device.transport import Device, DeviceGone, DeviceTimeout
 from twin.model.image import read_image
 from twin.platforms import Platform, get_platform
 from twin.profile import isa
-from twin.profile.counts import SegmentProfile
+from twin.profile.counts import SegmentProfile, own_cache
 from twin.runner import RunSpec, model_image, profiled_session
 
 QEMU_PORTS = ("qemu", "emulate", "emulator")
@@ -41,7 +41,7 @@ ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 FEATURE_COLUMNS = tuple(f"n_{c}" for c in isa.CLASSES)
 MEMORY_COLUMNS = ("loads_flash", "loads_sram", "stores_sram")
 COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "branches_taken", "branches_unresolved", "fetch_bytes",
-           "instructions", "cycles",
+           "icache_misses", "icache_prefetched", "instructions", "cycles",
            "cycle_counter", "energy_j", "size", "iterations", "checksum", "compiler", "cflags", "bench_date")
 
 
@@ -197,13 +197,18 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _features(p: SegmentProfile | None) -> dict:
+def _features(p: SegmentProfile | None, cache_key: str | None = None) -> dict:
     if p is None:
         return {**dict.fromkeys(FEATURE_COLUMNS, ""), **dict.fromkeys(MEMORY_COLUMNS, ""), "instructions": "",
-                "branches_taken": "", "branches_unresolved": "", "fetch_bytes": ""}
+                "branches_taken": "", "branches_unresolved": "", "fetch_bytes": "", "icache_misses": "",
+                "icache_prefetched": ""}
     out = {f"n_{c}": p.by_class.get(c, 0) for c in isa.CLASSES}
     out["instructions"] = p.total
     out["fetch_bytes"] = p.fetch_bytes
+    # the board's own instruction cache as the twin simulated it (twin.runner.simulated_caches)
+    sim = p.icache.get(cache_key) if cache_key else None
+    out["icache_misses"] = sim["misses"] if sim else ""
+    out["icache_prefetched"] = sim["prefetched"] if sim else ""
     # Taken branches derived from the TB counts (twin/profile/counts.py), and the conditional branches
     # whose split could not be derived (the calibration charges those at its taken fraction).
     out["branches_taken"] = p.branches_taken
@@ -288,6 +293,8 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
                          "counted again in a complete twin run (a killed QEMU leaves no profile)")
     energies = _energies(spec, len(device_run) - 1) if spec.trace else None
     bench_date = datetime.now(timezone.utc).date().isoformat()
+    own = own_cache(platform.accelerators)       # the board's cache, simulated on the twin's run
+    cache_key = own[0].key if own else None
     rows = []
     for k, m in enumerate(device_run):
         if k == 0 and not m.workload.removeprefix("model:"):
@@ -299,7 +306,7 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
             "phase": m.phase,
             "clock_hz": info.clock_hz,
             "build_id": info.build_id,
-            **_features(twin.profiles[k] if twin else None),
+            **_features(twin.profiles[k] if twin else None, cache_key),
             "cycles": m.cycles if counter != "none" else 0,
             "cycle_counter": counter,
             "energy_j": "" if energies is None or energies[k] is None else f"{energies[k]:.9g}",

@@ -32,6 +32,7 @@ PLUGIN_CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-std=gnu11", "-fPIC", "-share
 MARK_SYMBOL = "twin_mark"
 MAX_REGIONS = 8
 MAX_ENTRIES = 64
+MAX_CACHES = 4
 UNKNOWN_FUNCTION = "?"
 OUTSIDE_REGIONS = "?"
 DUMP_MAGIC = "TWINPROF 1"
@@ -115,6 +116,7 @@ def plugin_args(
     edges: bool = False,
     entries: Iterable[int] = (),
     mark: bool = True,
+    icaches: Iterable[CacheGeometry] = (),
 ) -> list[str]:
     """``["-plugin", "<so>,out=...,mark=0x...[,mem=on,region=NAME:0xSTART:0xEND...][,edges=on]"]``.
 
@@ -126,6 +128,7 @@ def plugin_args(
     ``entries``: addresses of *entry cuts* (up to MAX_ENTRIES; the plugin's ``entry=``): every
     execution of one of them closes the segment just before it, and the dump says which cut closed
     each segment (``Dump.cuts``).  ``mark=False`` ignores the ELF's ``twin_mark`` (foreign firmware).
+    ``icaches``: instruction caches to simulate (up to MAX_CACHES geometries, the plugin's ``icache=``).
     """
     so = Path(plugin) if plugin is not None else build_plugin()
     opts = [_qemu_escape(str(so)), "out=" + _qemu_escape(str(out_path))]
@@ -151,12 +154,64 @@ def plugin_args(
             opts.append(f"region={name}:{start:#x}:{end:#x}")
     if edges:
         opts.append("edges=on")
+    icaches = list(icaches)
+    if len(icaches) > MAX_CACHES:
+        raise ValueError(f"at most {MAX_CACHES} simulated instruction caches, got {len(icaches)}")
+    for g in icaches:
+        if (g.line_bytes & (g.line_bytes - 1)) or (g.sets & (g.sets - 1)) or min(g.line_bytes, g.sets, g.ways) < 1 \
+                or not 0 <= g.start < g.end:
+            raise ValueError(f"cache geometry {g}: line bytes and sets must be powers of two, ways >= 1, "
+                             "start < end")
+        opts.append(g.arg())
     return ["-plugin", ",".join(opts)]
 
 
 # ---------------------------------------------------------------------------------------------
 # The dump
 # ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CacheGeometry:
+    """An instruction cache the plugin simulates (``icache=``): true LRU, an optional next-line
+    prefetch buffer, serving fetches from [start, end)."""
+
+    line_bytes: int
+    sets: int
+    ways: int
+    prefetch: bool
+    start: int
+    end: int
+
+    @property
+    def key(self) -> str:
+        """How the counts name it: size / line / ways (+pf), e.g. ``4096B/8B/2w+pf``."""
+        return (f"{self.line_bytes * self.sets * self.ways}B/{self.line_bytes}B/{self.ways}w"
+                f"{'+pf' if self.prefetch else ''}")
+
+    def arg(self) -> str:
+        return (f"icache={self.line_bytes}:{self.sets}:{self.ways}:{int(self.prefetch)}:"
+                f"{self.start:#x}:{self.end:#x}")
+
+
+def cache_geometry(acc, start: int, end: int) -> CacheGeometry | None:
+    """A catalog accelerator as a simulated instruction cache over [start, end), None when it is no
+    instruction cache or states no full geometry (size, line, ways: sets = size / line / ways)."""
+    line, ways = getattr(acc, "line_bytes", None), getattr(acc, "ways", None)
+    if acc.kind not in ("icache", "art", "xip-cache", "cache") or not (acc.size_bytes and line and ways):
+        return None
+    return CacheGeometry(line, acc.size_bytes // (line * ways), ways, bool(getattr(acc, "prefetch", False)),
+                         start, end)
+
+
+def own_cache(accelerators, start: int = 0, end: int = 1) -> tuple[CacheGeometry, object] | None:
+    """The first of a platform's accelerators that is a simulated instruction cache, as (geometry over
+    [start, end), the accelerator), None when none states a geometry."""
+    for acc in accelerators:
+        g = cache_geometry(acc, start, end)
+        if g is not None:
+            return g, acc
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class Dump:
     """Parsed plugin dump.  TB ``i``'s instructions are ``insn_addrs[tb_offsets[i]:tb_offsets[i+1]]``."""
@@ -178,6 +233,12 @@ class Dump:
     # mark or entry, or None for the end of the run
     entries: tuple[int, ...] = ()
     cuts: tuple[tuple[int, bool] | None, ...] | None = None
+    # icache= only: the simulated geometries (line bytes, sets, ways, prefetch, start, end), per
+    # segment and geometry (lookups, misses, prefetched), and per segment and geometry the misses per
+    # TB (tb ids, misses), which add up to the segment's misses
+    icaches: tuple[CacheGeometry, ...] = ()
+    cache: np.ndarray | None = None  # (S, G, 3) int64
+    cache_misses: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...] | None = None
 
     @property
     def n_tbs(self) -> int:
@@ -221,6 +282,9 @@ def parse_dump(path: Path | str) -> Dump:
     edge_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     entries: list[int] = []
     cut_rows: list[tuple[int, bool] | None] = []
+    icaches: list[CacheGeometry] = []
+    cache_rows: dict[tuple[int, int], list[int]] = {}
+    miss_rows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     end: tuple[int, int] | None = None
 
     for lineno, line in enumerate(lines[1:], start=2):
@@ -267,6 +331,22 @@ def parse_dump(path: Path | str) -> Dump:
                 if idx != len(regions) or len(parts) != 5:
                     raise _err(p, lineno, "region record out of order")
                 regions.append((name, start, stop))
+            elif tag == "icache":
+                if int(parts[1]) != len(icaches) or len(parts) != 8:
+                    raise _err(p, lineno, "icache record out of order or of wrong length")
+                icaches.append(CacheGeometry(int(parts[2]), int(parts[3]), int(parts[4]), parts[5] == "1",
+                                             int(parts[6], 16), int(parts[7], 16)))
+            elif tag == "cache":
+                key = (int(parts[1]), int(parts[2]))
+                if len(parts) != 6 or key in cache_rows or key[1] >= len(icaches):
+                    raise _err(p, lineno, "cache record repeated, of wrong length or of an unknown geometry")
+                cache_rows[key] = [int(x) for x in parts[3:]]
+            elif tag == "cmiss":
+                key, n_pairs = (int(parts[1]), int(parts[2])), int(parts[3])
+                if len(parts) != 4 + 2 * n_pairs or key in miss_rows or key[1] >= len(icaches):
+                    raise _err(p, lineno, "cmiss record repeated, of wrong length or of an unknown geometry")
+                flat = np.array([int(x) for x in parts[4:]], dtype=np.int64)
+                miss_rows[key] = (flat[0::2].copy(), flat[1::2].copy())
             elif tag == "entry":
                 if len(parts) != 2:
                     raise _err(p, lineno, "entry record of wrong length")
@@ -334,6 +414,24 @@ def parse_dump(path: Path | str) -> Dump:
                                    "or counts <= 0")
         edges = tuple(edge_rows)
 
+    cache = cache_misses = None
+    if icaches:
+        want = {(k, g) for k in range(len(segments)) for g in range(len(icaches))}
+        if set(cache_rows) != want or set(miss_rows) != want:
+            raise ProfileError(f"truncated plugin dump {p}: cache records do not cover every segment and "
+                               f"cache ({len(cache_rows)} and {len(miss_rows)} for {len(want)})")
+        cache = np.array([[cache_rows[k, g] for g in range(len(icaches))] for k in range(len(segments))],
+                         dtype=np.int64)
+        for (k, g), (ids, misses) in miss_rows.items():
+            look, miss, pref = cache[k, g]
+            if (ids.size and (ids.min() < 0 or ids.max() >= len(tb_vaddr) or misses.min() <= 0)) \
+                    or int(misses.sum()) != miss or miss + pref > look:
+                raise ProfileError(f"garbled plugin dump {p}: the cache misses of segment {k} (cache {g}) "
+                                   "name unknown TBs or do not add up to its cache record")
+        cache_misses = tuple(tuple(miss_rows[k, g] for g in range(len(icaches))) for k in range(len(segments)))
+    elif cache_rows or miss_rows:
+        raise ProfileError(f"garbled plugin dump {p}: cache records without an icache geometry")
+
     if cut_rows and len(cut_rows) != len(segments):
         raise ProfileError(f"truncated plugin dump {p}: {len(cut_rows)} cut rows for {len(segments)} segments")
 
@@ -352,6 +450,9 @@ def parse_dump(path: Path | str) -> Dump:
         edges=edges,
         entries=tuple(entries),
         cuts=tuple(cut_rows) if cut_rows else None,
+        icaches=tuple(icaches),
+        cache=cache,
+        cache_misses=cache_misses,
     )
 
 
@@ -397,6 +498,11 @@ class SegmentProfile:
     # Loads/stores per function of the accessing instruction and region, as mem (None without the
     # plugin's per-instruction counts; summed over the functions, each region's figure is mem's)
     mem_by_function: dict[str, dict[str, dict[str, int]]] | None = None
+    # Simulated instruction caches (plugin icache=), by CacheGeometry.key: {"lookups", "misses",
+    # "prefetched"} (line lookups; misses and prefetch-buffer hits are not hits), and each cache's
+    # misses per function of the missing TB (they sum to its misses). {} without a simulation.
+    icache: dict[str, dict[str, int]] = field(default_factory=dict)
+    icache_misses_by_function: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -525,8 +631,24 @@ def analyze(dump: Dump, elf: Path | str, arch: str,
             branches_taken_by_function={func_names[i]: n for i, n in sorted(taken_f.items()) if n},
             branches_unresolved_by_function={func_names[i]: n for i, n in sorted(unres_f.items()) if n},
             mem_by_function=_segment_mem_by_function(dump, k, functions, func_names),
+            **_segment_cache(dump, k, functions, func_names),
         ))
     return profiles
+
+
+def _segment_cache(dump: Dump, k: int, functions: _FunctionTable, func_names: tuple[str, ...]) -> dict:
+    """SegmentProfile's icache fields of segment k (a TB's misses are its first instruction's function's)."""
+    if dump.cache is None or dump.cache_misses is None:
+        return {}
+    stats, by_fn = {}, {}
+    for g, geom in enumerate(dump.icaches):
+        look, miss, pref = (int(x) for x in dump.cache[k, g])
+        stats[geom.key] = {"lookups": look, "misses": miss, "prefetched": pref}
+        ids, misses = dump.cache_misses[k][g]
+        fn = functions.lookup(dump.tb_vaddr[ids]) if ids.size else np.zeros(0, dtype=np.int64)
+        per = _weighted_counts(fn, misses, len(func_names))
+        by_fn[geom.key] = {func_names[i]: int(n) for i, n in enumerate(per) if n}
+    return {"icache": stats, "icache_misses_by_function": by_fn}
 
 
 def _segment_mem(dump: Dump, k: int) -> dict[str, dict[str, int]] | None:
@@ -554,13 +676,16 @@ def _segment_mem_by_function(dump: Dump, k: int, functions: _FunctionTable,
 
 def function_table(p: SegmentProfile) -> dict[str, dict]:
     """Per function of a profile: instructions, the non-zero classes, instruction bytes, taken and
-    unresolved conditional branches, as plain numbers ({} when the backend counted no functions)."""
+    unresolved conditional branches (and, where counted, loads/stores per region and each simulated
+    cache's misses), as plain numbers ({} when the backend counted no functions)."""
     return {f: {"instructions": p.by_function.get(f, 0),
                 "by_class": {c: n for c, n in by_class.items() if n},
                 "fetch_bytes": p.fetch_bytes_by_function.get(f, 0),
                 "branches_taken": p.branches_taken_by_function.get(f, 0),
                 "branches_unresolved": p.branches_unresolved_by_function.get(f, 0),
-                **({} if p.mem_by_function is None else {"mem": p.mem_by_function.get(f, {})})}
+                **({} if p.mem_by_function is None else {"mem": p.mem_by_function.get(f, {})}),
+                **({} if not p.icache else
+                   {"icache_misses": {k: m.get(f, 0) for k, m in p.icache_misses_by_function.items()}})}
             for f, by_class in sorted(p.by_function_class.items())}
 
 
@@ -580,6 +705,10 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
     # per function and region only when every profile has them (else a partial sum would look whole)
     func_mem: dict[str, dict[str, dict[str, int]]] | None = (
         {} if profiles and all(p.mem_by_function is not None for p in profiles) else None)
+    # cache figures only for caches every profile simulated
+    keys = set.intersection(*(set(p.icache) for p in profiles)) if profiles else set()
+    icache = {key: {"lookups": 0, "misses": 0, "prefetched": 0} for key in sorted(keys)}
+    icache_fn: dict[str, dict[str, int]] = {key: {} for key in sorted(keys)}
     for p in profiles:
         total += p.total
         undecoded += p.undecoded
@@ -605,6 +734,11 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
                 acc = mem.setdefault(r, {"loads": 0, "stores": 0})
                 acc["loads"] += d["loads"]
                 acc["stores"] += d["stores"]
+        for key in keys:
+            for stat, n in p.icache[key].items():
+                icache[key][stat] += n
+            for f, n in p.icache_misses_by_function.get(key, {}).items():
+                icache_fn[key][f] = icache_fn[key].get(f, 0) + n
         if func_mem is not None:
             for f, regions in p.mem_by_function.items():
                 for r, d in regions.items():
@@ -612,7 +746,7 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
                     acc["loads"] += d["loads"]
                     acc["stores"] += d["stores"]
     return SegmentProfile(total, by_class, by_function, mem, undecoded, taken, not_taken, unresolved, fetch_bytes,
-                          func_class, func_bytes, func_taken, func_unres, func_mem)
+                          func_class, func_bytes, func_taken, func_unres, func_mem, icache, icache_fn)
 
 
 # ---------------------------------------------------------------------------------------------
