@@ -7,7 +7,8 @@ Usage:
 
 Configurations: "bare" (no plugin), "counters" (inline TB counters + marks, the default mode),
 "mem" (counters + per-access memory callbacks over the given regions), "edges" (counters + a
-per-TB callback counting TB-to-TB edges: exact taken-branch counts).  Prints the median wall
+per-TB callback counting TB-to-TB edges: exact taken-branch counts), "icache" (counters + a per-TB
+callback simulating the catalog's instruction-cache geometries, as every model run does).  Prints the median wall
 time of --repeat runs, guest MIPS (instructions counted by the plugin / wall time) and the ratio
 to bare.
 """
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         elf = args.elf
         arch = args.arch or _elf_arch(elf)
         regions = {}
+        code = (0, 2**32)
         what = f"{elf}"
     else:
         t = programs.TARGETS[args.target]
@@ -70,17 +72,28 @@ def main(argv: list[str] | None = None) -> None:
         arch = t.arch
         qemu = programs.qemu_command(t, elf, args.iterations)
         regions = {"ram": t.ram}
+        code = t.code
         what = f"{t.arch} fixture, {args.iterations} iterations"
     for spec in args.region:
         name, start, end = spec.split(":")
         regions[name] = (int(start, 0), int(end, 0))
 
     dump = work / "dump.txt"
+
+    def _caches(window):
+        from twin.platforms import all_platforms
+        from twin.profile.counts import MAX_CACHES, cache_geometry
+
+        geoms = {g.key: g for p in all_platforms().values() for a in p.accelerators
+                 if (g := cache_geometry(a, *window)) is not None}
+        return list(geoms.values())[:MAX_CACHES]
     configs = {
         "bare": qemu,
         "counters": qemu + plugin_args(elf, dump, plugin=plugin),
         "mem": qemu + plugin_args(elf, dump, regions or None, plugin=plugin),
         "edges": qemu + plugin_args(elf, dump, plugin=plugin, edges=True),
+        # what a model run adds by default: the catalog's cache geometries over the code
+        "icache": qemu + plugin_args(elf, dump, plugin=plugin, icaches=_caches(code)),
     }
     if not regions:
         del configs["mem"]

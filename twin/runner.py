@@ -140,11 +140,12 @@ def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
 
 
 def simulated_caches(platform: Platform) -> tuple[CacheGeometry, ...]:
-    """The instruction caches a run on ``platform`` simulates: the geometry of every catalog board's
-    instruction cache that states one (``accelerators``: line_bytes, ways), the platform's own first, at most
+    """The instruction caches a run on ``platform`` simulates: the geometry of every catalog board of its ISA
+    whose instruction cache states one (``accelerators``: line_bytes, ways), the platform's own first, at most
     MAX_CACHES, each serving fetches from the platform's code window. What-if predictions for a board
     then use the misses of its own geometry (calibration.cycles)."""
-    boards = [platform, *(p for pid, p in sorted(all_platforms().items()) if pid != platform.id)]
+    boards = [platform, *(p for pid, p in sorted(all_platforms().items())
+                          if pid != platform.id and p.isa == platform.isa)]
     out: dict[str, CacheGeometry] = {}
     for board in boards:
         for acc in board.accelerators:

@@ -332,6 +332,13 @@ static void on_tb_exec(unsigned int vcpu_index, void *userdata)
 static int cache_access(struct cache *c, uint64_t line)
 {
     uint64_t *set = &c->tags[(line & (c->sets - 1)) * c->ways];
+    c->now[0]++;
+    if (set[0] == line) {   /* the most recently used line of its set: a hit, nothing moves */
+        if (c->prefetch) {
+            c->pf_line = line + 1;
+        }
+        return 0;
+    }
     int result = 1;
     uint32_t w = 0;
     while (w < c->ways && set[w] != line) {
@@ -350,7 +357,6 @@ static int cache_access(struct cache *c, uint64_t line)
     if (c->prefetch) {
         c->pf_line = line + 1;
     }
-    c->now[0]++;
     if (result) {
         c->now[result]++;
     }
