@@ -48,6 +48,13 @@ def test_every_figure_section_names_its_source():
             assert a.note.strip(), (p.id, a.name)
 
 
+def test_an_accelerator_may_give_its_geometry():
+    (ic,) = get_platform("rtl-ibex-icache").accelerators
+    assert (ic.kind, ic.size_bytes, ic.line_bytes, ic.ways, ic.prefetch, ic.covers) == ("icache", 4096, 8, 2, True, "flash")
+    h7 = get_platform("nucleo-h743zi").accelerators[0]
+    assert (h7.line_bytes, h7.ways, h7.prefetch, h7.covers) == (None, None, None, None)      # not stated
+
+
 def test_wait_states_follow_the_table():
     ft = get_platform("stm32f4-disco").flash_timing
     assert [ft.wait_states(f) for f in (24e6, 30e6, 31e6, 120e6, 168e6)] == [0, 0, 1, 3, 5]
@@ -107,6 +114,11 @@ _DELETE = object()
     ("nucleo-f746zg", "flash_wait_states.table.1.max_hz", 10, r"flash_wait_states.table\[1\]: rows must ascend"),
     ("nucleo-f746zg", "flash_wait_states.kind", "magic", r"flash_wait_states: field 'kind' must be one of"),
     ("nucleo-f746zg", "accelerators.0.kind", "turbo", r"accelerators\[0\]: field 'kind' must be one of"),
+    ("rtl-ibex-icache", "accelerators.0.ways", 0, r"accelerators\[0\]: field 'ways' must be positive"),
+    ("rtl-ibex-icache", "accelerators.0.line_bytes", "8", r"accelerators\[0\]: field 'line_bytes' must be int"),
+    ("rtl-ibex-icache", "accelerators.0.prefetch", "yes", r"accelerators\[0\]: field 'prefetch' must be bool"),
+    ("rtl-ibex-icache", "accelerators.0.covers", "rom",
+     r"accelerators\[0\]: field 'covers' must name a window of memory: \(flash, model, ram\), got 'rom'"),
     ("nucleo-f746zg", "vector", "avx", r"field 'vector' must be one of"),
     ("nucleo-f746zg", "cflags", ["-O2"], r"field 'cflags' given without 'board'"),
     ("esp32-s3-devkit", "board", "esp32s3", r"field 'arch' must be one of arm, riscv"),

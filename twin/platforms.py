@@ -134,6 +134,10 @@ class Accelerator:
     kind: str                        # "icache" | "dcache" | "cache" | "art" | "xip-cache" | "prefetch" | "tcm"
     size_bytes: int | None = None
     note: str = ""
+    line_bytes: int | None = None    # optional geometry: bytes per line, associativity
+    ways: int | None = None
+    prefetch: bool | None = None     # fetches ahead of the core (None: not stated)
+    covers: str | None = None        # the memory: window it serves (flash, model, ram); None: not stated
 
 
 @dataclass(frozen=True)
@@ -392,16 +396,25 @@ def _flash_timing(data: dict, where: str) -> FlashTiming | None:
 
 def _accelerators(data: dict, where: str) -> tuple[Accelerator, ...]:
     items = _optional(data, "accelerators", list, where) or []
+    memory = data.get("memory")
+    windows = tuple(memory) if isinstance(memory, dict) else ()
     out = []
     for i, a in enumerate(items):
         aw = f"{where}: accelerators[{i}]"
         if not isinstance(a, dict):
             raise PlatformError(f"{aw}: expected a mapping with name, kind, size_bytes, source")
-        size = _optional(a, "size_bytes", int, aw)
-        if size is not None and size <= 0:
-            raise PlatformError(f"{aw}: field 'size_bytes' must be positive (or null when not found)")
-        out.append(Accelerator(_need(a, "name", str, aw), _choice(a, "kind", _ACCEL_KINDS, aw), size,
-                               _source(a, aw)))
+        sizes = {}
+        for key in ("size_bytes", "line_bytes", "ways"):
+            sizes[key] = _optional(a, key, int, aw)
+            if sizes[key] is not None and sizes[key] <= 0:
+                raise PlatformError(f"{aw}: field '{key}' must be positive (or null when not found)")
+        covers = _optional(a, "covers", str, aw)
+        if covers is not None and covers not in windows:
+            raise PlatformError(f"{aw}: field 'covers' must name a window of memory: "
+                                f"({', '.join(windows) or 'none given'}), got {covers!r}")
+        out.append(Accelerator(_need(a, "name", str, aw), _choice(a, "kind", _ACCEL_KINDS, aw), sizes["size_bytes"],
+                               _source(a, aw), line_bytes=sizes["line_bytes"], ways=sizes["ways"],
+                               prefetch=_optional(a, "prefetch", bool, aw), covers=covers))
     return tuple(out)
 
 

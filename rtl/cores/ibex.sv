@@ -1,6 +1,6 @@
 // lowRISC Ibex (RV32IMC) as the bench board's core. The RTL comes from the pythondata-cpu-ibex
-// package; its configuration (multiplier, branch-target ALU, writeback stage) comes from the
-// board's platform file (rtl.config), passed by the build as defines.
+// package; its configuration (multiplier, branch-target ALU, writeback stage, instruction cache)
+// comes from the board's platform file (rtl.config), passed by the build as defines.
 `ifndef IBEX_RV32M
   `define IBEX_RV32M ibex_pkg::RV32MFast
 `endif
@@ -10,10 +10,14 @@
 `ifndef IBEX_WRITEBACK_STAGE
   `define IBEX_WRITEBACK_STAGE 1'b0
 `endif
+`ifndef IBEX_ICACHE
+  `define IBEX_ICACHE 1'b0
+`endif
 module twin_cpu #(
   parameter ibex_pkg::rv32m_e RV32M           = `IBEX_RV32M,
   parameter bit               BranchTargetALU = `IBEX_BRANCH_TARGET_ALU,
-  parameter bit               WritebackStage  = `IBEX_WRITEBACK_STAGE
+  parameter bit               WritebackStage  = `IBEX_WRITEBACK_STAGE,
+  parameter bit               ICache          = `IBEX_ICACHE
 ) (
   input  logic        clk_i,
   input  logic        rst_ni,
@@ -33,9 +37,13 @@ module twin_cpu #(
   input  logic [31:0] data_rdata_i
 );
   // Ibex starts at boot_addr[31:8] + 0x80; the harness's reset ROM there jumps to the firmware.
+  // With ICache, the cache (ibex_icache.sv: its default 4 kB, 2 ways, 64-bit lines, no ECC or
+  // scrambling) replaces the prefetch buffer; it passes fetches through until software sets
+  // cpuctrlsts.icache_enable (CSR 0x7C0 bit 0, reset 0), which the reset ROM does (--cpuctrl).
   ibex_top #(
     .RV32M(RV32M), .RV32B(ibex_pkg::RV32BNone), .RegFile(ibex_pkg::RegFileFF),
     .BranchTargetALU(BranchTargetALU), .WritebackStage(WritebackStage),
+    .ICache(ICache), .ICacheECC(1'b0), .ICacheScramble(1'b0),
     .DmBaseAddr(32'h0000_0800), .DmAddrMask(32'h0000_0003),
     .DmHaltAddr(32'h0000_0800), .DmExceptionAddr(32'h0000_0800)
   ) u_top (

@@ -1,7 +1,8 @@
 // The RTL bench board's harness: clocks the Verilated SoC (rtl/soc/twin_soc.sv) and implements the
 // memory map behind its two ports, as QEMU's riscv32 `virt` machine lays it out for the firmware:
 //
-//   0x0000_1000  reset ROM (256 B): a jump to the DRAM base, at +0x00 and at +0x80 (Ibex starts there)
+//   0x0000_1000  reset ROM (256 B): a jump to the DRAM base, at +0x00 and at +0x80 (Ibex starts there);
+//                with --cpuctrl N, a write of N to Ibex's cpuctrlsts CSR (0x7C0) before it
 //   0x0010_0000  SiFive test finisher: 0x5555 ends the run with 0, (code << 16) | 0x3333 with code
 //   0x1000_0000  NS16550 console: RBR/THR at +0, LSR at +5 (bit 0 data ready, bit 5 THR empty)
 //   0x8000_0000  DRAM (--dram-size): the ELF's loadable segments and the --load files
@@ -131,12 +132,18 @@ void load_elf(const char *path)
     }
 }
 
-void fill_rom()
+// lui t0, %hi(DRAM); jalr zero, 0(t0) — at the ROM base and at base + 0x80 (Ibex's reset PC).
+// cpuctrl >= 0: first csrrwi zero, 0x7c0, cpuctrl — Ibex's cpuctrlsts (bit 0: icache_enable, off at
+// reset), a CSR QEMU's virt machine does not have, so it is set here and the firmware stays the
+// twin's. These instructions run before the firmware's first phase mark: no phase counts them.
+void fill_rom(int cpuctrl)
 {
-    // lui t0, %hi(DRAM); jalr zero, 0(t0) — at the ROM base and at base + 0x80 (Ibex's reset PC).
     const uint32_t lui_t0 = (kDramBase & 0xfffff000u) | (5u << 7) | 0x37u;
     const uint32_t jalr_t0 = (5u << 15) | 0x67u;
+    const uint32_t csrwi_cpuctrl = (0x7c0u << 20) | (uint32_t(cpuctrl) << 15) | (5u << 12) | 0x73u;
     for (uint32_t at : {0u, 0x80u / 4}) {
+        if (cpuctrl >= 0)
+            board.rom[at++] = csrwi_cpuctrl;
         board.rom[at] = lui_t0;
         board.rom[at + 1] = jalr_t0;
     }
@@ -273,7 +280,7 @@ uint32_t number(const char *s, const char *flag)
 void usage()
 {
     die("usage: twin-rtl --elf FILE --listen-fd N [--load ADDR=FILE]... [--flash-wait N] [--ram-wait N] "
-        "[--ram-base ADDR] [--boot ADDR] [--dram-size BYTES] [--max-cycles N]");
+        "[--ram-base ADDR] [--boot ADDR] [--dram-size BYTES] [--max-cycles N] [--cpuctrl 0..31]");
 }
 
 }  // namespace
@@ -286,6 +293,7 @@ int main(int argc, char **argv)
     uint32_t flash_wait = 0, ram_wait = 0, ram_base = 0xffffffffu, boot = kRomBase;
     uint32_t dram_size = 16u << 20;
     uint64_t max_cycles = 0;
+    int cpuctrl = -1;                // no CSR write in the reset ROM
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (i + 1 >= argc)
@@ -299,6 +307,12 @@ int main(int argc, char **argv)
         else if (a == "--boot") boot = number(v, "--boot");
         else if (a == "--dram-size") dram_size = number(v, "--dram-size");
         else if (a == "--max-cycles") max_cycles = std::strtoull(v, nullptr, 0);
+        else if (a == "--cpuctrl") {
+            uint32_t bits = number(v, "--cpuctrl");
+            if (bits > 31)
+                die("--cpuctrl must be 0..31 (a csrrwi immediate)");
+            cpuctrl = int(bits);
+        }
         else if (a == "--load") {
             const char *eq = std::strchr(v, '=');
             if (!eq)
@@ -313,7 +327,7 @@ int main(int argc, char **argv)
         die("wait states must be 0..255");
 
     board.dram.assign(dram_size, 0);
-    fill_rom();
+    fill_rom(cpuctrl);
     load_elf(elf);
     for (auto &[addr, path] : loads) {
         std::vector<uint8_t> data = read_file(path.c_str());
@@ -334,7 +348,14 @@ int main(int argc, char **argv)
     top->ram_wait_i = uint8_t(ram_wait);
     top->ram_base_i = ram_base;
     top->boot_addr_i = boot;
+    // Reset: an edge of rst_ni, not just a low level, for the asynchronous resets (always_ff @(posedge
+    // clk or negedge rst_ni)) behind a core's own clock gate (ibex_top gates the core's clock off
+    // while core_busy_q, reset to off, is off): those flops see no clock edge during reset, only this.
+    // Without it they kept their initial value: e.g. the I-cache's round-robin way, one-hot 01 at
+    // reset, stayed 00 and no line was allocated once both ways of a set were filled.
     top->clk_i = 0;
+    top->rst_ni = 1;
+    top->eval();
     top->rst_ni = 0;
     top->eval();
     for (int i = 0; i < 4; i++) {

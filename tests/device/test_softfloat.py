@@ -30,8 +30,8 @@ from twin.runner import RunSpec, model_image, profiled_session
 
 CHECKER = ROOT / "tests" / "fixtures" / "softfloat_check.c"
 OPS = {"add": 0, "sub": 1, "mul": 2, "i2f": 3, "u2f": 4, "cmp": 5, "div": 6}
-SOFT_FLOAT_BUILDS = {"riscv32-virt", "rtl-ibex", "rtl-ibex-ws2", "rtl-cv32e40p", "rtl-cv32e40p-ws3",
-                     "esp32-c3-devkit"}
+SOFT_FLOAT_BUILDS = {"riscv32-virt", "rtl-ibex", "rtl-ibex-ws2", "rtl-ibex-icache", "rtl-cv32e40p",
+                     "rtl-cv32e40p-ws3", "esp32-c3-devkit"}
 
 
 def _bits(x: float) -> int:

@@ -30,7 +30,7 @@ from twin.platforms import Platform
 RTL = ROOT / "rtl"
 SOC = RTL / "soc" / "twin_soc.sv"
 HARNESS = RTL / "harness" / "main.cc"
-ROM_BASE = 0x1000          # the harness's reset ROM: a jump to the DRAM base (at +0 and +0x80)
+ROM_BASE = 0x1000          # the harness's reset ROM: a jump to the DRAM base (at +0 and +0x80; --cpuctrl)
 DRAM_SIZE = 16 << 20       # 0x8000_0000 .. 0x80ff_ffff: the code, model and RAM windows of the firmware
 RTL_SLOWDOWN = 20          # a run's time-outs on an RTL board: the QEMU ones × this (2-5 M cycles/s vs ~1 G instr/s)
 
@@ -86,6 +86,9 @@ CORES: dict[str, CoreRecipe] = {
                                   "false": "+define+IBEX_BRANCH_TARGET_ALU=1'b0"},
             "writeback_stage": {"true": "+define+IBEX_WRITEBACK_STAGE=1'b1",
                                 "false": "+define+IBEX_WRITEBACK_STAGE=1'b0"},
+            # ibex_icache.sv (its 4 kB, 2 ways, 64-bit lines); on only once software sets cpuctrlsts bit 0,
+            # which the reset ROM does on such a board (RtlProcess.command: --cpuctrl)
+            "icache": {"true": "+define+IBEX_ICACHE=1'b1", "false": "+define+IBEX_ICACHE=1'b0"},
         }),
     "cv32e40p": CoreRecipe(
         name="cv32e40p", package="pythondata-cpu-cv32e40p", module="pythondata_cpu_cv32e40p",
@@ -180,6 +183,16 @@ def harness_for(platform: Platform) -> Harness:
     return build_harness(CORES[rtl.core], rtl.config)
 
 
+IBEX_CPUCTRL_ICACHE_ENABLE = 1    # Ibex's cpuctrlsts (CSR 0x7C0) bit 0: icache_enable (ibex_cs_registers.sv)
+
+
+def icache_enabled(rtl) -> bool:
+    """Whether the board's core has Ibex's instruction cache (rtl.config icache: true), which the
+    harness's reset ROM then switches on: its cpuctrlsts CSR does not exist in QEMU's virt machine,
+    so the firmware, the twin's very ELF, does not write it."""
+    return rtl.core == "ibex" and str((rtl.config or {}).get("icache", False)).lower() == "true"
+
+
 def _rtl(platform: Platform):
     if platform.rtl is None:
         raise RtlError(f"platform {platform.id} is not an RTL board (no rtl: section); RTL boards: "
@@ -209,6 +222,8 @@ class RtlProcess(ProcessBackend):
                "--ram-base", f"{p.ram.origin:#x}", "--boot", f"{ROM_BASE:#x}", "--dram-size", str(DRAM_SIZE)]
         if self.image is not None:
             cmd += ["--load", f"{p.model.origin:#x}={self.image}"]
+        if icache_enabled(rtl):
+            cmd += ["--cpuctrl", str(IBEX_CPUCTRL_ICACHE_ENABLE)]   # in the reset ROM, before the firmware
         return cmd
 
     def routine(self, line: str) -> bool:
