@@ -50,7 +50,8 @@ def test_every_figure_section_names_its_source():
 
 def test_an_accelerator_may_give_its_geometry():
     (ic,) = get_platform("rtl-ibex-icache").accelerators
-    assert (ic.kind, ic.size_bytes, ic.line_bytes, ic.ways, ic.prefetch, ic.covers) == ("icache", 4096, 8, 2, True, "flash")
+    assert (ic.kind, ic.size_bytes, ic.line_bytes, ic.ways, ic.prefetch, ic.covers, ic.bus_bytes) == \
+        ("icache", 4096, 8, 2, True, "flash", 4)
     h7 = get_platform("nucleo-h743zi").accelerators[0]
     assert (h7.line_bytes, h7.ways, h7.prefetch, h7.covers) == (None, None, None, None)      # not stated
 
@@ -117,6 +118,10 @@ _DELETE = object()
     ("rtl-ibex-icache", "accelerators.0.ways", 0, r"accelerators\[0\]: field 'ways' must be positive"),
     ("rtl-ibex-icache", "accelerators.0.line_bytes", "8", r"accelerators\[0\]: field 'line_bytes' must be int"),
     ("rtl-ibex-icache", "accelerators.0.prefetch", "yes", r"accelerators\[0\]: field 'prefetch' must be bool"),
+    ("rtl-ibex-icache", "accelerators.0.line_bytes", 12, r"accelerators\[0\]: line_bytes 12 is not a power of two"),
+    ("rtl-ibex-icache", "accelerators.0.bus_bytes", 3, r"accelerators\[0\]: bus_bytes 3 must divide line_bytes \(8\)"),
+    ("rtl-ibex-icache", "accelerators.0.size_bytes", 4000, r"size_bytes 4000 is not a power-of-two number of sets"),
+    ("rtl-ibex-icache", "accelerators.0.ways", 3, r"size_bytes 4096 is not a power-of-two number of sets of 3 ways"),
     ("rtl-ibex-icache", "accelerators.0.covers", "rom",
      r"accelerators\[0\]: field 'covers' must name a window of memory: \(flash, model, ram\), got 'rom'"),
     ("nucleo-f746zg", "vector", "avx", r"field 'vector' must be one of"),

@@ -138,6 +138,7 @@ class Accelerator:
     ways: int | None = None
     prefetch: bool | None = None     # fetches ahead of the core (None: not stated)
     covers: str | None = None        # the memory: window it serves (flash, model, ram); None: not stated
+    bus_bytes: int | None = None     # bytes one memory access of a line fill reads (None: the whole line)
 
 
 @dataclass(frozen=True)
@@ -404,18 +405,35 @@ def _accelerators(data: dict, where: str) -> tuple[Accelerator, ...]:
         if not isinstance(a, dict):
             raise PlatformError(f"{aw}: expected a mapping with name, kind, size_bytes, source")
         sizes = {}
-        for key in ("size_bytes", "line_bytes", "ways"):
+        for key in ("size_bytes", "line_bytes", "ways", "bus_bytes"):
             sizes[key] = _optional(a, key, int, aw)
             if sizes[key] is not None and sizes[key] <= 0:
                 raise PlatformError(f"{aw}: field '{key}' must be positive (or null when not found)")
+        _check_geometry(sizes, aw)
         covers = _optional(a, "covers", str, aw)
         if covers is not None and covers not in windows:
             raise PlatformError(f"{aw}: field 'covers' must name a window of memory: "
                                 f"({', '.join(windows) or 'none given'}), got {covers!r}")
         out.append(Accelerator(_need(a, "name", str, aw), _choice(a, "kind", _ACCEL_KINDS, aw), sizes["size_bytes"],
                                _source(a, aw), line_bytes=sizes["line_bytes"], ways=sizes["ways"],
-                               prefetch=_optional(a, "prefetch", bool, aw), covers=covers))
+                               prefetch=_optional(a, "prefetch", bool, aw), covers=covers,
+                               bus_bytes=sizes["bus_bytes"]))
     return tuple(out)
+
+
+def _check_geometry(g: dict, where: str) -> None:
+    """A cache the twin simulates (size, line and ways all given) needs power-of-two lines and sets; a
+    bus width divides the line."""
+    size, line, ways, bus = g["size_bytes"], g["line_bytes"], g["ways"], g["bus_bytes"]
+    if line is not None and line & (line - 1):
+        raise PlatformError(f"{where}: line_bytes {line} is not a power of two")
+    if bus is not None and (line is None or line % bus):
+        raise PlatformError(f"{where}: bus_bytes {bus} must divide line_bytes ({line})")
+    if size and line and ways:
+        sets, rest = divmod(size, line * ways)
+        if rest or sets & (sets - 1) or not sets:
+            raise PlatformError(f"{where}: size_bytes {size} is not a power-of-two number of sets of {ways} "
+                                f"ways × {line}-byte lines")
 
 
 def _power(data: dict, where: str) -> Power | None:
