@@ -234,9 +234,8 @@ def memory_setup(platform: Platform, clock_hz: int | None = None) -> MemorySetup
     width = prior.fetch_width_bytes.value if prior and prior.fetch_width_bytes else None
     icache = fetch_cache(platform)
     if icache is not None:
-        n1 = (f"instruction fetch: the twin simulates the {icache.key} cache (line fills of "
-              f"{icache.beats} access{'es' if icache.beats > 1 else ''}); without that simulation in the "
-              f"counts, {n1}")
+        n1 = (f"instruction fetch: the {icache.key} cache as the twin simulates it (line fills of "
+              f"{icache.beats} access{'es' if icache.beats > 1 else ''}) where the counts carry that; else {n1}")
     return MemorySetup(ws, fetch_hit, data_hit, (*notes, n1, n2), width, icache)
 
 

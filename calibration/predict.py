@@ -660,6 +660,15 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     else:
         notes.append("taken branches counted by the profiler (derived from block counts; the unresolved "
                      "rest × taken_fraction)")
+    if msetup.icache is not None:
+        sim = (dec_icache or {}).get(msetup.icache.key)
+        if sim is not None:
+            notes.append(f"fetch stalls from the twin's simulation of the {msetup.icache.key} instruction cache: "
+                         f"{sim['misses']:,.0f} misses and {sim['prefetched']:,.0f} prefetched lines of "
+                         f"{sim['lookups']:,.0f} lookups per token")
+        else:
+            notes.append(f"fetch stalls: the counts carry no simulation of the board's {msetup.icache.key} cache "
+                         f"(another ISA, Renode or older counts): its assumed hit rate {msetup.fetch_hit:g}")
 
     energy, e_lo, e_hi = None, 0.0, 0.0
     if bm.energy_coef is not None:
