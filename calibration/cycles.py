@@ -248,7 +248,7 @@ def fetch_cache(platform: Platform) -> FetchCache | None:
     if own is None:
         return None
     g, acc = own
-    bus = getattr(acc, "bus_bytes", None) or g.line_bytes
+    bus = acc.bus_bytes or g.line_bytes
     return FetchCache(g.key, g.line_bytes, max(1, g.line_bytes // bus))
 
 

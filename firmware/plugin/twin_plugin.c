@@ -36,9 +36,9 @@
  * stays in the closing segment.
  * Cache lookups are made when a TB is entered, for every line its instructions touch, in order:
  * a TB's lines (and misses) belong to the segment that counts the TB, an exact entry cut moves
- * them with the execution it moves.  Memory accesses are counted when they happen.  An edge (previous TB -> current TB) is counted
- * when the current TB is entered, i.e. in the segment that counts the current TB; the first TB of
- * the run has no previous TB and no edge.
+ * them with the execution it moves.  Memory accesses are counted when they happen.  An edge
+ * (previous TB -> current TB) is counted when the current TB is entered, i.e. in the segment that
+ * counts the current TB; the first TB of the run has no previous TB and no edge.
  *
  * Dump format (text, one record per line, fields separated by one space; "hex" is lower-case
  * hexadecimal without 0x, counts are decimal):

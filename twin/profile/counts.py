@@ -22,7 +22,7 @@ import numpy as np
 from elftools.elf.elffile import ELFFile
 
 from twin.device.build import cache_dir
-from twin.platforms import ROOT
+from twin.platforms import ROOT, Accelerator
 from twin.profile import isa
 
 PLUGIN_SRC_DIR = ROOT / "firmware" / "plugin"
@@ -192,17 +192,17 @@ class CacheGeometry:
                 f"{self.start:#x}:{self.end:#x}")
 
 
-def cache_geometry(acc, start: int, end: int) -> CacheGeometry | None:
+def cache_geometry(acc: Accelerator, start: int, end: int) -> CacheGeometry | None:
     """A catalog accelerator as a simulated instruction cache over [start, end), None when it is no
     instruction cache or states no full geometry (size, line, ways: sets = size / line / ways)."""
-    line, ways = getattr(acc, "line_bytes", None), getattr(acc, "ways", None)
-    if acc.kind not in ("icache", "art", "xip-cache", "cache") or not (acc.size_bytes and line and ways):
+    if acc.kind not in ("icache", "art", "xip-cache", "cache") or not (acc.size_bytes and acc.line_bytes and acc.ways):
         return None
-    return CacheGeometry(line, acc.size_bytes // (line * ways), ways, bool(getattr(acc, "prefetch", False)),
+    return CacheGeometry(acc.line_bytes, acc.size_bytes // (acc.line_bytes * acc.ways), acc.ways, bool(acc.prefetch),
                          start, end)
 
 
-def own_cache(accelerators, start: int = 0, end: int = 1) -> tuple[CacheGeometry, object] | None:
+def own_cache(accelerators: Iterable[Accelerator], start: int = 0,
+              end: int = 1) -> tuple[CacheGeometry, Accelerator] | None:
     """The first of a platform's accelerators that is a simulated instruction cache, as (geometry over
     [start, end), the accelerator), None when none states a geometry."""
     for acc in accelerators:
