@@ -8,7 +8,7 @@ Features (``FEATURES``, one value per workload × phase)::
                      measured_taken); when a row has none, taken_fraction × n_branch
     fetch_wait       instruction fetches that wait on flash × effective flash wait states. Where the
                      twin simulated the board's instruction cache (its geometry in the platform file:
-                     twin.runner.simulated_caches), the waiting fetches are its line fills: misses,
+                     twin.profile.counts.catalog_caches), the waiting fetches are its line fills: misses,
                      plus the part of each prefetched line's fill its execution does not hide
                      (``cache_fills``), × the memory accesses per line. Else they are fetches × the
                      miss fraction (1 - hit rate) of the board's fetch accelerator (an assumption per

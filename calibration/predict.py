@@ -350,6 +350,15 @@ def counts_from_count_file(path: Path | str, data: dict | None = None) -> TwinCo
         def fetched(names, div=1):
             return None if any(p not in fetch for p in names) else sum(float(fetch[p]) for p in names) / div
 
+        icache = ins.get("by_phase_icache") or {}
+
+        def cached(names, div=1):     # the simulated caches every phase of names has
+            if not names or any(not icache.get(p) for p in names):
+                return None
+            keys = set.intersection(*(set(icache[p]) for p in names))
+            return {k: {s: sum(float(icache[p][k][s]) for p in names) / div for s in ("lookups", "misses", "prefetched")}
+                    for k in sorted(keys)} or None
+
         plat = get_platform(data["platform"])
         mem = data.get("memory") or {}
         return TwinCounts(
@@ -360,6 +369,7 @@ def counts_from_count_file(path: Path | str, data: dict | None = None) -> TwinCo
             decode_loads_flash=loads(on, n),
             prefill_branches_taken=taken(rest) if rest else 0.0, decode_branches_taken=taken(on, n),
             prefill_fetch_bytes=fetched(rest) if rest else 0.0, decode_fetch_bytes=fetched(on, n),
+            prefill_icache=cached(rest), decode_icache=cached(on, n),
             memory={"flash_bytes": int(mem.get("flash_bytes", 0)), "ram_static_bytes": int(mem.get("ram_static_bytes", 0)),
                     "arena_bytes": 0, "stack_peak_bytes": 0, "model_image_bytes": int(mem.get("loaded_bytes", 0))},
             matches_reference=None, fpu=plat.fpu, kernels="own firmware",

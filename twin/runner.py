@@ -30,14 +30,13 @@ from twin.device.transport import Device, DeviceGone, DeviceTimeout
 from twin.model import modelgen
 from twin.model.image import QuantRecipe, read_image, write_image
 from twin.model.reference import QuantReference
-from twin.platforms import Platform, all_platforms, get_platform, with_kernels
+from twin.platforms import Platform, get_platform, with_kernels
 from twin.profile.counts import (
-    MAX_CACHES,
     CacheGeometry,
     Dump,
     SegmentProfile,
     analyze,
-    cache_geometry,
+    catalog_caches,
     function_table,
     parse_dump,
     plugin_args,
@@ -137,22 +136,6 @@ def memory_regions(platform: Platform) -> dict[str, tuple[int, int]]:
         if all(end <= a or start >= b for a, b in regions.values()):     # never over the memory windows
             regions[name] = (start, end)
     return regions
-
-
-def simulated_caches(platform: Platform) -> tuple[CacheGeometry, ...]:
-    """The instruction caches a run on ``platform`` simulates: the geometry of every catalog board of its ISA
-    whose instruction cache states one (``accelerators``: line_bytes, ways), the platform's own first, at most
-    MAX_CACHES, each serving fetches from the platform's code window. What-if predictions for a board
-    then use the misses of its own geometry (calibration.cycles)."""
-    boards = [platform, *(p for pid, p in sorted(all_platforms().items())
-                          if pid != platform.id and p.isa == platform.isa)]
-    out: dict[str, CacheGeometry] = {}
-    for board in boards:
-        for acc in board.accelerators:
-            g = cache_geometry(acc, platform.flash.origin, platform.flash.end)
-            if g is not None and len(out) < MAX_CACHES:
-                out.setdefault(g.key, g)
-    return tuple(out.values())
 
 
 def model_tokenizer(model: str):
@@ -256,7 +239,7 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
     """An emulator session that counts: QEMU under the profiling plugin, or Renode with its opcode
     counters. When the block ends and the backend has ended, ``session.segments`` holds the counts cut at
     the firmware's markers (boot | phase | io | phase | …) and ``session.unavailable`` what it could not count.
-    ``icaches``: the instruction caches QEMU's plugin simulates (default: :func:`simulated_caches`)."""
+    ``icaches``: the instruction caches QEMU's plugin simulates (default: twin.profile.counts.catalog_caches)."""
     check_emulator(platform, emulator, mem_traffic)
     if emulator == "renode":
         backend = renode.RenodeProcess(platform, elf, image, timeout=timeout)
@@ -271,7 +254,7 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
         dump = Path(tmp) / "profile.dump"
         with emulator_session(platform, elf, image, timeout=timeout, reply_timeout=reply_timeout,
                               extra_args=tuple(plugin_args(elf, dump, regions,
-                                                           icaches=simulated_caches(platform) if icaches is None
+                                                           icaches=catalog_caches(platform) if icaches is None
                                                            else icaches))) as session:
             yield session
         session.dump = parse_dump(dump)
@@ -406,7 +389,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
                                   "decode": _branches(decode_sum, unavailable)},
             # bytes of instructions executed: what a fetch unit reads (compressed code: fewer words)
             "by_phase_fetch_bytes": {"prefill": prefill_sum.fetch_bytes, "decode": decode_sum.fetch_bytes},
-            # simulated instruction caches (simulated_caches), by geometry: line lookups, misses, prefetched
+            # simulated instruction caches (twin.profile.counts.catalog_caches), by geometry: line lookups, misses, prefetched
             "by_phase_icache": {"prefill": prefill_sum.icache, "decode": decode_sum.icache},
             # the decoded tokens per function (summed): what calibration.predict splits the cycles by
             "decode_by_function": function_table(decode_sum),

@@ -184,6 +184,11 @@ def test_cli_count_then_predict_a_board_of_that_isa(arm_elf, tmp_path):
     assert pr["platform"] == "nucleo-h743zi" and pr["counts"]["platform"] == "mps2-an386"
     assert pr["token_seconds"]["value"] > 0 and pr["energy_per_token_joules"]["value"] > 0
     assert any("a token = one entry of work" in n for n in pr["notes"])
+    # the H743's I-cache (a board of the counted ISA) was simulated on the run: the prediction uses its misses
+    work = data["instructions"]["by_phase_icache"]["work"]["16384B/32B/2w"]
+    assert 0 < work["misses"] < work["lookups"] and work["prefetched"] == 0
+    assert counts.decode_icache["16384B/32B/2w"]["lookups"] == pytest.approx(work["lookups"] / 3)
+    assert any(n.startswith("fetch stalls from the twin's simulation of the 16384B/32B/2w") for n in pr["notes"])
     bad = CliRunner().invoke(main, ["predict", "--counts", str(out), "--platform", "esp32-c3-devkit"])
     assert bad.exit_code != 0 and "cannot run the counted code (armv7e-m" in bad.output
     with pytest.raises(PredictError, match="not a `twin count --json` file"):

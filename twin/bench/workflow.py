@@ -205,7 +205,7 @@ def _features(p: SegmentProfile | None, cache_key: str | None = None) -> dict:
     out = {f"n_{c}": p.by_class.get(c, 0) for c in isa.CLASSES}
     out["instructions"] = p.total
     out["fetch_bytes"] = p.fetch_bytes
-    # the board's own instruction cache as the twin simulated it (twin.runner.simulated_caches)
+    # the board's own instruction cache as the twin simulated it (twin.profile.counts.catalog_caches)
     sim = p.icache.get(cache_key) if cache_key else None
     out["icache_misses"] = sim["misses"] if sim else ""
     out["icache_prefetched"] = sim["prefetched"] if sim else ""

@@ -22,7 +22,7 @@ import numpy as np
 from elftools.elf.elffile import ELFFile
 
 from twin.device.build import cache_dir
-from twin.platforms import ROOT, Accelerator
+from twin.platforms import ROOT, Accelerator, Platform, all_platforms
 from twin.profile import isa
 
 PLUGIN_SRC_DIR = ROOT / "firmware" / "plugin"
@@ -210,6 +210,22 @@ def own_cache(accelerators: Iterable[Accelerator], start: int = 0,
         if g is not None:
             return g, acc
     return None
+
+
+def catalog_caches(platform: Platform) -> tuple[CacheGeometry, ...]:
+    """The instruction caches a run on ``platform`` simulates: the geometry of every catalog board of its ISA
+    whose instruction cache states one (``accelerators``: line_bytes, ways), the platform's own first, at most
+    MAX_CACHES, each serving fetches from the platform's code window. What-if predictions for a board
+    then use the misses of its own geometry (calibration.cycles)."""
+    boards = [platform, *(p for pid, p in sorted(all_platforms().items())
+                          if pid != platform.id and p.isa == platform.isa)]
+    out: dict[str, CacheGeometry] = {}
+    for board in boards:
+        for acc in board.accelerators:
+            g = cache_geometry(acc, platform.flash.origin, platform.flash.end)
+            if g is not None and len(out) < MAX_CACHES:
+                out.setdefault(g.key, g)
+    return tuple(out.values())
 
 
 @dataclass(frozen=True, eq=False)

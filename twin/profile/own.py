@@ -14,7 +14,8 @@ phase symbol) or the end of the run; what runs before the first cut is the phase
 
 The report (:func:`count`, ``twin count --json``) has the records of ``twin run``: ``instructions``
 (``total``, ``by_class``, ``by_phase``, ``by_phase_class``, ``branches``, ``by_phase_branches``,
-``by_phase_fetch_bytes``, plus ``by_phase_entries``: one total per entry), ``functions``,
+``by_phase_fetch_bytes``, ``by_phase_icache``: the catalog's instruction caches of its ISA as simulated,
+plus ``by_phase_entries``: one total per entry), ``functions``,
 ``memory_traffic`` (loads/stores per memory region and phase), ``memory`` (from the ELF), ``uart``,
 ``exit``. ``calibration.predict.counts_from_count_file`` turns it into counts for ``twin predict``.
 """
@@ -36,7 +37,7 @@ from elftools.elf.elffile import ELFFile
 
 from twin.device.qemu import EmulatorError, QemuConfig, QemuProcess
 from twin.platforms import Platform, get_platform
-from twin.profile.counts import ProfileError, analyze, parse_dump, plugin_args, sum_profiles
+from twin.profile.counts import ProfileError, analyze, catalog_caches, parse_dump, plugin_args, sum_profiles
 
 FORMAT = "tinyllm-twin-count"
 VERSION = 1
@@ -256,7 +257,8 @@ def count(spec: CountSpec) -> dict:
     with tempfile.TemporaryDirectory(prefix="twin-count-") as tmp:
         dump_path = Path(tmp) / "profile.dump"
         try:
-            extra = (*SEMIHOSTING, *loads, *plugin_args(elf, dump_path, regions, entries=list(entries), mark=False))
+            extra = (*SEMIHOSTING, *loads, *plugin_args(elf, dump_path, regions, entries=list(entries), mark=False,
+                                                         icaches=catalog_caches(platform)))
         except ValueError as exc:
             raise CountError(str(exc)) from None
         cfg = QemuConfig(elf=elf, image=None, extra_args=tuple(extra), timeout=spec.timeout)
@@ -308,6 +310,7 @@ def count(spec: CountSpec) -> dict:
             "branches": _branches(whole),
             "by_phase_branches": {p: _branches(s) for p, s in sums.items()},
             "by_phase_fetch_bytes": {p: s.fetch_bytes for p, s in sums.items()},
+            "by_phase_icache": {p: s.icache for p, s in sums.items()},
             "undecoded": whole.undecoded,
         },
         "sequence": [{"phase": lab, "instructions": s.total} for s, lab in zip(segments, labels, strict=True)],
