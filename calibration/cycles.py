@@ -10,19 +10,22 @@ Features (``FEATURES``, one value per workload × phase)::
                      twin simulated the board's instruction cache (its geometry in the platform file:
                      twin.profile.counts.catalog_caches), the waiting fetches are its line fills: misses,
                      plus the part of each prefetched line's fill its execution does not hide
-                     (``cache_fills``), × the memory accesses per line. Else they are fetches × the
+                     (``MemorySetup.fills``), × the memory accesses per line. Else they are fetches × the
                      miss fraction (1 - hit rate) of the board's fetch accelerator (an assumption per
                      kind, cores.yaml memory.fetch_hit): where the core's fetch width is known
                      (cores.yaml fetch_width_bytes) and the twin counted the executed instruction
                      bytes, fetches = fetch_bytes / width + taken branches (each transfer refetches);
                      else one fetch per instruction
-    flash_load_wait  loads_flash × effective flash wait states (model weights read from flash)
+    flash_load_wait  flash loads that wait × effective flash wait states (model weights read from
+                     flash): with the twin's simulation of the board's data cache (memory-traffic
+                     counts), its misses × the accesses per line (``MemorySetup.load_fills``); else
+                     loads_flash × the data path's assumed miss fraction (cores.yaml memory.data_hit)
 
     cycles = coef · features
 
 The prior coefficients come from published per-class timings (``calibration/cores.yaml``, every
-figure with its source); the fetch term's is 1 (its feature already counts only the fetches that
-wait), the flash-load term's the *miss* fraction (1 - hit rate) of the data path.  A bench calibration
+figure with its source); the two wait terms' are 1 (their features already count only the accesses
+that wait).  A bench calibration
 (``calibration.estimators``) fits the same coefficients, non-negative, from measured cycles.
 
 Assumptions, stated: when memory traffic was not counted, ``loads_flash`` is
@@ -43,7 +46,7 @@ import numpy as np
 import yaml
 
 from twin.platforms import Platform, get_platform
-from twin.profile.counts import own_cache
+from twin.profile.counts import DATA_CACHE_KINDS, INSTRUCTION_CACHE_KINDS, own_cache
 from twin.profile.isa import CLASSES
 
 CORES_FILE = Path(__file__).resolve().parent / "cores.yaml"
@@ -81,9 +84,9 @@ class CorePrior:
 
 
 @dataclass(frozen=True)
-class FetchCache:
-    """A board's instruction cache as the twin simulates it: its key in the counts (CacheGeometry.key),
-    its line and the memory accesses one line fill takes (line bytes / bytes per access)."""
+class SimulatedCache:
+    """A board's cache as the twin simulates it: its key in the counts (CacheGeometry.key), its line and
+    the memory accesses one line fill takes (line bytes / bytes per access)."""
     key: str
     line_bytes: int
     beats: int
@@ -97,7 +100,21 @@ class MemorySetup:
     data_hit: float
     notes: tuple[str, ...] = ()
     fetch_width: float | None = None     # the core's fetch width in bytes (fetch_wait's unit), None: unknown
-    icache: FetchCache | None = None     # the simulated instruction cache, None: none has a geometry
+    icache: SimulatedCache | None = None   # the simulated instruction cache, None: none has a geometry
+    dcache: SimulatedCache | None = None   # the simulated data cache of the flash loads, likewise
+
+    @property
+    def load_miss(self) -> float:
+        """The assumed share of flash loads that wait, where the counts carry no simulation of the cache."""
+        return 1.0 - self.data_hit
+
+    def load_fills(self, dcache: Mapping[str, Mapping[str, float]] | None) -> float | None:
+        """Memory accesses of the flash loads that wait, from counts that simulated this board's data
+        cache (``dcache``: SegmentProfile.dcache or a per-token copy): its misses × accesses per line;
+        else None."""
+        if self.dcache is None or not dcache or self.dcache.key not in dcache:
+            return None
+        return float(dcache[self.dcache.key]["misses"]) * self.dcache.beats
 
     @property
     def fetch_miss(self) -> float:
@@ -232,24 +249,27 @@ def memory_setup(platform: Platform, clock_hz: int | None = None) -> MemorySetup
     data_hit, n2 = _hit("data_hit", platform, tables.memory["data_hit"])
     prior = tables.cores.get(platform.core)
     width = prior.fetch_width_bytes.value if prior and prior.fetch_width_bytes else None
-    icache = fetch_cache(platform)
+    icache, dcache = simulated_cache(platform), simulated_cache(platform, DATA_CACHE_KINDS)
     if icache is not None:
         n1 = (f"instruction fetch: the {icache.key} cache as the twin simulates it (line fills of "
               f"{icache.beats} access{'es' if icache.beats > 1 else ''}) where the counts carry that; else {n1}")
-    return MemorySetup(ws, fetch_hit, data_hit, (*notes, n1, n2), width, icache)
+    if dcache is not None:
+        n2 = (f"flash loads: the {dcache.key} data cache as the twin simulates it (memory-traffic counts); "
+              f"else {n2}")
+    return MemorySetup(ws, fetch_hit, data_hit, (*notes, n1, n2), width, icache, dcache)
 
 
-def fetch_cache(platform: Platform) -> FetchCache | None:
-    """The accelerator of ``platform`` the twin simulates as its instruction cache (the first with size,
-    line and ways: twin.profile.counts.own_cache), None when it has none. A line fill takes line bytes /
-    ``bus_bytes`` memory accesses (one when the platform file gives no bus width: a flash as wide as
-    the line)."""
-    own = own_cache(platform.accelerators)
+def simulated_cache(platform: Platform, kinds: tuple[str, ...] = INSTRUCTION_CACHE_KINDS) -> SimulatedCache | None:
+    """The accelerator of ``platform`` the twin simulates as its instruction cache (or, with
+    DATA_CACHE_KINDS, its data cache): the first with size, line and ways (twin.profile.counts.own_cache),
+    None when it has none. A line fill takes line bytes / ``bus_bytes`` memory accesses (one when the
+    platform file gives no bus width: a flash as wide as the line)."""
+    own = own_cache(platform.accelerators, kinds=kinds)
     if own is None:
         return None
     g, acc = own
     bus = acc.bus_bytes or g.line_bytes
-    return FetchCache(g.key, g.line_bytes, max(1, g.line_bytes // bus))
+    return SimulatedCache(g.key, g.line_bytes, max(1, g.line_bytes // bus))
 
 
 def wait_states_for(board: str, clock_hz: float) -> float:
@@ -279,8 +299,7 @@ def prior_coefficients(core: str, memory: MemorySetup | None = None) -> np.ndarr
     if prior.fp_divsqrt_cycles and prior.fp_divsqrt_cycles.value is not None:
         costs[fp_i] = costs[fp_i] + frac * max(prior.fp_divsqrt_cycles.value - costs[fp_i], 0.0)
     taken = prior.taken_branch_penalty.value if prior.taken_branch_penalty else 0.0
-    mem = memory or MemorySetup(0.0, 1.0, 1.0)
-    return np.array([*costs, taken, 1.0, 1.0 - mem.data_hit], dtype=float)
+    return np.array([*costs, taken, 1.0, 1.0], dtype=float)
 
 
 def coefficients_dict(coef: np.ndarray) -> dict[str, float]:
@@ -298,9 +317,11 @@ def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
                    loads_flash: float | None = None, branches_taken: float | None = None,
                    taken_fraction: float | None = None, flash_load_fraction: float | None = None,
                    fetch_bytes: float | None = None, fetch_width: float | None = None,
-                   fetch_miss: float = 1.0, fetch_fills: float | None = None) -> np.ndarray:
+                   fetch_miss: float = 1.0, fetch_fills: float | None = None, load_miss: float = 1.0,
+                   load_fills: float | None = None) -> np.ndarray:
     """The ``FEATURES`` vector of one count set (a phase's instructions by class). ``fetch_fills``:
-    the waiting fetches of a simulated cache (MemorySetup.fills), else fetches × ``fetch_miss``."""
+    the waiting fetches of a simulated cache (MemorySetup.fills), else fetches × ``fetch_miss``;
+    likewise ``load_fills`` (MemorySetup.load_fills), else flash loads × ``load_miss``."""
     tables = load_tables()
     tf = taken_fraction if taken_fraction is not None else tables.figure("memory", "taken_fraction").value
     ff = (flash_load_fraction if flash_load_fraction is not None
@@ -315,7 +336,8 @@ def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
     if fetch_width and fetch_bytes is not None and not (isinstance(fetch_bytes, float) and math.isnan(fetch_bytes)):
         fetches = float(fetch_bytes) / fetch_width + float(branches_taken)
     waiting = fetches * fetch_miss if fetch_fills is None else float(fetch_fills)
-    return np.array([*counts, branches_taken, waiting * wait_states, loads_flash * wait_states])
+    loads_waiting = loads_flash * load_miss if load_fills is None else float(load_fills)
+    return np.array([*counts, branches_taken, waiting * wait_states, loads_waiting * wait_states])
 
 
 def predict_cycles(coef: np.ndarray, features: np.ndarray) -> np.ndarray | float:

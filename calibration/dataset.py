@@ -30,7 +30,7 @@ from .cycles import (
 
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 OPTIONAL_FEATURES = ("loads_flash", "loads_sram", "stores_sram", "branches_taken", "branches_unresolved",
-                     "fetch_bytes", "icache_misses", "icache_prefetched")
+                     "fetch_bytes", "icache_misses", "icache_prefetched", "dcache_misses")
 TARGETS = ("cycles", "energy_j")
 OPTIONAL_COLUMNS = ("energy_j", "cycle_counter", "flash_wait_states", "compiler", "cflags", "bench_date")
 REQUIRED_COLUMNS = (*ID_COLUMNS, *CLASS_FEATURES, "cycles")
@@ -167,6 +167,9 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
                                     "prefetched": _opt(d.get("icache_prefetched")) or 0.0}}
         fills = None if sim is None else dataclasses.replace(mem, wait_states=float(ws)).fills(
             sim, fetch_bytes=_opt(d.get("fetch_bytes")), instructions=sum(float(v) for v in by_class.values()))
+        dmiss = _opt(d.get("dcache_misses"))
+        load_fills = None if mem is None or mem.dcache is None or dmiss is None else \
+            mem.load_fills({mem.dcache.key: {"misses": dmiss}})
         taken, unresolved = _opt(d.get("branches_taken")), _opt(d.get("branches_unresolved"))
         if taken is not None and unresolved is not None:     # the split the profiler could not derive
             taken = measured_taken(taken, unresolved, taken_fraction)
@@ -175,6 +178,7 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
                                    branches_taken=taken,
                                    fetch_bytes=_opt(d.get("fetch_bytes")), fetch_width=widths[board],
                                    fetch_miss=1.0 if mem is None else mem.fetch_miss, fetch_fills=fills,
+                                   load_miss=1.0 if mem is None else mem.load_miss, load_fills=load_fills,
                                    taken_fraction=taken_fraction, flash_load_fraction=flash_load_fraction))
     return np.array(rows, dtype=float).reshape(len(rows), len(FEATURES))
 

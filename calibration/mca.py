@@ -713,6 +713,5 @@ def wait_state_cycles(by_class: Mapping[str, float], memory: MemorySetup, *, loa
     """The flash wait-state terms of ``calibration.cycles`` (instruction fetch + weight loads from
     flash, times the miss fractions of the board's accelerators), which llvm-mca does not model."""
     x = feature_vector(by_class, wait_states=memory.wait_states, loads_flash=loads_flash,
-                       fetch_miss=memory.fetch_miss)
-    return (float(x[FEATURES.index("fetch_wait")])
-            + float(x[FEATURES.index("flash_load_wait")]) * (1.0 - memory.data_hit))
+                       fetch_miss=memory.fetch_miss, load_miss=memory.load_miss)
+    return float(x[FEATURES.index("fetch_wait")]) + float(x[FEATURES.index("flash_load_wait")])

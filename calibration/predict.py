@@ -47,7 +47,7 @@ from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 6
+COUNTS_VERSION = 7
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
@@ -85,6 +85,9 @@ class TwinCounts:
     # None: not simulated)
     prefill_icache: dict[str, dict[str, float]] | None = None
     decode_icache: dict[str, dict[str, float]] | None = None
+    # simulated data caches (memory-traffic runs) by key: lookups, misses of the flash loads; likewise
+    prefill_dcache: dict[str, dict[str, float]] | None = None
+    decode_dcache: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,11 +213,13 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
         decode_functions=_per_token_functions(ins.get("decode_by_function"), n_dec),
         prefill_icache=_icache(ins, "prefill", 1),
         decode_icache=_icache(ins, "decode", n_dec),
+        prefill_dcache=_icache(ins, "prefill", 1, "by_phase_dcache"),
+        decode_dcache=_icache(ins, "decode", n_dec, "by_phase_dcache"),
     )
 
 
-def _icache(ins: dict, phase: str, n: int) -> dict[str, dict[str, float]] | None:
-    stats = (ins.get("by_phase_icache") or {}).get(phase)
+def _icache(ins: dict, phase: str, n: int, field: str = "by_phase_icache") -> dict[str, dict[str, float]] | None:
+    stats = (ins.get(field) or {}).get(phase)
     return {k: {s: v / n for s, v in d.items()} for k, d in stats.items()} if stats else None
 
 
@@ -229,7 +234,8 @@ def _per_token_functions(by_function: dict | None, n: int) -> dict[str, dict] | 
     return {f: {"instructions": d["instructions"] / n, "by_class": {c: v / n for c, v in d["by_class"].items()},
                 "fetch_bytes": d["fetch_bytes"] / n, "branches_taken": d["branches_taken"] / n,
                 "branches_unresolved": d["branches_unresolved"] / n, "loads_flash": flash(d),
-                "icache_misses": {k: m / n for k, m in (d.get("icache_misses") or {}).items()} or None}
+                "icache_misses": {k: m / n for k, m in (d.get("icache_misses") or {}).items()} or None,
+                "dcache_misses": {k: m / n for k, m in (d.get("dcache_misses") or {}).items()} or None}
             for f, d in by_function.items()}
 
 
@@ -242,20 +248,21 @@ def _flash_left(loads_flash: float | None, functions: dict[str, dict]) -> float 
 
 def _features(mem: MemorySetup, width: float | None, by_class: Mapping[str, float], *,
               loads_flash: float | None, branches_taken: float | None, fetch_bytes: float | None,
-              icache: Mapping | None) -> np.ndarray:
-    """``feature_vector`` of one count set for the board of ``mem``: with the fetches that wait from
-    the counts' simulation of its instruction cache where they carry one (``icache``; the caller gives
-    none for code of another ISA), else from its assumed miss fraction."""
+              icache: Mapping | None, dcache: Mapping | None = None) -> np.ndarray:
+    """``feature_vector`` of one count set for the board of ``mem``: with the fetches (loads) that wait
+    from the counts' simulation of its instruction (data) cache where they carry one (``icache``,
+    ``dcache``; the caller gives none for code of another ISA), else from its assumed miss fractions."""
     fills = mem.fills(icache, fetch_bytes=fetch_bytes, instructions=sum(by_class.values()))
     return feature_vector(by_class, wait_states=mem.wait_states, loads_flash=loads_flash,
                           branches_taken=branches_taken, fetch_bytes=fetch_bytes, fetch_width=width,
-                          fetch_miss=mem.fetch_miss, fetch_fills=fills)
+                          fetch_miss=mem.fetch_miss, fetch_fills=fills, load_miss=mem.load_miss,
+                          load_fills=mem.load_fills(dcache))
 
 
-def _function_icache(d: dict) -> dict | None:
-    """A function's simulated misses as icache statistics (its prefetched lines are not counted per
-    function: their exposed part is the unattributed rest's)."""
-    m = d.get("icache_misses") if d.get("same_isa", True) else None
+def _function_icache(d: dict, field: str = "icache_misses") -> dict | None:
+    """A function's simulated misses as cache statistics (its prefetched lines are not counted per
+    function: their exposed part is the unattributed rest's); ``field`` "dcache_misses": its loads'."""
+    m = d.get(field) if d.get("same_isa", True) else None
     return None if m is None else {k: {"misses": v, "prefetched": 0.0} for k, v in m.items()}
 
 
@@ -269,7 +276,8 @@ def _split_by_function(bm: BoardModel, mem: MemorySetup, width: float | None, fu
     out = {}
     for f, d in functions.items():
         x = _features(mem, width, d["by_class"], loads_flash=d.get("loads_flash") or 0.0,
-                      branches_taken=d["branches_taken"], fetch_bytes=d["fetch_bytes"], icache=_function_icache(d))
+                      branches_taken=d["branches_taken"], fetch_bytes=d["fetch_bytes"], icache=_function_icache(d),
+                      dcache=_function_icache(d, "dcache_misses"))
         t = {name: float(v) * bm.factor * residual_factor for name, v in zip(FEATURES, x * bm.coef, strict=True)}
         if bm.extra_per_fp:
             t["soft_float_calls"] = bm.extra_per_fp * d["by_class"].get("fp", 0.0)
@@ -350,13 +358,12 @@ def counts_from_count_file(path: Path | str, data: dict | None = None) -> TwinCo
         def fetched(names, div=1):
             return None if any(p not in fetch for p in names) else sum(float(fetch[p]) for p in names) / div
 
-        icache = ins.get("by_phase_icache") or {}
-
-        def cached(names, div=1):     # the simulated caches every phase of names has
-            if not names or any(not icache.get(p) for p in names):
+        def cached(names, div=1, field="by_phase_icache"):     # the simulated caches every phase of names has
+            sims = ins.get(field) or {}
+            if not names or any(not sims.get(p) for p in names):
                 return None
-            keys = set.intersection(*(set(icache[p]) for p in names))
-            return {k: {s: sum(float(icache[p][k][s]) for p in names) / div for s in ("lookups", "misses", "prefetched")}
+            keys = set.intersection(*(set(sims[p]) for p in names))
+            return {k: {s: sum(float(sims[p][k][s]) for p in names) / div for s in sims[names[0]][k]}
                     for k in sorted(keys)} or None
 
         plat = get_platform(data["platform"])
@@ -370,6 +377,7 @@ def counts_from_count_file(path: Path | str, data: dict | None = None) -> TwinCo
             prefill_branches_taken=taken(rest) if rest else 0.0, decode_branches_taken=taken(on, n),
             prefill_fetch_bytes=fetched(rest) if rest else 0.0, decode_fetch_bytes=fetched(on, n),
             prefill_icache=cached(rest), decode_icache=cached(on, n),
+            prefill_dcache=cached(rest, 1, "by_phase_dcache"), decode_dcache=cached(on, n, "by_phase_dcache"),
             memory={"flash_bytes": int(mem.get("flash_bytes", 0)), "ram_static_bytes": int(mem.get("ram_static_bytes", 0)),
                     "arena_bytes": 0, "stack_peak_bytes": 0, "model_image_bytes": int(mem.get("loaded_bytes", 0))},
             matches_reference=None, fpu=plat.fpu, kernels="own firmware",
@@ -521,12 +529,12 @@ def _cv_summary(cv: dict) -> str:
 
 def _cycles(bm: BoardModel, mem: MemorySetup, width: float | None, by_class: dict[str, float],
             loads_flash: float | None, branches_taken: float | None, fetch_bytes: float | None = None,
-            icache: Mapping | None = None) -> tuple[float, float, dict[str, float]]:
+            icache: Mapping | None = None, dcache: Mapping | None = None) -> tuple[float, float, dict[str, float]]:
     """(cycles, residual factor 1 + r, cycles by term): the factor is 1 without a residual; the terms
     (one per feature of the cycle model, with the residual and cross-core factors applied, and the
     soft-float calls of a cross-core prediction) add up to the cycles."""
     x = _features(mem, width, by_class, loads_flash=loads_flash, branches_taken=branches_taken,
-                  fetch_bytes=fetch_bytes, icache=icache)
+                  fetch_bytes=fetch_bytes, icache=icache, dcache=dcache)
     factor = 1.0 + float(bm.residual.correction(x[None, :])[0]) if bm.residual is not None else 1.0
     terms = {f: float(v) * factor * bm.factor for f, v in zip(FEATURES, x * bm.coef, strict=True)}
     if bm.extra_per_fp:
@@ -632,11 +640,13 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     same_isa = proxy_plat.isa == plat.isa          # the counts' fetch bytes and caches are of this code
     width = msetup.fetch_width if same_isa else None
     pre_icache, dec_icache = (counts.prefill_icache, counts.decode_icache) if same_isa else (None, None)
+    pre_dcache, dec_dcache = (counts.prefill_dcache, counts.decode_dcache) if same_isa else (None, None)
     prefill_cycles, prefill_factor, _ = _cycles(bm, msetup, width, counts.prefill, counts.prefill_loads_flash,
-                                                counts.prefill_branches_taken, counts.prefill_fetch_bytes, pre_icache)
+                                                counts.prefill_branches_taken, counts.prefill_fetch_bytes, pre_icache,
+                                                pre_dcache)
     token_cycles, token_factor, token_terms = _cycles(bm, msetup, width, counts.decode, counts.decode_loads_flash,
                                                       counts.decode_branches_taken, counts.decode_fetch_bytes,
-                                                      dec_icache)
+                                                      dec_icache, dec_dcache)
     by_function = None
     if counts.decode_functions:   # where the token's cycles go, by function (+ what no function gets)
         per_fn = {f: {**d, "same_isa": same_isa} for f, d in counts.decode_functions.items()}
@@ -644,7 +654,8 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         rest = _unattributed(bm, msetup, width, counts.decode,
                              _flash_left(counts.decode_loads_flash, per_fn),
                              sum(d["branches_unresolved"] for d in per_fn.values()), token_factor,
-                             _fills_left(msetup, counts.decode, counts.decode_fetch_bytes, dec_icache, per_fn))
+                             _fills_left(msetup, counts.decode, counts.decode_fetch_bytes, dec_icache, per_fn),
+                             _load_fills_left(msetup, dec_dcache, per_fn))
         by_function = {"functions": {f: d["cycles"] for f, d in fns.items()},
                        "unattributed": sum(rest.values())}
     token_s = token_cycles / clock_hz
@@ -652,7 +663,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     notes = list(bm.notes)
     x = _features(msetup, width, counts.decode, loads_flash=counts.decode_loads_flash,    # a token's
                   branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
-                  icache=dec_icache)
+                  icache=dec_icache, dcache=dec_dcache)
     if cal is not None:   # terms past the calibration's rows (more wait states than any it saw) widen it
         excess = float(cal.cycles.excess(x)[0])
         if excess > 0.005:
@@ -679,6 +690,15 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
         else:
             notes.append(f"fetch stalls: the counts carry no simulation of the board's {msetup.icache.key} cache "
                          f"(another ISA, Renode or older counts): its assumed hit rate {msetup.fetch_hit:g}")
+    if msetup.dcache is not None:
+        dsim = (dec_dcache or {}).get(msetup.dcache.key)
+        if dsim is not None:
+            notes.append(f"flash-load stalls from the twin's simulation of the {msetup.dcache.key} data cache: "
+                         f"{dsim['misses']:,.0f} misses of {dsim['lookups']:,.0f} flash loads per token")
+        else:
+            notes.append(f"flash-load stalls: the counts carry no simulation of the board's {msetup.dcache.key} "
+                         f"data cache (no memory traffic counted, another ISA or Renode): its assumed hit rate "
+                         f"{msetup.data_hit:g}")
 
     energy, e_lo, e_hi = None, 0.0, 0.0
     if bm.energy_coef is not None:
@@ -759,9 +779,19 @@ def _fills_left(mem: MemorySetup, by_class: Mapping[str, float], fetch_bytes: fl
     return max(whole - given, 0.0)
 
 
+def _load_fills_left(mem: MemorySetup, dcache: Mapping | None, functions: dict[str, dict]) -> float | None:
+    """The token's simulated data-cache fills no function was given (misses outside every function's
+    counted sites), None where the flash-load model is not the simulation."""
+    whole = mem.load_fills(dcache)
+    if whole is None:
+        return None
+    given = sum(mem.load_fills(_function_icache(d, "dcache_misses")) or 0.0 for d in functions.values())
+    return max(whole - given, 0.0)
+
+
 def _unattributed(bm: BoardModel, mem: MemorySetup, width: float | None, by_class: dict[str, float],
                   loads_flash: float | None, unresolved: float, residual_factor: float = 1.0,
-                  fills_left: float | None = None) -> dict[str, float]:
+                  fills_left: float | None = None, load_fills_left: float | None = None) -> dict[str, float]:
     """The terms of a token no function can be given: the flash-load wait states of ``loads_flash``
     (the loads not counted per function: ``_flash_left``; None, an assumed share of the loads), the
     unresolved conditional branches' assumed taken share (its refill and, with a fetch width and no
@@ -775,8 +805,8 @@ def _unattributed(bm: BoardModel, mem: MemorySetup, width: float | None, by_clas
         rest[FEATURES.index("fetch_wait")] = fills_left * ws
     else:
         rest[FEATURES.index("fetch_wait")] = guessed * ws * mem.fetch_miss if width else 0.0
-    rest[FEATURES.index("flash_load_wait")] = feature_vector(
-        by_class, wait_states=ws, loads_flash=loads_flash)[FEATURES.index("flash_load_wait")]
+    rest[FEATURES.index("flash_load_wait")] = (load_fills_left * ws if load_fills_left is not None else feature_vector(
+        by_class, wait_states=ws, loads_flash=loads_flash, load_miss=mem.load_miss)[FEATURES.index("flash_load_wait")])
     terms = {f: float(v) * bm.factor * residual_factor for f, v in zip(FEATURES, rest * bm.coef, strict=True)}
     if bm.extra_per_fp:
         terms["soft_float_calls"] = 0.0     # every float instruction is some function's
@@ -832,15 +862,17 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
     taken = measured_taken(tot.branches_taken, tot.branches_unresolved)
     mix = {c: v / n for c, v in tot.by_class.items()}
     icache = {k: {s: v / n for s, v in d.items()} for k, d in tot.icache.items()} if same_isa else None
+    dcache = {k: {s: v / n for s, v in d.items()} for k, d in tot.dcache.items()} if same_isa else None
     per_token, _, per_token_terms = _cycles(bm, msetup, width, mix, None if loads_flash is None else loads_flash / n,
-                                            taken / n, tot.fetch_bytes / n, icache)
+                                            taken / n, tot.fetch_bytes / n, icache, dcache)
 
     per_fn = {f: {**d, "same_isa": same_isa} for f, d in (_per_token_functions(function_table(tot), n) or {}).items()}
     functions = _split_by_function(bm, msetup, width, per_fn)
     rest_terms = _unattributed(bm, msetup, width, mix,
                                _flash_left(None if loads_flash is None else loads_flash / n, per_fn),
                                tot.branches_unresolved / n, 1.0,
-                               _fills_left(msetup, mix, tot.fetch_bytes / n, icache, per_fn))
+                               _fills_left(msetup, mix, tot.fetch_bytes / n, icache, per_fn),
+                               _load_fills_left(msetup, dcache, per_fn))
     notes = [*bm.notes,
              "per function: the prior applied to each function's instructions by class, taken branches and "
              "instruction bytes; cross-core factor and soft-float calls as for the whole token; no residual",

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from twin.platforms import get_platform
 from twin.profile.isa import CLASSES
 
-from .cycles import FEATURES, wait_states_for
+from .cycles import FEATURES, memory_setup, wait_states_for
 
 BASE_MIX = {"alu": 0.42, "load": 0.22, "store": 0.06, "mul": 0.05, "div": 0.002, "branch": 0.12,
             "fp": 0.08, "simd": 0.03, "other": 0.018}
@@ -76,9 +77,11 @@ class HiddenModel:
 
 def default_hidden(seed: int = 1) -> HiddenModel:
     rng = np.random.default_rng(seed)
+    # the wait terms per stall the prior models (its features carry each board's assumed miss fraction):
+    # the truth's fetch stalls are 0.8 of those, its flash-load stalls 1.2
     base = {"n_alu": 1.0, "n_load": 1.6, "n_store": 1.1, "n_mul": 1.0, "n_div": 6.0, "n_branch": 1.0,
-            "n_fp": 1.3, "n_simd": 1.0, "n_other": 1.0, "branches_taken": 2.2, "fetch_wait": 0.04,
-            "flash_load_wait": 0.3}
+            "n_fp": 1.3, "n_simd": 1.0, "n_other": 1.0, "branches_taken": 2.2, "fetch_wait": 0.8,
+            "flash_load_wait": 1.2}
     return HiddenModel({k: v * float(rng.uniform(0.85, 1.15)) for k, v in base.items()})
 
 
@@ -106,6 +109,7 @@ def bench_dataset(hidden: HiddenModel | None = None, *, boards: dict[str, list[i
     suite = workload_suite(n_workloads, seed)
     rows = []
     for board, clocks in boards.items():
+        mem = memory_setup(get_platform(board))      # the board's assumed miss fractions (no cache simulated)
         for clock in clocks:
             ws = wait_states_for(board, clock)
             for w in suite.itertuples(index=False):
@@ -114,7 +118,8 @@ def bench_dataset(hidden: HiddenModel | None = None, *, boards: dict[str, list[i
                     by_class = dict(zip(CLASSES, counts.tolist(), strict=True))
                     taken = round(w.taken * by_class["branch"])
                     loads_flash = round(w.flash_frac * by_class["load"])
-                    x = np.array([*counts, taken, counts.sum() * ws, loads_flash * ws], dtype=float)
+                    x = np.array([*counts, taken, counts.sum() * ws * mem.fetch_miss,
+                                  loads_flash * ws * mem.load_miss], dtype=float)
                     regime = hidden.regime_factor(float(counts.sum()))
                     true = hidden.cycles(x, by_class) * regime * float(1 + hidden.noise * rng.standard_normal())
                     seconds = true / clock

@@ -32,6 +32,7 @@ from twin.model.image import QuantRecipe, read_image, write_image
 from twin.model.reference import QuantReference
 from twin.platforms import Platform, get_platform, with_kernels
 from twin.profile.counts import (
+    DATA_CACHE_KINDS,
     CacheGeometry,
     Dump,
     SegmentProfile,
@@ -239,7 +240,8 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
     """An emulator session that counts: QEMU under the profiling plugin, or Renode with its opcode
     counters. When the block ends and the backend has ended, ``session.segments`` holds the counts cut at
     the firmware's markers (boot | phase | io | phase | …) and ``session.unavailable`` what it could not count.
-    ``icaches``: the instruction caches QEMU's plugin simulates (default: twin.profile.counts.catalog_caches)."""
+    ``icaches``: the instruction caches QEMU's plugin simulates (default: twin.profile.counts.catalog_caches);
+    with ``mem_traffic`` the catalog's data caches too."""
     check_emulator(platform, emulator, mem_traffic)
     if emulator == "renode":
         backend = renode.RenodeProcess(platform, elf, image, timeout=timeout)
@@ -250,12 +252,13 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
         session.unavailable = {k: v for seg in segments for k, v in seg.unavailable.items()}
         return
     regions = memory_regions(platform) if mem_traffic else None
+    dcaches = catalog_caches(platform, DATA_CACHE_KINDS) if mem_traffic else ()   # the loads' caches
     with tempfile.TemporaryDirectory(prefix="twin-profile-") as tmp:
         dump = Path(tmp) / "profile.dump"
         with emulator_session(platform, elf, image, timeout=timeout, reply_timeout=reply_timeout,
                               extra_args=tuple(plugin_args(elf, dump, regions,
                                                            icaches=catalog_caches(platform) if icaches is None
-                                                           else icaches))) as session:
+                                                           else icaches, dcaches=dcaches))) as session:
             yield session
         session.dump = parse_dump(dump)
         session.segments = analyze(session.dump, elf, platform.arch)
@@ -391,6 +394,8 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
             "by_phase_fetch_bytes": {"prefill": prefill_sum.fetch_bytes, "decode": decode_sum.fetch_bytes},
             # simulated instruction caches (twin.profile.counts.catalog_caches), by geometry: line lookups, misses, prefetched
             "by_phase_icache": {"prefill": prefill_sum.icache, "decode": decode_sum.icache},
+            # and data caches (memory-traffic runs): load lookups and misses from the code and model windows
+            "by_phase_dcache": {"prefill": prefill_sum.dcache, "decode": decode_sum.dcache},
             # the decoded tokens per function (summed): what calibration.predict splits the cycles by
             "decode_by_function": function_table(decode_sum),
         },

@@ -22,6 +22,9 @@
  *                             true LRU, PF 1 = a next-line prefetch buffer, 0 = none; only fetches
  *                             from [START, END) (the flash) look it up. One C callback per TB
  *                             execution, like edges=on
+ *   dcache=LINE:SETS:WAYS:0xSTART:0xEND
+ *                             simulate a data cache (mem=on only; repeatable, up to 4): the loads
+ *                             from [START, END) look it up, true LRU, no prefetch
  *   entry=0xADDR              an *entry cut* (repeatable, up to 64): every execution of the
  *                             instruction at ADDR (a function's first instruction) closes the
  *                             current segment just before it (`twin count --phase SYMBOL`)
@@ -65,6 +68,10 @@
  *                                      other); L = hits + M + P
  *   cmiss K G P ID1 M1 ... IDP MP      segment K, geometry G: P pairs (TB id, misses), nonzero only;
  *                                      they add up to the cache record's M
+ *   dcache G LINE SETS WAYS HEXSTART HEXEND   one per dcache= geometry (G 0..), as given
+ *   dstat K G L M                      segment K, data cache G: load lookups, misses
+ *   dsite K G P A1 M1 ... AP MP        segment K, data cache G: P pairs (instruction HEXADDR, misses),
+ *                                      nonzero only; they add up to the dstat record's M
  *   entry HEX                          one per entry cut (entry= given only), in argument order
  *   cut K HEX X | cut K -              entry= given only: what closed segment K - the mark or entry
  *                                      at HEX (X = 1: exactly before that instruction, 0: at TB
@@ -133,6 +140,17 @@ static char target_name[MAX_NAME] = "?";
 static uint64_t entry_vaddrs[MAX_ENTRIES];
 static struct cache caches[MAX_CACHES];
 static unsigned n_caches;
+static struct cache dcaches[MAX_CACHES];   /* data caches (dcache=, mem=on): no prefetch */
+static unsigned n_dcaches;
+static uint64_t *dcache_segs;   /* n_segs * MAX_CACHES * 2 deltas: lookups, misses */
+struct dsite_delta {
+    uint64_t vaddr;
+    uint32_t cache;
+    uint64_t misses;
+};
+static struct dsite_delta *dsite_deltas;
+static size_t n_dsite_deltas, dsite_deltas_cap;
+static size_t *dsite_seg_start;
 static uint64_t *cache_segs;    /* n_segs * MAX_CACHES * 3 deltas */
 struct miss_delta {
     uint32_t id;
@@ -416,6 +434,10 @@ static void snapshot(void)
             cache_segs = xrealloc(cache_segs, segs_cap * MAX_CACHES * 3 * sizeof *cache_segs);
             miss_seg_start = xrealloc(miss_seg_start, segs_cap * sizeof *miss_seg_start);
         }
+        if (n_dcaches) {
+            dcache_segs = xrealloc(dcache_segs, segs_cap * MAX_CACHES * 2 * sizeof *dcache_segs);
+            dsite_seg_start = xrealloc(dsite_seg_start, segs_cap * sizeof *dsite_seg_start);
+        }
     }
     if (n_entries) {
         cuts[n_segs] = pending_cut;
@@ -430,6 +452,9 @@ static void snapshot(void)
         }
         if (n_caches) {
             miss_seg_start[0] = 0;
+        }
+        if (n_dcaches) {
+            dsite_seg_start[0] = 0;
         }
     }
     for (uint32_t id = 0; id < n_tbs; id++) {
@@ -492,8 +517,29 @@ static void snapshot(void)
                 c[2] = c[0];
                 c[3] = c[1];
             }
+            for (unsigned g = 0; g < n_dcaches; g++) {
+                uint64_t *dm = &m->c[(n_regions + 1) * 4 + 2 * g];
+                if (dm[0] == dm[1]) {
+                    continue;
+                }
+                if (n_dsite_deltas == dsite_deltas_cap) {
+                    dsite_deltas_cap = dsite_deltas_cap ? 2 * dsite_deltas_cap : 1024;
+                    dsite_deltas = xrealloc(dsite_deltas, dsite_deltas_cap * sizeof *dsite_deltas);
+                }
+                dsite_deltas[n_dsite_deltas++] = (struct dsite_delta){m->vaddr, g, dm[0] - dm[1]};
+                dm[1] = dm[0];
+            }
         }
         site_seg_start[n_segs + 1] = n_site_deltas;
+        if (n_dcaches) {
+            for (unsigned g = 0; g < n_dcaches; g++) {
+                for (int i = 0; i < 2; i++) {
+                    dcache_segs[(n_segs * MAX_CACHES + g) * 2 + i] = dcaches[g].now[i] - dcaches[g].last[i];
+                    dcaches[g].last[i] = dcaches[g].now[i];
+                }
+            }
+            dsite_seg_start[n_segs + 1] = n_dsite_deltas;
+        }
     }
     if (edges_on) {
         snapshot_edges();
@@ -554,8 +600,8 @@ static void on_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t
     int is_store = qemu_plugin_mem_is_store(info) ? 1 : 0;
     __atomic_fetch_add(&mem_now[b][is_store], 1, __ATOMIC_RELAXED);
     struct mem_site *m = userdata;   /* one vCPU: no other thread touches the site */
-    if (!m->c) {
-        m->c = calloc((size_t)(n_regions + 1) * 4, sizeof *m->c);
+    if (!m->c) {   /* per region: loads, stores now and at the last snapshot; per data cache: misses */
+        m->c = calloc((size_t)(n_regions + 1) * 4 + (size_t)n_dcaches * 2, sizeof *m->c);
         if (!m->c) {
             fprintf(stderr, "twin_plugin: out of memory\n");
             abort();
@@ -564,6 +610,12 @@ static void on_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t
         touched_sites = m;
     }
     m->c[4 * b + is_store] += 1;
+    for (unsigned g = 0; g < n_dcaches && !is_store; g++) {
+        struct cache *c = &dcaches[g];
+        if (vaddr >= c->start && vaddr < c->end && cache_access(c, vaddr >> c->line_shift) == 1) {
+            m->c[(n_regions + 1) * 4 + 2 * g] += 1;
+        }
+    }
 }
 
 static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -712,6 +764,28 @@ static void write_dump(FILE *f)
             fputc('\n', f);
         }
     }
+    for (unsigned g = 0; g < n_dcaches; g++) {
+        const struct cache *c = &dcaches[g];
+        fprintf(f, "dcache %u %u %" PRIu32 " %" PRIu32 " %" PRIx64 " %" PRIx64 "\n", g, 1u << c->line_shift,
+                c->sets, c->ways, c->start, c->end);
+    }
+    for (size_t k = 0; k < n_segs && n_dcaches; k++) {
+        for (unsigned g = 0; g < n_dcaches; g++) {
+            const uint64_t *d = &dcache_segs[(k * MAX_CACHES + g) * 2];
+            fprintf(f, "dstat %zu %u %" PRIu64 " %" PRIu64 "\n", k, g, d[0], d[1]);
+            size_t p = 0;
+            for (size_t i = dsite_seg_start[k]; i < dsite_seg_start[k + 1]; i++) {
+                p += dsite_deltas[i].cache == g;
+            }
+            fprintf(f, "dsite %zu %u %zu", k, g, p);
+            for (size_t i = dsite_seg_start[k]; i < dsite_seg_start[k + 1]; i++) {
+                if (dsite_deltas[i].cache == g) {
+                    fprintf(f, " %" PRIx64 " %" PRIu64, dsite_deltas[i].vaddr, dsite_deltas[i].misses);
+                }
+            }
+            fputc('\n', f);
+        }
+    }
     for (unsigned e = 0; e < n_entries; e++) {
         fprintf(f, "entry %" PRIx64 "\n", entry_vaddrs[e]);
     }
@@ -767,14 +841,16 @@ static bool parse_u64(const char *s, uint64_t *out)
     return true;
 }
 
-/* icache=LINE:SETS:WAYS:PF:0xSTART:0xEND */
-static bool parse_icache(const char *spec)
+/* icache=LINE:SETS:WAYS:PF:0xSTART:0xEND, or (data) dcache=LINE:SETS:WAYS:0xSTART:0xEND */
+static bool parse_cache(const char *spec, bool data)
 {
-    if (n_caches == MAX_CACHES) {
-        fprintf(stderr, "twin_plugin: at most %d icache= geometries\n", MAX_CACHES);
+    unsigned *count = data ? &n_dcaches : &n_caches;
+    const char *name = data ? "dcache" : "icache";
+    if (*count == MAX_CACHES) {
+        fprintf(stderr, "twin_plugin: at most %d %s= geometries\n", MAX_CACHES, name);
         return false;
     }
-    uint64_t v[6];
+    uint64_t v[6] = {0};
     char buf[160];
     if (strlen(spec) >= sizeof buf) {
         fprintf(stderr, "twin_plugin: icache= spec too long: '%s'\n", spec);
@@ -784,6 +860,9 @@ static bool parse_icache(const char *spec)
     char *save = NULL, *tok = strtok_r(buf, ":", &save);
     int n = 0;
     for (; tok && n < 6; tok = strtok_r(NULL, ":", &save)) {
+        if (data && n == 3) {
+            n++;   /* a data cache has no PF field */
+        }
         if (!parse_u64(tok, &v[n++])) {
             n = -1;
             break;
@@ -791,11 +870,11 @@ static bool parse_icache(const char *spec)
     }
     bool pow2 = n == 6 && v[0] && !(v[0] & (v[0] - 1)) && v[1] && !(v[1] & (v[1] - 1));
     if (tok || !pow2 || v[2] == 0 || v[2] > 1024 || v[1] > (1u << 20) || v[3] > 1 || v[5] <= v[4]) {
-        fprintf(stderr, "twin_plugin: bad icache '%s' (want LINE:SETS:WAYS:PF:0xSTART:0xEND, LINE and "
-                "SETS powers of two, 1..1024 ways, PF 0 or 1)\n", spec);
+        fprintf(stderr, "twin_plugin: bad %s '%s' (want LINE:SETS:WAYS%s:0xSTART:0xEND, LINE and SETS powers "
+                "of two, 1..1024 ways%s)\n", name, spec, data ? "" : ":PF", data ? "" : ", PF 0 or 1");
         return false;
     }
-    struct cache *c = &caches[n_caches];
+    struct cache *c = data ? &dcaches[n_dcaches] : &caches[n_caches];
     c->line_shift = (uint32_t)__builtin_ctzll(v[0]);
     c->sets = (uint32_t)v[1];
     c->ways = (uint32_t)v[2];
@@ -809,7 +888,7 @@ static bool parse_icache(const char *spec)
         return false;
     }
     memset(c->tags, 0xff, (size_t)c->sets * c->ways * sizeof *c->tags);
-    n_caches++;
+    (*count)++;
     return true;
 }
 
@@ -900,7 +979,9 @@ static bool parse_arg(const char *arg)
     } else if (klen == 6 && strncmp(arg, "region", 6) == 0) {
         return parse_region(val);
     } else if (klen == 6 && strncmp(arg, "icache", 6) == 0) {
-        return parse_icache(val);
+        return parse_cache(val, false);
+    } else if (klen == 6 && strncmp(arg, "dcache", 6) == 0) {
+        return parse_cache(val, true);
     } else {
         fprintf(stderr, "twin_plugin: unknown argument '%s'\n", arg);
         return false;
@@ -918,6 +999,10 @@ TWIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info
     }
     if (!out_path || !*out_path) {
         fprintf(stderr, "twin_plugin: out=PATH is required\n");
+        return -1;
+    }
+    if (n_dcaches && !mem_on) {
+        fprintf(stderr, "twin_plugin: dcache= simulates loads: it needs mem=on\n");
         return -1;
     }
     if (info && info->target_name) {

@@ -103,9 +103,9 @@ def test_loaded_file_predicts_what_the_fitted_model_predicts(nonlinear, tmp_path
         counts = _counts(scale)
         r = P.predict_from_counts(plat, counts, calibration=path)
         mem = memory_setup(plat, plat.default_clock_hz)
-        ws, miss = mem.wait_states, mem.fetch_miss
-        x_tok = feature_vector(counts.decode, wait_states=ws, loads_flash=None, branches_taken=None, fetch_miss=miss)
-        x_pre = feature_vector(counts.prefill, wait_states=ws, loads_flash=None, branches_taken=None, fetch_miss=miss)
+        miss = {"wait_states": mem.wait_states, "fetch_miss": mem.fetch_miss, "load_miss": mem.load_miss}
+        x_tok = feature_vector(counts.decode, loads_flash=None, branches_taken=None, **miss)
+        x_pre = feature_vector(counts.prefill, loads_flash=None, branches_taken=None, **miss)
         (tok,), (tok_lo,), (tok_hi,) = predict_interval(model, x_tok[None, :])
         (pre,), _, _ = predict_interval(model, x_pre[None, :])
         clock = plat.default_clock_hz

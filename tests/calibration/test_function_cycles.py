@@ -95,12 +95,19 @@ def test_functions_and_remainder_add_up_to_twin_predict(decoded):
               for f, m in total.mem_by_function.items()}
     assert sum(per_fn.values()) == pytest.approx(loads)
     for f, v in fc["functions"].items():
-        assert v["terms"]["flash_load_wait"] == pytest.approx(per_fn.get(f, 0) * mem.wait_states * (1 - mem.data_hit))
+        if mem.dcache is None:     # each function's flash loads × the assumed miss fraction
+            assert v["terms"]["flash_load_wait"] == pytest.approx(per_fn.get(f, 0) * mem.wait_states * (1 - mem.data_hit))
+        else:                      # each function's simulated data-cache misses
+            misses = total.dcache_misses_by_function[mem.dcache.key].get(f, 0) / TOKENS
+            assert v["terms"]["flash_load_wait"] == pytest.approx(misses * mem.dcache.beats * mem.wait_states)
+    if mem.dcache is not None:
+        sim = total.dcache[mem.dcache.key]
+        assert 0 < sim["misses"] < sim["lookups"] <= loads * TOKENS
     assert per_fn[next(iter(fc["functions"]))] > 0.9 * loads          # the weights: the matvec's
     assert rest["branches_unresolved"] == total.branches_unresolved / TOKENS > 0
     assert sum(rest["branches_unresolved_by_function"].values()) == pytest.approx(rest["branches_unresolved"])
     # without per-function memory counts (an older profile), the flash-load wait states are the remainder's
-    bare = [dataclasses.replace(p, mem_by_function=None) for p in decode]
+    bare = [dataclasses.replace(p, mem_by_function=None, dcache={}, dcache_misses_by_function={}) for p in decode]
     old = P.function_cycles(plat, bare)
     _adds_up(old)
     assert old["unattributed"]["terms"]["flash_load_wait"] == pytest.approx(loads * mem.wait_states * (1 - mem.data_hit))

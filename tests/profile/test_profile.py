@@ -69,12 +69,12 @@ def mem_regions(t: Target, elf: Path) -> dict[str, tuple[int, int]]:
 
 
 def run_profiled(t: Target, elf: Path, plugin: Path, out_dir: Path, n: int, *, mem: bool = False,
-                 exit_by_reset: bool = False, edges: bool = False,
-                 icaches: tuple[CacheGeometry, ...] = ()) -> tuple[Path, list[SegmentProfile]]:
+                 exit_by_reset: bool = False, edges: bool = False, icaches: tuple[CacheGeometry, ...] = (),
+                 dcaches: tuple[CacheGeometry, ...] = ()) -> tuple[Path, list[SegmentProfile]]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    dump = out_dir / f"dump-{n}-{mem}-{exit_by_reset}-{edges}-{len(icaches)}.txt"
+    dump = out_dir / f"dump-{n}-{mem}-{exit_by_reset}-{edges}-{len(icaches)}-{len(dcaches)}.txt"
     args = plugin_args(elf, dump, mem_regions(t, elf) if mem else None, plugin=plugin, edges=edges,
-                       icaches=icaches)
+                       icaches=icaches, dcaches=dcaches)
     cmd = programs.qemu_command(t, elf, n, exit_by_reset=exit_by_reset, extra=args)
     proc = programs.run(cmd)
     assert proc.returncode == 0, proc.stderr
@@ -228,6 +228,28 @@ def test_simulated_icache_counts_the_loops_lines_exactly(target, plugin, tmp_pat
 
 
 @pytest.mark.qemu
+def test_simulated_dcache_sees_the_loops_loads(target, plugin, tmp_path):
+    """The loop loads buf once an iteration: a data cache over buf looks each load up and misses only
+    the first (a line holds buf); the misses are work_loop's; a window without buf sees none of them;
+    stores never look up. Without the memory-traffic mode there is nothing to simulate: refused."""
+    t, elf = target
+    buf = programs.symbol(elf, "buf")
+    geoms = (CacheGeometry(16, 4, 2, False, buf, buf + 16), CacheGeometry(32, 1, 1, False, *t.code))
+    prof = {n: run_profiled(t, elf, plugin, tmp_path / str(n), n, mem=True, dcaches=geoms)[1][1] for n in (100, 400)}
+    over_buf, over_code = (g.key for g in geoms)
+    for n, p in prof.items():
+        assert p.dcache[over_buf] == {"lookups": n, "misses": 1}
+        assert p.dcache_misses_by_function[over_buf] == {"work_loop": 1}
+        assert p.mem["buf"] == {"loads": n, "stores": n}          # the stores were not looked up
+        for key, stats in p.dcache.items():
+            assert sum(p.dcache_misses_by_function[key].values()) == stats["misses"] <= stats["lookups"]
+    # the code window's loads (literal pools) do not grow with the loop
+    assert prof[400].dcache[over_code]["lookups"] == prof[100].dcache[over_code]["lookups"]
+    with pytest.raises(ValueError, match="need the memory-traffic mode"):
+        plugin_args(elf, tmp_path / "x", None, plugin=plugin, dcaches=geoms)
+
+
+@pytest.mark.qemu
 def test_mem_mode_counts_loop_traffic_per_region(target, plugin, tmp_path):
     t, elf = target
     counts_only = run_profiled(t, elf, plugin, tmp_path, 250)[1]
@@ -282,7 +304,8 @@ def good_dump(tmp_path_factory, plugin) -> str:
         pytest.skip(f"needs {', '.join(programs.missing_tools(t))} on PATH")
     d = tmp_path_factory.mktemp("good")
     elf = programs.build(t, d)
-    dump, _ = run_profiled(t, elf, plugin, d, 10, mem=True, icaches=(CacheGeometry(8, 1, 1, True, *t.code),))
+    dump, _ = run_profiled(t, elf, plugin, d, 10, mem=True, icaches=(CacheGeometry(8, 1, 1, True, *t.code),),
+                           dcaches=(CacheGeometry(16, 1, 1, False, *t.ram),))
     return dump.read_text()
 
 
@@ -307,6 +330,10 @@ def good_dump(tmp_path_factory, plugin) -> str:
         (lambda s: "".join(ln for ln in s.splitlines(keepends=True) if not ln.startswith("cache 2 ")),
          "cache records do not cover"),
         (lambda s: s.replace("\nicache 0 ", "\nicache 1 ", 1), "icache record out of order"),
+        (lambda s: re.sub(r"(\ndsite 1 0 [1-9]\d* [0-9a-f]+ )(\d+)", lambda m: m[1] + str(int(m[2]) + 1), s, count=1),
+         "do not add up to its dstat record"),
+        (lambda s: "".join(ln for ln in s.splitlines(keepends=True) if not ln.startswith("dstat 2 ")),
+         "data-cache records do not cover"),
         (lambda s: "hello\n", "not a twin plugin dump"),
         (lambda s: "", "not a twin plugin dump"),
     ],

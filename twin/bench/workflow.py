@@ -32,7 +32,7 @@ from twin.device.transport import Device, DeviceGone, DeviceTimeout
 from twin.model.image import read_image
 from twin.platforms import Platform, get_platform
 from twin.profile import isa
-from twin.profile.counts import SegmentProfile, own_cache
+from twin.profile.counts import DATA_CACHE_KINDS, SegmentProfile, own_cache
 from twin.runner import RunSpec, model_image, profiled_session
 
 QEMU_PORTS = ("qemu", "emulate", "emulator")
@@ -41,7 +41,7 @@ ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 FEATURE_COLUMNS = tuple(f"n_{c}" for c in isa.CLASSES)
 MEMORY_COLUMNS = ("loads_flash", "loads_sram", "stores_sram")
 COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "branches_taken", "branches_unresolved", "fetch_bytes",
-           "icache_misses", "icache_prefetched", "instructions", "cycles",
+           "icache_misses", "icache_prefetched", "dcache_misses", "instructions", "cycles",
            "cycle_counter", "energy_j", "size", "iterations", "checksum", "compiler", "cflags", "bench_date")
 
 
@@ -197,11 +197,11 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _features(p: SegmentProfile | None, cache_key: str | None = None) -> dict:
+def _features(p: SegmentProfile | None, cache_key: str | None = None, dcache_key: str | None = None) -> dict:
     if p is None:
         return {**dict.fromkeys(FEATURE_COLUMNS, ""), **dict.fromkeys(MEMORY_COLUMNS, ""), "instructions": "",
                 "branches_taken": "", "branches_unresolved": "", "fetch_bytes": "", "icache_misses": "",
-                "icache_prefetched": ""}
+                "icache_prefetched": "", "dcache_misses": ""}
     out = {f"n_{c}": p.by_class.get(c, 0) for c in isa.CLASSES}
     out["instructions"] = p.total
     out["fetch_bytes"] = p.fetch_bytes
@@ -209,6 +209,8 @@ def _features(p: SegmentProfile | None, cache_key: str | None = None) -> dict:
     sim = p.icache.get(cache_key) if cache_key else None
     out["icache_misses"] = sim["misses"] if sim else ""
     out["icache_prefetched"] = sim["prefetched"] if sim else ""
+    dsim = p.dcache.get(dcache_key) if dcache_key else None     # and its data cache (memory-traffic runs)
+    out["dcache_misses"] = dsim["misses"] if dsim else ""
     # Taken branches derived from the TB counts (twin/profile/counts.py), and the conditional branches
     # whose split could not be derived (the calibration charges those at its taken fraction).
     out["branches_taken"] = p.branches_taken
@@ -293,8 +295,10 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
                          "counted again in a complete twin run (a killed QEMU leaves no profile)")
     energies = _energies(spec, len(device_run) - 1) if spec.trace else None
     bench_date = datetime.now(timezone.utc).date().isoformat()
-    own = own_cache(platform.accelerators)       # the board's cache, simulated on the twin's run
+    own = own_cache(platform.accelerators)       # the board's caches, simulated on the twin's run
     cache_key = own[0].key if own else None
+    own_d = own_cache(platform.accelerators, kinds=DATA_CACHE_KINDS)
+    dcache_key = own_d[0].key if own_d else None
     rows = []
     for k, m in enumerate(device_run):
         if k == 0 and not m.workload.removeprefix("model:"):
@@ -306,7 +310,7 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
             "phase": m.phase,
             "clock_hz": info.clock_hz,
             "build_id": info.build_id,
-            **_features(twin.profiles[k] if twin else None, cache_key),
+            **_features(twin.profiles[k] if twin else None, cache_key, dcache_key),
             "cycles": m.cycles if counter != "none" else 0,
             "cycle_counter": counter,
             "energy_j": "" if energies is None or energies[k] is None else f"{energies[k]:.9g}",

@@ -117,6 +117,7 @@ def plugin_args(
     entries: Iterable[int] = (),
     mark: bool = True,
     icaches: Iterable[CacheGeometry] = (),
+    dcaches: Iterable[CacheGeometry] = (),
 ) -> list[str]:
     """``["-plugin", "<so>,out=...,mark=0x...[,mem=on,region=NAME:0xSTART:0xEND...][,edges=on]"]``.
 
@@ -128,7 +129,8 @@ def plugin_args(
     ``entries``: addresses of *entry cuts* (up to MAX_ENTRIES; the plugin's ``entry=``): every
     execution of one of them closes the segment just before it, and the dump says which cut closed
     each segment (``Dump.cuts``).  ``mark=False`` ignores the ELF's ``twin_mark`` (foreign firmware).
-    ``icaches``: instruction caches to simulate (up to MAX_CACHES geometries, the plugin's ``icache=``).
+    ``icaches``: instruction caches to simulate (up to MAX_CACHES geometries, the plugin's ``icache=``);
+    ``dcaches``: data caches the loads go through (``dcache=``, up to MAX_CACHES; with ``mem_regions`` only).
     """
     so = Path(plugin) if plugin is not None else build_plugin()
     opts = [_qemu_escape(str(so)), "out=" + _qemu_escape(str(out_path))]
@@ -154,15 +156,18 @@ def plugin_args(
             opts.append(f"region={name}:{start:#x}:{end:#x}")
     if edges:
         opts.append("edges=on")
-    icaches = list(icaches)
-    if len(icaches) > MAX_CACHES:
-        raise ValueError(f"at most {MAX_CACHES} simulated instruction caches, got {len(icaches)}")
-    for g in icaches:
-        if (g.line_bytes & (g.line_bytes - 1)) or (g.sets & (g.sets - 1)) or min(g.line_bytes, g.sets, g.ways) < 1 \
-                or not 0 <= g.start < g.end:
-            raise ValueError(f"cache geometry {g}: line bytes and sets must be powers of two, ways >= 1, "
-                             "start < end")
-        opts.append(g.arg())
+    icaches, dcaches = list(icaches), list(dcaches)
+    if dcaches and not mem_regions:
+        raise ValueError("simulated data caches need the memory-traffic mode (mem_regions)")
+    for kind, geoms in (("instruction", icaches), ("data", dcaches)):
+        if len(geoms) > MAX_CACHES:
+            raise ValueError(f"at most {MAX_CACHES} simulated {kind} caches, got {len(geoms)}")
+        for g in geoms:
+            if (g.line_bytes & (g.line_bytes - 1)) or (g.sets & (g.sets - 1)) or min(g.line_bytes, g.sets, g.ways) < 1 \
+                    or not 0 <= g.start < g.end:
+                raise ValueError(f"cache geometry {g}: line bytes and sets must be powers of two, ways >= 1, "
+                                 "start < end")
+    opts += [g.arg() for g in icaches] + [g.arg("dcache") for g in dcaches]
     return ["-plugin", ",".join(opts)]
 
 
@@ -187,42 +192,53 @@ class CacheGeometry:
         return (f"{self.line_bytes * self.sets * self.ways}B/{self.line_bytes}B/{self.ways}w"
                 f"{'+pf' if self.prefetch else ''}")
 
-    def arg(self) -> str:
-        return (f"icache={self.line_bytes}:{self.sets}:{self.ways}:{int(self.prefetch)}:"
-                f"{self.start:#x}:{self.end:#x}")
+    def arg(self, kind: str = "icache") -> str:
+        pf = f":{int(self.prefetch)}" if kind == "icache" else ""
+        return f"{kind}={self.line_bytes}:{self.sets}:{self.ways}{pf}:{self.start:#x}:{self.end:#x}"
 
 
-def cache_geometry(acc: Accelerator, start: int, end: int) -> CacheGeometry | None:
-    """A catalog accelerator as a simulated instruction cache over [start, end), None when it is no
-    instruction cache or states no full geometry (size, line, ways: sets = size / line / ways)."""
-    if acc.kind not in ("icache", "art", "xip-cache", "cache") or not (acc.size_bytes and acc.line_bytes and acc.ways):
+INSTRUCTION_CACHE_KINDS = ("icache", "art", "xip-cache", "cache")
+DATA_CACHE_KINDS = ("dcache",)
+
+
+def cache_geometry(acc: Accelerator, start: int, end: int,
+                   kinds: tuple[str, ...] = INSTRUCTION_CACHE_KINDS) -> CacheGeometry | None:
+    """A catalog accelerator as a simulated cache over [start, end), None when it is none of ``kinds``
+    (default: the instruction caches; DATA_CACHE_KINDS: the data caches) or states no full geometry
+    (size, line, ways: sets = size / line / ways)."""
+    if acc.kind not in kinds or not (acc.size_bytes and acc.line_bytes and acc.ways):
         return None
     return CacheGeometry(acc.line_bytes, acc.size_bytes // (acc.line_bytes * acc.ways), acc.ways, bool(acc.prefetch),
                          start, end)
 
 
-def own_cache(accelerators: Iterable[Accelerator], start: int = 0,
-              end: int = 1) -> tuple[CacheGeometry, Accelerator] | None:
-    """The first of a platform's accelerators that is a simulated instruction cache, as (geometry over
-    [start, end), the accelerator), None when none states a geometry."""
+def own_cache(accelerators: Iterable[Accelerator], start: int = 0, end: int = 1,
+              kinds: tuple[str, ...] = INSTRUCTION_CACHE_KINDS) -> tuple[CacheGeometry, Accelerator] | None:
+    """The first of a platform's accelerators that is a simulated cache of ``kinds`` (default: an
+    instruction cache), as (geometry over [start, end), the accelerator), None when none states one."""
     for acc in accelerators:
-        g = cache_geometry(acc, start, end)
+        g = cache_geometry(acc, start, end, kinds)
         if g is not None:
             return g, acc
     return None
 
 
-def catalog_caches(platform: Platform) -> tuple[CacheGeometry, ...]:
-    """The instruction caches a run on ``platform`` simulates: the geometry of every catalog board of its ISA
-    whose instruction cache states one (``accelerators``: line_bytes, ways), the platform's own first, at most
-    MAX_CACHES, each serving fetches from the platform's code window. What-if predictions for a board
-    then use the misses of its own geometry (calibration.cycles)."""
+def catalog_caches(platform: Platform, kinds: tuple[str, ...] = INSTRUCTION_CACHE_KINDS) -> tuple[CacheGeometry, ...]:
+    """The caches a run on ``platform`` simulates: the geometry of every catalog board of its ISA whose
+    cache of ``kinds`` states one (``accelerators``: line_bytes, ways), the platform's own first, at most
+    MAX_CACHES. Instruction caches serve the fetches from the platform's code window; data caches
+    (DATA_CACHE_KINDS) the loads from its code and model windows (where weights and constants live).
+    What-if predictions for a board then use the misses of its own geometry (calibration.cycles)."""
+    start, end = platform.flash.origin, platform.flash.end
+    if kinds != INSTRUCTION_CACHE_KINDS:
+        lo, hi = sorted(((platform.flash.origin, platform.flash.end), (platform.model.origin, platform.model.end)))
+        start, end = (lo[0], hi[1]) if lo[1] == hi[0] else (platform.model.origin, platform.model.end)
     boards = [platform, *(p for pid, p in sorted(all_platforms().items())
                           if pid != platform.id and p.isa == platform.isa)]
     out: dict[str, CacheGeometry] = {}
     for board in boards:
         for acc in board.accelerators:
-            g = cache_geometry(acc, platform.flash.origin, platform.flash.end)
+            g = cache_geometry(acc, start, end, kinds)
             if g is not None and len(out) < MAX_CACHES:
                 out.setdefault(g.key, g)
     return tuple(out.values())
@@ -255,6 +271,11 @@ class Dump:
     icaches: tuple[CacheGeometry, ...] = ()
     cache: np.ndarray | None = None  # (S, G, 3) int64
     cache_misses: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...] | None = None
+    # dcache= only (mem=on): the simulated data caches, per segment and cache (load lookups, misses), and
+    # per segment and cache the misses per instruction (addresses, misses), which add up to its misses
+    dcaches: tuple[CacheGeometry, ...] = ()
+    dcache: np.ndarray | None = None  # (S, G, 2) int64
+    dcache_sites: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...] | None = None
 
     @property
     def n_tbs(self) -> int:
@@ -301,6 +322,9 @@ def parse_dump(path: Path | str) -> Dump:
     icaches: list[CacheGeometry] = []
     cache_rows: dict[tuple[int, int], list[int]] = {}
     miss_rows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    dcaches: list[CacheGeometry] = []
+    dstat_rows: dict[tuple[int, int], list[int]] = {}
+    dsite_rows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     end: tuple[int, int] | None = None
 
     for lineno, line in enumerate(lines[1:], start=2):
@@ -363,6 +387,23 @@ def parse_dump(path: Path | str) -> Dump:
                     raise _err(p, lineno, "cmiss record repeated, of wrong length or of an unknown geometry")
                 flat = np.array([int(x) for x in parts[4:]], dtype=np.int64)
                 miss_rows[key] = (flat[0::2].copy(), flat[1::2].copy())
+            elif tag == "dcache":
+                if int(parts[1]) != len(dcaches) or len(parts) != 7:
+                    raise _err(p, lineno, "dcache record out of order or of wrong length")
+                dcaches.append(CacheGeometry(int(parts[2]), int(parts[3]), int(parts[4]), False,
+                                             int(parts[5], 16), int(parts[6], 16)))
+            elif tag == "dstat":
+                key = (int(parts[1]), int(parts[2]))
+                if len(parts) != 5 or key in dstat_rows or key[1] >= len(dcaches):
+                    raise _err(p, lineno, "dstat record repeated, of wrong length or of an unknown cache")
+                dstat_rows[key] = [int(x) for x in parts[3:]]
+            elif tag == "dsite":
+                key, n_pairs = (int(parts[1]), int(parts[2])), int(parts[3])
+                if len(parts) != 4 + 2 * n_pairs or key in dsite_rows or key[1] >= len(dcaches):
+                    raise _err(p, lineno, "dsite record repeated, of wrong length or of an unknown cache")
+                flat = parts[4:]
+                dsite_rows[key] = (np.array([int(a, 16) for a in flat[0::2]], dtype=np.int64),
+                                   np.array([int(x) for x in flat[1::2]], dtype=np.int64))
             elif tag == "entry":
                 if len(parts) != 2:
                     raise _err(p, lineno, "entry record of wrong length")
@@ -447,6 +488,22 @@ def parse_dump(path: Path | str) -> Dump:
         cache_misses = tuple(tuple(miss_rows[k, g] for g in range(len(icaches))) for k in range(len(segments)))
     elif cache_rows or miss_rows:
         raise ProfileError(f"garbled plugin dump {p}: cache records without an icache geometry")
+    dcache = dcache_sites = None
+    if dcaches:
+        want = {(k, g) for k in range(len(segments)) for g in range(len(dcaches))}
+        if set(dstat_rows) != want or set(dsite_rows) != want:
+            raise ProfileError(f"truncated plugin dump {p}: data-cache records do not cover every segment and "
+                               f"cache ({len(dstat_rows)} and {len(dsite_rows)} for {len(want)})")
+        dcache = np.array([[dstat_rows[k, g] for g in range(len(dcaches))] for k in range(len(segments))],
+                          dtype=np.int64)
+        for (k, g), (_, misses) in dsite_rows.items():
+            look, miss = dcache[k, g]
+            if (misses.size and misses.min() <= 0) or int(misses.sum()) != miss or miss > look:
+                raise ProfileError(f"garbled plugin dump {p}: the data-cache misses of segment {k} (cache {g}) "
+                                   "do not add up to its dstat record")
+        dcache_sites = tuple(tuple(dsite_rows[k, g] for g in range(len(dcaches))) for k in range(len(segments)))
+    elif dstat_rows or dsite_rows:
+        raise ProfileError(f"garbled plugin dump {p}: data-cache records without a dcache geometry")
 
     if cut_rows and len(cut_rows) != len(segments):
         raise ProfileError(f"truncated plugin dump {p}: {len(cut_rows)} cut rows for {len(segments)} segments")
@@ -469,6 +526,9 @@ def parse_dump(path: Path | str) -> Dump:
         icaches=tuple(icaches),
         cache=cache,
         cache_misses=cache_misses,
+        dcaches=tuple(dcaches),
+        dcache=dcache,
+        dcache_sites=dcache_sites,
     )
 
 
@@ -519,6 +579,10 @@ class SegmentProfile:
     # misses per function of the missing TB (they sum to its misses). {} without a simulation.
     icache: dict[str, dict[str, int]] = field(default_factory=dict)
     icache_misses_by_function: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Simulated data caches (plugin dcache=, mem mode), by key: {"lookups", "misses"} of the loads from
+    # the code and model windows, and each cache's misses per function of the loading instruction.
+    dcache: dict[str, dict[str, int]] = field(default_factory=dict)
+    dcache_misses_by_function: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -654,17 +718,28 @@ def analyze(dump: Dump, elf: Path | str, arch: str,
 
 def _segment_cache(dump: Dump, k: int, functions: _FunctionTable, func_names: tuple[str, ...]) -> dict:
     """SegmentProfile's icache fields of segment k (a TB's misses are its first instruction's function's)."""
-    if dump.cache is None or dump.cache_misses is None:
-        return {}
-    stats, by_fn = {}, {}
-    for g, geom in enumerate(dump.icaches):
-        look, miss, pref = (int(x) for x in dump.cache[k, g])
-        stats[geom.key] = {"lookups": look, "misses": miss, "prefetched": pref}
-        ids, misses = dump.cache_misses[k][g]
-        fn = functions.lookup(dump.tb_vaddr[ids]) if ids.size else np.zeros(0, dtype=np.int64)
-        per = _weighted_counts(fn, misses, len(func_names))
-        by_fn[geom.key] = {func_names[i]: int(n) for i, n in enumerate(per) if n}
-    return {"icache": stats, "icache_misses_by_function": by_fn}
+    out: dict = {}
+    if dump.cache is not None and dump.cache_misses is not None:
+        stats, by_fn = {}, {}
+        for g, geom in enumerate(dump.icaches):
+            look, miss, pref = (int(x) for x in dump.cache[k, g])
+            stats[geom.key] = {"lookups": look, "misses": miss, "prefetched": pref}
+            ids, misses = dump.cache_misses[k][g]
+            fn = functions.lookup(dump.tb_vaddr[ids]) if ids.size else np.zeros(0, dtype=np.int64)
+            per = _weighted_counts(fn, misses, len(func_names))
+            by_fn[geom.key] = {func_names[i]: int(n) for i, n in enumerate(per) if n}
+        out |= {"icache": stats, "icache_misses_by_function": by_fn}
+    if dump.dcache is not None and dump.dcache_sites is not None:
+        stats, by_fn = {}, {}
+        for g, geom in enumerate(dump.dcaches):
+            look, miss = (int(x) for x in dump.dcache[k, g])
+            stats[geom.key] = {"lookups": look, "misses": miss}
+            addrs, misses = dump.dcache_sites[k][g]
+            fn = functions.lookup(addrs.astype(np.uint64)) if addrs.size else np.zeros(0, dtype=np.int64)
+            per = _weighted_counts(fn, misses, len(func_names))
+            by_fn[geom.key] = {func_names[i]: int(n) for i, n in enumerate(per) if n}
+        out |= {"dcache": stats, "dcache_misses_by_function": by_fn}
+    return out
 
 
 def _segment_mem(dump: Dump, k: int) -> dict[str, dict[str, int]] | None:
@@ -701,7 +776,9 @@ def function_table(p: SegmentProfile) -> dict[str, dict]:
                 "branches_unresolved": p.branches_unresolved_by_function.get(f, 0),
                 **({} if p.mem_by_function is None else {"mem": p.mem_by_function.get(f, {})}),
                 **({} if not p.icache else
-                   {"icache_misses": {k: m.get(f, 0) for k, m in p.icache_misses_by_function.items()}})}
+                   {"icache_misses": {k: m.get(f, 0) for k, m in p.icache_misses_by_function.items()}}),
+                **({} if not p.dcache else
+                   {"dcache_misses": {k: m.get(f, 0) for k, m in p.dcache_misses_by_function.items()}})}
             for f, by_class in sorted(p.by_function_class.items())}
 
 
@@ -725,6 +802,9 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
     keys = set.intersection(*(set(p.icache) for p in profiles)) if profiles else set()
     icache = {key: {"lookups": 0, "misses": 0, "prefetched": 0} for key in sorted(keys)}
     icache_fn: dict[str, dict[str, int]] = {key: {} for key in sorted(keys)}
+    dkeys = set.intersection(*(set(p.dcache) for p in profiles)) if profiles else set()
+    dcache = {key: {"lookups": 0, "misses": 0} for key in sorted(dkeys)}
+    dcache_fn: dict[str, dict[str, int]] = {key: {} for key in sorted(dkeys)}
     for p in profiles:
         total += p.total
         undecoded += p.undecoded
@@ -750,11 +830,13 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
                 acc = mem.setdefault(r, {"loads": 0, "stores": 0})
                 acc["loads"] += d["loads"]
                 acc["stores"] += d["stores"]
-        for key in keys:
-            for stat, n in p.icache[key].items():
-                icache[key][stat] += n
-            for f, n in p.icache_misses_by_function.get(key, {}).items():
-                icache_fn[key][f] = icache_fn[key].get(f, 0) + n
+        for stats, fns, ks, mine, mine_fn in ((icache, icache_fn, keys, p.icache, p.icache_misses_by_function),
+                                              (dcache, dcache_fn, dkeys, p.dcache, p.dcache_misses_by_function)):
+            for key in ks:
+                for stat, n in mine[key].items():
+                    stats[key][stat] += n
+                for f, n in mine_fn.get(key, {}).items():
+                    fns[key][f] = fns[key].get(f, 0) + n
         if func_mem is not None:
             for f, regions in p.mem_by_function.items():
                 for r, d in regions.items():
@@ -762,7 +844,8 @@ def sum_profiles(profiles: Iterable[SegmentProfile]) -> SegmentProfile:
                     acc["loads"] += d["loads"]
                     acc["stores"] += d["stores"]
     return SegmentProfile(total, by_class, by_function, mem, undecoded, taken, not_taken, unresolved, fetch_bytes,
-                          func_class, func_bytes, func_taken, func_unres, func_mem, icache, icache_fn)
+                          func_class, func_bytes, func_taken, func_unres, func_mem, icache, icache_fn, dcache,
+                          dcache_fn)
 
 
 # ---------------------------------------------------------------------------------------------

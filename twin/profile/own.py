@@ -37,7 +37,15 @@ from elftools.elf.elffile import ELFFile
 
 from twin.device.qemu import EmulatorError, QemuConfig, QemuProcess
 from twin.platforms import Platform, get_platform
-from twin.profile.counts import ProfileError, analyze, catalog_caches, parse_dump, plugin_args, sum_profiles
+from twin.profile.counts import (
+    DATA_CACHE_KINDS,
+    ProfileError,
+    analyze,
+    catalog_caches,
+    parse_dump,
+    plugin_args,
+    sum_profiles,
+)
 
 FORMAT = "tinyllm-twin-count"
 VERSION = 1
@@ -257,8 +265,9 @@ def count(spec: CountSpec) -> dict:
     with tempfile.TemporaryDirectory(prefix="twin-count-") as tmp:
         dump_path = Path(tmp) / "profile.dump"
         try:
-            extra = (*SEMIHOSTING, *loads, *plugin_args(elf, dump_path, regions, entries=list(entries), mark=False,
-                                                         icaches=catalog_caches(platform)))
+            extra = (*SEMIHOSTING, *loads, *plugin_args(
+                elf, dump_path, regions, entries=list(entries), mark=False, icaches=catalog_caches(platform),
+                dcaches=catalog_caches(platform, DATA_CACHE_KINDS) if regions else ()))
         except ValueError as exc:
             raise CountError(str(exc)) from None
         cfg = QemuConfig(elf=elf, image=None, extra_args=tuple(extra), timeout=spec.timeout)
@@ -311,6 +320,7 @@ def count(spec: CountSpec) -> dict:
             "by_phase_branches": {p: _branches(s) for p, s in sums.items()},
             "by_phase_fetch_bytes": {p: s.fetch_bytes for p, s in sums.items()},
             "by_phase_icache": {p: s.icache for p, s in sums.items()},
+            "by_phase_dcache": {p: s.dcache for p, s in sums.items()},
             "undecoded": whole.undecoded,
         },
         "sequence": [{"phase": lab, "instructions": s.total} for s, lab in zip(segments, labels, strict=True)],
