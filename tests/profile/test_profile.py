@@ -387,6 +387,16 @@ def test_plugin_args(target, plugin, tmp_path):
         plugin_args(elf, tmp_path / "d", {"bad name": (0, 1)}, plugin=plugin)
     with pytest.raises(ValueError):
         plugin_args(elf, tmp_path / "d", {f"r{i}": (0, 1) for i in range(9)}, plugin=plugin)
+    ic, dc = CacheGeometry(16, 1, 64, True, 0x100, 0x200), CacheGeometry(32, 128, 4, False, 0x100, 0x300)
+    args = plugin_args(elf, tmp_path / "c", {"sram": (0, 1)}, plugin=plugin, icaches=[ic], dcaches=[dc])
+    assert args[1].endswith(",icache=16:1:64:1:0x100:0x200,dcache=32:128:4:0x100:0x300")
+    assert (ic.key, dc.key) == ("1024B/16B/64w+pf", "16384B/32B/4w")
+    for bad in (CacheGeometry(12, 1, 1, False, 0, 1), CacheGeometry(16, 3, 1, False, 0, 1),
+                CacheGeometry(16, 1, 0, False, 0, 1), CacheGeometry(16, 1, 1, False, 5, 5)):
+        with pytest.raises(ValueError, match="powers of two"):
+            plugin_args(elf, tmp_path / "d", plugin=plugin, icaches=[bad])
+    with pytest.raises(ValueError, match="at most 4 simulated instruction caches"):
+        plugin_args(elf, tmp_path / "d", plugin=plugin, icaches=[ic] * 5)
 
 
 # ---------------------------------------------------------------------------------------------
