@@ -48,7 +48,7 @@ DEFAULT_PROMPT = "Once upon a time"
 EMULATORS = ("qemu", "renode")     # RunSpec.emulator: what runs the firmware and counts its instructions
 # A SegmentProfile field a backend cannot count -> the report field that says so in "unavailable"
 REPORT_FIELDS = {"by_function": "functions", "mem": "memory_traffic", "by_class": "instructions.by_class",
-                 "branches_not_taken": "instructions.branches.not_taken"}
+                 "branches_not_taken": "instructions.branches.not_taken", "caches": "instructions.by_phase_icache"}
 
 
 class RunError(RuntimeError):

@@ -57,6 +57,7 @@ UNAVAILABLE = {
     "by_function": "Renode's opcode counters count encodings, not addresses: no per-function count",
     "mem": "Renode's opcode counters see no memory accesses: no loads/stores per region",
     "branches_not_taken": "conditional branches are counted, not their outcome (all in branches_unresolved)",
+    "caches": "Renode's opcode counters see no addresses: no simulated cache (twin predict assumes hit rates)",
 }
 
 
