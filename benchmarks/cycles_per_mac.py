@@ -7,7 +7,8 @@ of another revision of this repository (a git worktree, the same script run ther
                                                  [--tokens 8] [--top 6] [--terms] [--baseline REV] [--json]
 
 Per board and weight width it prints, for each build: instructions per decoded token, the prior's
-cycles per decoded token (`twin predict`: the board's clock, flash wait states and hit rates), cycles
+cycles per decoded token (`twin predict`: the board's clock, flash wait states and its caches, simulated
+where the platform file gives their geometry, else assumed hit rates), cycles
 per MAC and, for the --top functions with the most predicted cycles, their instructions and predicted
 cycles per decoded token, their cycles per MAC and share of the token's cycles
 (`calibration.predict.function_cycles`: the same prior applied to each function's class mix, taken
