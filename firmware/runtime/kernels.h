@@ -66,6 +66,8 @@ void swiglu(float *a, const float *b, uint32_t n);
 void embed_row(float *out, const tw_tensor *emb, uint32_t row);
 void rope_table(float *cos_t, float *sin_t, const float *freq, uint32_t n_pairs, uint32_t pos);
 void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, const float *sin_t);
+/* out = sum over t of p[t] * v_t, p = softmax(scores * scale): the same operations as softmax(att)
+ * then the sums; att (n_pos floats) is scratch, left holding exp(score - max) (p before its 1/sum). */
 void attention_head(float *out, float *att, const float *q, const float *key_cache,
                     const float *value_cache, uint32_t kv_stride, uint32_t n_pos,
                     uint32_t head_size, float scale);

@@ -48,32 +48,53 @@ float tw_sqrtf(float x) {
     return v.f;
 }
 
+/* TW_PIN(v): v's value hidden from the optimizer (an empty asm that may change it, in a float
+ * register), so that gcc keeps a loop's constant in a register instead of rebuilding it in the loop
+ * (vmov.f32 #imm after every call-clobbering slow path). No instruction; the same value. */
+#if defined(__GNUC__) && defined(__ARM_FP) && defined(__thumb2__)
+#define TW_PIN(v) __asm__("" : "+t"(v))
+#else
+#define TW_PIN(v) ((void)0)
+#endif
+
 #define LOG2E 0x1.715476p+0f
 #define LN2_HI 0x1.62e3p-1f  /* 17 significant bits: k * LN2_HI is exact */
 #define LN2_LO 0x1.2fefa2p-17f
 
 /* exp(x) = 2^k * exp(r), k = round(x / ln2), r = x - k ln2 (two-constant split),
  * exp(r) by a degree-6 Taylor polynomial (|r| <= 0.35). Inlined into the loops of softmax and
- * swiglu (their constants stay in registers); tw_expf is the same function. */
-static inline __attribute__((always_inline)) float expf_inline(float x) {
-    if (x < -80.0f) return 0.0f;               /* keeps every result normal */
-    if (x > 88.0f) { f32bits inf = {.u = 0x7F800000u}; return inf.f; }
+ * swiglu (their constants stay in registers); tw_expf is the same function.
+ * expf_poly is its body past the range tests, given h = half_like(t) with t = x * LOG2E: the loops
+ * that call it directly know that |x| <= 80 from x's bits (EXP_POLY_ONLY), where neither range test
+ * can act, and take h from x's sign bit (t has x's sign: LOG2E > 0, zeros keep their sign). */
+static inline __attribute__((always_inline)) float expf_poly(float x, float h, float half, float one) {
     float t = x * LOG2E;
-    int32_t k = (int32_t)(t + half_like(t));
+    int32_t k = (int32_t)(t + h);
     float kf = (float)k;
     float r = (x - kf * LN2_HI) - kf * LN2_LO;
     float p = 0x1.6c16c2p-10f;                 /* 1/720 */
     p = 0x1.111112p-7f + r * p;                /* 1/120 */
     p = 0x1.555556p-5f + r * p;                /* 1/24 */
     p = 0x1.555556p-3f + r * p;                /* 1/6 */
-    p = 0.5f + r * p;
-    p = 1.0f + r * p;
-    p = 1.0f + r * p;
+    p = half + r * p;                          /* half = 0.5f, one = 1.0f (see TW_PIN) */
+    p = one + r * p;
+    p = one + r * p;
     f32bits scale = {.u = (uint32_t)(k + 127) << 23};
     return p * scale.f;
 }
 
-float tw_expf(float x) { return expf_inline(x); }
+static inline __attribute__((always_inline)) float expf_inline(float x) {
+    if (x < -80.0f) return 0.0f;               /* keeps every result normal */
+    if (x > 88.0f) { f32bits inf = {.u = 0x7F800000u}; return inf.f; }
+    return expf_poly(x, half_like(x * LOG2E), 0.5f, 1.0f);
+}
+
+/* |x| <= 80 from x's bits u (for every non-nan float |a| <= |b| exactly when a's magnitude bits are
+ * at most b's): then x >= -80 and x <= 88, the range tests of expf_inline cannot act. */
+#define EXP_POLY_ONLY(u) ((uint32_t)((u) << 1) <= (0x42A00000u << 1)) /* 80.0f */
+
+__attribute__((noinline)) float tw_expf(float x) { return expf_inline(x); }
+
 
 #define TWO_OVER_PI 0x1.45f306p-1f
 #define PIO2_HI 0x1.92p+0f     /* pi/2 in three parts; n * PIO2_HI and n * PIO2_MID exact */
@@ -118,17 +139,31 @@ void rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps) 
     for (uint32_t j = 0; j < n; j++) out[j] = (x[j] * inv) * w[j];
 }
 
+/* x[i] = exp(x[i] - max) in place; returns their sum, sequential from 0.0f. max is the maximum of
+ * x by softmax's rule (x[0], then x[i] > max), so where the polynomial alone runs (d = x[i] - max
+ * not nan, |d| <= 80) d <= 0: max is then no nan and at least every non-nan x[i]. There
+ * half_like(d * LOG2E) is -0.5f, but for d = +0 (x[i] = max), where it is 0.5f and k is 0 either
+ * way ((int)(0 + 0.5f) = (int)(0 - 0.5f) = 0): the constant -0.5f gives every bit the same. */
+static inline __attribute__((always_inline)) float exp_sub_sum(float *x, uint32_t n, float max) {
+    float sum = 0.0f, minus_half = -0.5f, half = 0.5f, one = 1.0f;
+    TW_PIN(minus_half);
+    TW_PIN(half);
+    TW_PIN(one);
+    for (uint32_t i = 0; i < n; i++) {
+        f32bits d = {x[i] - max};
+        float e = __builtin_expect(EXP_POLY_ONLY(d.u), 1) ? expf_poly(d.f, minus_half, half, one) : tw_expf(d.f);
+        x[i] = e;
+        sum = sum + e;
+    }
+    return sum;
+}
+
 /* In place: max-subtract, exp, sequential sum, multiply by 1/sum. */
 void softmax(float *x, uint32_t n) {
     float max = x[0];
     for (uint32_t i = 1; i < n; i++)
         if (x[i] > max) max = x[i];
-    float sum = 0.0f;
-    for (uint32_t i = 0; i < n; i++) {
-        x[i] = expf_inline(x[i] - max);
-        sum = sum + x[i];
-    }
-    float inv = 1.0f / sum;
+    float inv = 1.0f / exp_sub_sum(x, n, max);
     for (uint32_t i = 0; i < n; i++) x[i] = x[i] * inv;
 }
 
@@ -183,66 +218,109 @@ void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, c
     }
 }
 
-/* Four terms i .. i + 3 of every position's score, q[i..i+3] in registers: the sums go on in att
- * (from 0.0f when first, times scale when last), each in i order. */
-static inline __attribute__((always_inline)) void scores4(float *att, const float *q, const float *k,
-                                                          uint32_t kv_stride, uint32_t n_pos, int first,
-                                                          int last, float scale) {
-    float q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
-    for (uint32_t t = 0; t < n_pos; t++, k += kv_stride) {
-        float score = first ? 0.0f : att[t];
-        score = score + q0 * k[0];
-        score = score + q1 * k[1];
-        score = score + q2 * k[2];
-        score = score + q3 * k[3];
-        att[t] = last ? score * scale : score;
+/* Terms i .. i + w - 1 of every position's score (w = 8 or 4, constant once inlined; q's w values in
+ * registers): score = (first ? 0.0f : att[t]) + q[0] * k_t[0] + ... + q[w-1] * k_t[w-1] in that
+ * order, times scale when last. Returns, when last, the maximum of the scores by softmax's rule
+ * (max = att[0], then att[t] > max). One loop per (w, first, last): no test per position. */
+static inline __attribute__((always_inline)) float score_terms(const float *qr, const float *k, uint32_t w,
+                                                               float score) {
+#pragma GCC unroll 8
+    for (uint32_t j = 0; j < w; j++) score = score + qr[j] * k[j];
+    return score;
+}
+
+static inline __attribute__((always_inline)) float score_pass(float *att, const float *q, const float *k,
+                                                              uint32_t kv_stride, uint32_t n_pos, uint32_t w,
+                                                              int first, int last, float scale) {
+    float qr[8];
+#pragma GCC unroll 8
+    for (uint32_t j = 0; j < w; j++) qr[j] = q[j];
+    if (!last) {
+        for (uint32_t t = 0; t < n_pos; t++, k += kv_stride)
+            att[t] = score_terms(qr, k, w, first ? 0.0f : att[t]);
+        return 0.0f;
     }
+    /* position 0 (n_pos >= 1) by a rolled loop over q itself: the same operations, less code */
+    float max = first ? 0.0f : att[0];
+#pragma GCC unroll 1
+    for (uint32_t j = 0; j < w; j++) max = max + q[j] * k[j];
+    max = max * scale;
+    att[0] = max;
+    k += kv_stride;
+    for (uint32_t t = 1; t < n_pos; t++, k += kv_stride) {
+        float score = score_terms(qr, k, w, first ? 0.0f : att[t]) * scale;
+        if (score > max) max = score;
+        att[t] = score;
+    }
+    return max;
+}
+
+/* The score pass of w (8 or 4) terms from term i: the copy for i's place (first, last). */
+static inline __attribute__((always_inline)) float score_block(float *att, const float *q, const float *k,
+                                                               uint32_t kv_stride, uint32_t n_pos, uint32_t w,
+                                                               uint32_t i, uint32_t head_size, float scale) {
+    if (i + w == head_size)
+        return i == 0 ? score_pass(att, q, k, kv_stride, n_pos, w, 1, 1, scale)
+                      : score_pass(att, q + i, k + i, kv_stride, n_pos, w, 0, 1, scale);
+    if (i == 0) score_pass(att, q, k, kv_stride, n_pos, w, 1, 0, scale);
+    else score_pass(att, q + i, k + i, kv_stride, n_pos, w, 0, 0, scale);
+    return 0.0f;
+}
+
+/* out[i .. i + w - 1] = sum over t of (att[t] * inv) * v_t[i], each from 0.0f in t order (w = 8 or 4
+ * outputs in registers, constant once inlined): softmax's last multiply (by inv = 1 / sum) done
+ * here, the same product per position as softmax would have stored. */
+static inline __attribute__((always_inline)) void weighted_sum(float *out, const float *att, const float *v,
+                                                               uint32_t kv_stride, uint32_t n_pos, uint32_t w,
+                                                               float inv) {
+    float o[8];
+    #pragma GCC unroll 8
+    for (uint32_t j = 0; j < w; j++) o[j] = 0.0f;
+    for (uint32_t t = 0; t < n_pos; t++, v += kv_stride) {
+        float a = att[t] * inv;
+        #pragma GCC unroll 8
+        for (uint32_t j = 0; j < w; j++) o[j] = o[j] + a * v[j];
+    }
+    #pragma GCC unroll 8
+    for (uint32_t j = 0; j < w; j++) out[j] = o[j];
 }
 
 /* One attention head over positions 0..n_pos-1. key_cache/value_cache point at this
- * head's first element at position 0; consecutive positions are kv_stride floats apart. */
+ * head's first element at position 0; consecutive positions are kv_stride floats apart.
+ * The same operations as scores, softmax(att, n_pos), then out[i] = sum over t of att[t] * v_t[i]:
+ * the scores eight or four terms at a time over every position, softmax's max taken in the last
+ * score pass and its normalization (att[t] * inv) in the weighted sum, which sums eight or four
+ * outputs at a time. att holds exp(score - max) on return. */
 void attention_head(float *out, float *att, const float *q, const float *key_cache,
                     const float *value_cache, uint32_t kv_stride, uint32_t n_pos,
                     uint32_t head_size, float scale) {
-    /* att[t] = (sum over i of q[i] * k_t[i], from 0.0f in i order) * scale, four i at a time over
-     * every position (a copy of the loop for each of first / last: no test per position) */
+    /* att[t] = (sum over i of q[i] * k_t[i], from 0.0f in i order) * scale */
+    float max = 0.0f;
     uint32_t i = 0;
-    for (; i + 4 <= head_size; i += 4) {
-        int first = i == 0, last = i + 4 == head_size;
-        if (first && last) scores4(att, q, key_cache, kv_stride, n_pos, 1, 1, scale);
-        else if (first) scores4(att, q, key_cache, kv_stride, n_pos, 1, 0, scale);
-        else if (last) scores4(att, q + i, key_cache + i, kv_stride, n_pos, 0, 1, scale);
-        else scores4(att, q + i, key_cache + i, kv_stride, n_pos, 0, 0, scale);
+    for (; i + 8 <= head_size; i += 8) max = score_block(att, q, key_cache, kv_stride, n_pos, 8, i, head_size, scale);
+    if (i + 4 <= head_size) {
+        max = score_block(att, q, key_cache, kv_stride, n_pos, 4, i, head_size, scale);
+        i += 4;
     }
-    if (i < head_size) { /* the terms left over by four */
-        for (uint32_t t = 0; t < n_pos; t++) {
-            const float *k = key_cache + t * kv_stride;
+    if (i < head_size) { /* the terms left over by four (1 to 3) */
+        const float *k = key_cache;
+        for (uint32_t t = 0; t < n_pos; t++, k += kv_stride) {
             float score = i ? att[t] : 0.0f;
             for (uint32_t j = i; j < head_size; j++) score = score + q[j] * k[j];
-            att[t] = score * scale;
+            score = score * scale;
+            if (t == 0 || score > max) max = score; /* rare: head sizes not a multiple of four */
+            att[t] = score;
         }
     }
-    softmax(att, n_pos);
-    /* out[i] = sum over t of att[t] * v_t[i], each sum from 0.0f in t order; four outputs at a time
-     * in registers (the order of each sum is unchanged: the same bits) */
-    for (i = 0; i + 4 <= head_size; i += 4) {
-        float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
-        const float *v = value_cache + i;
-        for (uint32_t t = 0; t < n_pos; t++, v += kv_stride) {
-            float a = att[t];
-            o0 = o0 + a * v[0];
-            o1 = o1 + a * v[1];
-            o2 = o2 + a * v[2];
-            o3 = o3 + a * v[3];
-        }
-        out[i] = o0;
-        out[i + 1] = o1;
-        out[i + 2] = o2;
-        out[i + 3] = o3;
+    float inv = 1.0f / exp_sub_sum(att, n_pos, max);
+    for (i = 0; i + 8 <= head_size; i += 8) weighted_sum(out + i, att, value_cache + i, kv_stride, n_pos, 8, inv);
+    if (i + 4 <= head_size) {
+        weighted_sum(out + i, att, value_cache + i, kv_stride, n_pos, 4, inv);
+        i += 4;
     }
     for (; i < head_size; i++) {
         float o = 0.0f;
-        for (uint32_t t = 0; t < n_pos; t++) o = o + att[t] * value_cache[t * kv_stride + i];
+        for (uint32_t t = 0; t < n_pos; t++) o = o + (att[t] * inv) * value_cache[t * kv_stride + i];
         out[i] = o;
     }
 }

@@ -1,0 +1,66 @@
+"""The runtime's attention at the head sizes that take each of its code paths (score passes of eight and
+four terms, first / middle / last, the leftover terms; the weighted sum's blocks of eight and four
+outputs and the single ones), bit-exact against the host reference: logits natively (host gcc), tokens
+on the Cortex-M4F and RV32 emulators."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twin.device.build import runtime_sources
+from twin.model import image as im
+from twin.model import modelgen
+from twin.model.reference import QuantReference
+from twin.platforms import ROOT
+from twin.runner import RunSpec, run
+
+# 8: one block of eight; 16, 24: first / middle / last blocks of eight; 10: eight and two left over;
+# 12, 20: eight(s) then a last four; 14: eight, four, two; 2, 6: no block of eight
+HEAD_SIZES = [2, 6, 8, 10, 12, 14, 16, 20, 24]
+
+
+def _model(head_size: int, vocab: int = 300) -> bytes:
+    cfg = modelgen.ModelConfig(dim=head_size * 4, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2,
+                               vocab_size=vocab, seq_len=32)
+    return im.write_image(modelgen.generate_model(cfg, seed=100 + head_size), 8, 32)
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not shutil.which("gcc"):
+        pytest.skip("host gcc not installed")
+    exe = tmp_path_factory.mktemp("native") / "driver"
+    cmd = ["gcc", "-O2", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Wdouble-promotion",
+           "-std=c11", f"-I{ROOT / 'firmware' / 'runtime'}", str(ROOT / "tests" / "native" / "driver.c"),
+           *map(str, runtime_sources("ref")), "-o", str(exe)]
+    subprocess.run(cmd, check=True)
+    return exe
+
+
+@pytest.mark.parametrize("head_size", HEAD_SIZES)
+def test_logits_bit_exact_natively(driver, tmp_path, head_size):
+    path = tmp_path / f"h{head_size}.bin"
+    path.write_bytes(_model(head_size, vocab=64))
+    tokens = [1, 5, 9, 33, 2, 60, 17, 40, 8, 3, 22, 50]   # 12 positions: softmax over 1 .. 12 scores
+    ref = QuantReference(path.read_bytes())
+    out = subprocess.run([str(driver), "logits", str(path), *map(str, tokens)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert len(out) == len(tokens)
+    for pos, (tok, line) in enumerate(zip(tokens, out, strict=True)):
+        c_bits = np.array([int(h, 16) for h in line.split()], dtype=np.uint32)
+        assert np.array_equal(c_bits, ref.forward(tok, pos).view(np.uint32)), f"logits differ at position {pos}"
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("platform", ["stm32f4-disco", "riscv32-virt"])
+def test_tokens_equal_reference_on_the_emulators(tmp_path, platform):
+    for head_size in HEAD_SIZES:
+        path = tmp_path / f"h{head_size}.twlm"
+        path.write_bytes(_model(head_size))
+        r = run(RunSpec(platform=platform, model=str(path), prompt="Once", tokens=12))
+        assert r["matches_reference"], (head_size, r["tokens"], r["reference_tokens"])
