@@ -366,8 +366,12 @@ void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t gr
     for (uint32_t g = 0; g < ng; g++) {
         uint32_t lo = g * group_size, hi = lo + group_size < n ? lo + group_size : n;
         /* max |x| on the bit patterns: for finite floats |a| < |b| exactly when their magnitude
-         * bits compare so as unsigned integers (the same maximum, without float compares) */
+         * bits compare so as unsigned integers (the same maximum, without float compares).
+         * This loop and the normal-scale one below are unrolled by gcc's RTL unroller: it runs after
+         * the SLP pass, so the codes stay four byte stores (a hand-unrolled loop's stores get packed
+         * into one word with bit-field inserts: more instructions). */
         uint32_t maxbits = 0;
+#pragma GCC unroll 4
         for (uint32_t j = lo; j < hi; j++) {
             f32bits a = {x[j]};
             if ((a.u & 0x7FFFFFFFu) > maxbits) maxbits = a.u & 0x7FFFFFFFu;
@@ -379,6 +383,7 @@ void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t gr
         if (scale >= 0x1p-126f) {
             /* a normal scale is maxabs / 127 within half an ulp, so |v| <= 127 + 2^-17 and
              * |q| <= 127: the clamp below cannot act (the same bits without it) */
+#pragma GCC unroll 4
             for (; j < hi; j++) {
                 float v = x[j] / scale;
                 xq[j] = (int8_t)(int32_t)(v + half_like(v));
