@@ -130,13 +130,31 @@ void tw_sincosf(float x, float *s, float *c) {
 
 /* ------------------------------------------------------- vector kernels */
 
+/* (both loops four elements a turn, then the rest: the same operations in the same order; out may
+ * be x) */
 void rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps) {
     float ss = 0.0f;
-    for (uint32_t j = 0; j < n; j++) ss = ss + x[j] * x[j];
+    uint32_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        float x0 = x[j], x1 = x[j + 1], x2 = x[j + 2], x3 = x[j + 3];
+        ss = ss + x0 * x0;
+        ss = ss + x1 * x1;
+        ss = ss + x2 * x2;
+        ss = ss + x3 * x3;
+    }
+    for (; j < n; j++) ss = ss + x[j] * x[j];
     ss = ss / (float)n;
     ss = ss + eps;
     float inv = 1.0f / tw_sqrtf(ss);
-    for (uint32_t j = 0; j < n; j++) out[j] = (x[j] * inv) * w[j];
+    for (j = 0; j + 4 <= n; j += 4) {
+        float y0 = (x[j] * inv) * w[j], y1 = (x[j + 1] * inv) * w[j + 1];
+        float y2 = (x[j + 2] * inv) * w[j + 2], y3 = (x[j + 3] * inv) * w[j + 3];
+        out[j] = y0;
+        out[j + 1] = y1;
+        out[j + 2] = y2;
+        out[j + 3] = y3;
+    }
+    for (; j < n; j++) out[j] = (x[j] * inv) * w[j];
 }
 
 /* x[i] = exp(x[i] - max) in place; returns their sum, sequential from 0.0f. max is the maximum of
@@ -168,7 +186,15 @@ void softmax(float *x, uint32_t n) {
 }
 
 void vec_add(float *x, const float *y, uint32_t n) {
-    for (uint32_t i = 0; i < n; i++) x[i] = x[i] + y[i];
+    uint32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float s0 = x[i] + y[i], s1 = x[i + 1] + y[i + 1], s2 = x[i + 2] + y[i + 2], s3 = x[i + 3] + y[i + 3];
+        x[i] = s0;
+        x[i + 1] = s1;
+        x[i + 2] = s2;
+        x[i + 3] = s3;
+    }
+    for (; i < n; i++) x[i] = x[i] + y[i];
 }
 
 /* a[i] = silu(a[i]) * b[i], silu(v) = v / (1 + exp(-v)). exp's polynomial alone where |v| <= 80
@@ -220,14 +246,22 @@ void rope_table(float *cos_t, float *sin_t, const float *freq, uint32_t n_pairs,
     for (uint32_t i = 0; i < n_pairs; i++) tw_sincosf(p * freq[i], &sin_t[i], &cos_t[i]);
 }
 
-/* Rotate pairs (2i, 2i+1) of every head of v (n values, heads of head_size). */
-void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, const float *sin_t) {
-    for (uint32_t j = 0; j < n; j += 2) {
-        uint32_t i = (j % head_size) / 2;
-        float v0 = v[j], v1 = v[j + 1];
-        v[j] = v0 * cos_t[i] - v1 * sin_t[i];
-        v[j + 1] = v0 * sin_t[i] + v1 * cos_t[i];
+/* Rotate pairs (2i, 2i+1) of every head of v (n values, heads of head_size): pair (j, j + 1) takes
+ * i = (j % head_size) / 2, here head by head (no division per pair; a partial last head, which the
+ * runtime never passes, the same way). */
+static inline __attribute__((always_inline)) void rope_pairs(float *v, uint32_t n, const float *cos_t,
+                                                             const float *sin_t) {
+    for (uint32_t i = 0; 2 * i < n; i++, v += 2) { /* j = 2i */
+        float c = cos_t[i], s = sin_t[i], v0 = v[0], v1 = v[1];
+        v[0] = v0 * c - v1 * s;
+        v[1] = v0 * s + v1 * c;
     }
+}
+
+void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, const float *sin_t) {
+    uint32_t full = n / head_size * head_size;
+    for (uint32_t h = 0; h < full; h += head_size) rope_pairs(v + h, head_size, cos_t, sin_t);
+    if (full < n) rope_pairs(v + full, n - full, cos_t, sin_t);
 }
 
 /* Terms i .. i + w - 1 of every position's score (w = 8 or 4, constant once inlined; q's w values in
@@ -417,8 +451,10 @@ float rng_float(uint32_t *state) {
 
 uint32_t argmax(const float *x, uint32_t n) {
     uint32_t best = 0;
+    float top = x[0]; /* x[best] */
+#pragma GCC unroll 4
     for (uint32_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
+        if (x[i] > top) { best = i; top = x[i]; }
     return best;
 }
 

@@ -1,7 +1,8 @@
-"""The runtime's attention at the head sizes that take each of its code paths (score passes of eight and
-four terms, first / middle / last, the leftover terms; the weighted sum's blocks of eight and four
-outputs and the single ones), bit-exact against the host reference: logits natively (host gcc), tokens
-on the Cortex-M4F and RV32 emulators."""
+"""The runtime's kernels at the shapes that take each of their code paths, bit-exact against the host
+reference: logits natively (host gcc), tokens on the Cortex-M4F and RV32 emulators. Head sizes: the
+attention's score passes of eight and four terms (first / middle / last) and the leftover terms, its
+weighted sum's blocks of eight and four outputs and the single ones; dims that are no multiple of
+four: the rest after the four-at-a-time loops of rmsnorm, vec_add, swiglu and quantize_act."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from twin.runner import RunSpec, run
 # 8: one block of eight; 16, 24: first / middle / last blocks of eight; 10: eight and two left over;
 # 12, 20: eight(s) then a last four; 14: eight, four, two; 2, 6: no block of eight
 HEAD_SIZES = [2, 6, 8, 10, 12, 14, 16, 20, 24]
+# (head_size, n_heads, n_kv_heads, hidden_dim): dim 4 x head_size and hidden 40, or odd shapes
+SHAPES = [(h, 4, 2, 40) for h in HEAD_SIZES] + [(2, 3, 1, 41), (6, 3, 3, 43), (10, 5, 1, 30)]
 
 
-def _model(head_size: int, vocab: int = 300) -> bytes:
-    cfg = modelgen.ModelConfig(dim=head_size * 4, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2,
-                               vocab_size=vocab, seq_len=32)
-    return im.write_image(modelgen.generate_model(cfg, seed=100 + head_size), 8, 32)
+def _model(shape: tuple[int, int, int, int], vocab: int = 300) -> bytes:
+    head_size, n_heads, n_kv_heads, hidden = shape
+    cfg = modelgen.ModelConfig(dim=head_size * n_heads, hidden_dim=hidden, n_layers=2, n_heads=n_heads,
+                               n_kv_heads=n_kv_heads, vocab_size=vocab, seq_len=32)
+    return im.write_image(modelgen.generate_model(cfg, seed=100 + head_size * n_heads + hidden), 8, 32)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +46,10 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
-@pytest.mark.parametrize("head_size", HEAD_SIZES)
-def test_logits_bit_exact_natively(driver, tmp_path, head_size):
-    path = tmp_path / f"h{head_size}.bin"
-    path.write_bytes(_model(head_size, vocab=64))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "h{}x{}kv{}f{}".format(*s))
+def test_logits_bit_exact_natively(driver, tmp_path, shape):
+    path = tmp_path / "model.bin"
+    path.write_bytes(_model(shape, vocab=64))
     tokens = [1, 5, 9, 33, 2, 60, 17, 40, 8, 3, 22, 50]   # 12 positions: softmax over 1 .. 12 scores
     ref = QuantReference(path.read_bytes())
     out = subprocess.run([str(driver), "logits", str(path), *map(str, tokens)], capture_output=True, text=True,
@@ -59,8 +63,8 @@ def test_logits_bit_exact_natively(driver, tmp_path, head_size):
 @pytest.mark.qemu
 @pytest.mark.parametrize("platform", ["stm32f4-disco", "riscv32-virt"])
 def test_tokens_equal_reference_on_the_emulators(tmp_path, platform):
-    for head_size in HEAD_SIZES:
-        path = tmp_path / f"h{head_size}.twlm"
-        path.write_bytes(_model(head_size))
+    for shape in SHAPES:
+        path = tmp_path / "model.twlm"
+        path.write_bytes(_model(shape))
         r = run(RunSpec(platform=platform, model=str(path), prompt="Once", tokens=12))
-        assert r["matches_reference"], (head_size, r["tokens"], r["reference_tokens"])
+        assert r["matches_reference"], (shape, r["tokens"], r["reference_tokens"])
