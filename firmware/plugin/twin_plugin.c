@@ -143,17 +143,12 @@ static unsigned n_caches;
 static struct cache dcaches[MAX_CACHES];   /* data caches (dcache=, mem=on): no prefetch */
 static unsigned n_dcaches;
 static uint64_t *dcache_segs;   /* n_segs * MAX_CACHES * 2 deltas: lookups, misses */
-struct dsite_delta {
-    uint64_t vaddr;
-    uint32_t cache;
-    uint64_t misses;
-};
-static struct dsite_delta *dsite_deltas;
+static struct miss_delta *dsite_deltas;
 static size_t n_dsite_deltas, dsite_deltas_cap;
 static size_t *dsite_seg_start;
 static uint64_t *cache_segs;    /* n_segs * MAX_CACHES * 3 deltas */
-struct miss_delta {
-    uint32_t id;
+struct miss_delta {   /* a cache's misses in one segment, of a TB (icache=) or an instruction (dcache=) */
+    uint64_t key;     /* the TB id, or the instruction's address */
     uint32_t cache;
     uint64_t misses;
 };
@@ -526,7 +521,7 @@ static void snapshot(void)
                     dsite_deltas_cap = dsite_deltas_cap ? 2 * dsite_deltas_cap : 1024;
                     dsite_deltas = xrealloc(dsite_deltas, dsite_deltas_cap * sizeof *dsite_deltas);
                 }
-                dsite_deltas[n_dsite_deltas++] = (struct dsite_delta){m->vaddr, g, dm[0] - dm[1]};
+                dsite_deltas[n_dsite_deltas++] = (struct miss_delta){m->vaddr, g, dm[0] - dm[1]};
                 dm[1] = dm[0];
             }
         }
@@ -685,6 +680,23 @@ static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     }
 }
 
+/* One "cmiss"/"dsite" record: segment k's misses of cache g, keys as decimal TB ids or hex addresses. */
+static void write_misses(FILE *f, const char *tag, size_t k, unsigned g, const struct miss_delta *d,
+                         const size_t *seg_start, bool hex)
+{
+    size_t p = 0;
+    for (size_t i = seg_start[k]; i < seg_start[k + 1]; i++) {
+        p += d[i].cache == g;
+    }
+    fprintf(f, "%s %zu %u %zu", tag, k, g, p);
+    for (size_t i = seg_start[k]; i < seg_start[k + 1]; i++) {
+        if (d[i].cache == g) {
+            fprintf(f, hex ? " %" PRIx64 " %" PRIu64 : " %" PRIu64 " %" PRIu64, d[i].key, d[i].misses);
+        }
+    }
+    fputc('\n', f);
+}
+
 static void write_dump(FILE *f)
 {
     fprintf(f, "TWINPROF 1\n");
@@ -751,17 +763,7 @@ static void write_dump(FILE *f)
         for (unsigned g = 0; g < n_caches; g++) {
             const uint64_t *d = &cache_segs[(k * MAX_CACHES + g) * 3];
             fprintf(f, "cache %zu %u %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", k, g, d[0], d[1], d[2]);
-            size_t p = 0;
-            for (size_t i = miss_seg_start[k]; i < miss_seg_start[k + 1]; i++) {
-                p += miss_deltas[i].cache == g;
-            }
-            fprintf(f, "cmiss %zu %u %zu", k, g, p);
-            for (size_t i = miss_seg_start[k]; i < miss_seg_start[k + 1]; i++) {
-                if (miss_deltas[i].cache == g) {
-                    fprintf(f, " %" PRIu32 " %" PRIu64, miss_deltas[i].id, miss_deltas[i].misses);
-                }
-            }
-            fputc('\n', f);
+            write_misses(f, "cmiss", k, g, miss_deltas, miss_seg_start, false);
         }
     }
     for (unsigned g = 0; g < n_dcaches; g++) {
@@ -773,17 +775,7 @@ static void write_dump(FILE *f)
         for (unsigned g = 0; g < n_dcaches; g++) {
             const uint64_t *d = &dcache_segs[(k * MAX_CACHES + g) * 2];
             fprintf(f, "dstat %zu %u %" PRIu64 " %" PRIu64 "\n", k, g, d[0], d[1]);
-            size_t p = 0;
-            for (size_t i = dsite_seg_start[k]; i < dsite_seg_start[k + 1]; i++) {
-                p += dsite_deltas[i].cache == g;
-            }
-            fprintf(f, "dsite %zu %u %zu", k, g, p);
-            for (size_t i = dsite_seg_start[k]; i < dsite_seg_start[k + 1]; i++) {
-                if (dsite_deltas[i].cache == g) {
-                    fprintf(f, " %" PRIx64 " %" PRIu64, dsite_deltas[i].vaddr, dsite_deltas[i].misses);
-                }
-            }
-            fputc('\n', f);
+            write_misses(f, "dsite", k, g, dsite_deltas, dsite_seg_start, true);
         }
     }
     for (unsigned e = 0; e < n_entries; e++) {
