@@ -54,7 +54,7 @@ typedef struct {
 } tw_probindex;
 
 /* --- math (IEEE binary32 basic operations only) --- */
-float tw_sqrtf(float x);                         /* correctly rounded (bitwise integer sqrt) */
+float tw_sqrtf(float x);                         /* correctly rounded (FPU sqrt, else integer) */
 float tw_expf(float x);                          /* range reduction + degree-6 polynomial */
 void tw_sincosf(float x, float *s, float *c);    /* range reduction by pi/2 + polynomials */
 

@@ -18,9 +18,16 @@ static inline float half_like(float v) {
     return h.f;
 }
 
-/* Correctly rounded square root by a bitwise integer square root of the mantissa.
- * Equal to IEEE sqrt for every input, so the host mirror is numpy's float32 sqrt. */
+/* Correctly rounded square root: IEEE sqrt for every input but signaling nans (quieted by the FPU,
+ * returned as they are by the integer root), so the host mirror is numpy's float32 sqrt. With a
+ * single-precision FPU its square root instruction (IEEE: correctly rounded); else a bitwise integer
+ * square root of the mantissa, two bits of the 48-bit operand a step in 32-bit registers. */
 float tw_sqrtf(float x) {
+#if defined(__GNUC__) && defined(__ARM_FP) && (__ARM_FP & 4)
+    float r;
+    __asm__("vsqrt.f32 %0, %1" : "=t"(r) : "t"(x));
+    return r;
+#else
     f32bits v = {x};
     int32_t e = (int32_t)((v.u >> 23) & 0xFFu);
     uint32_t man = v.u & 0x7FFFFFu;
@@ -35,17 +42,22 @@ float tw_sqrtf(float x) {
     }
     int32_t ue = e - 127; /* x = man * 2^(ue - 23), man in [2^23, 2^24) */
     if (ue & 1) { man <<= 1; ue -= 1; }
-    /* sqrt(x) = sqrt(man * 2^23) * 2^(ue/2 - 23); the integer root has 24 bits */
-    uint64_t op = (uint64_t)man << 23, res = 0, one = (uint64_t)1 << 48;
-    while (one > op) one >>= 2;
-    while (one) {
-        if (op >= res + one) { op -= res + one; res = (res >> 1) + one; }
-        else res >>= 1;
-        one >>= 2;
+    /* sqrt(x) = sqrt(man * 2^23) * 2^(ue/2 - 23); the integer root q of N = man << 23 (48 bits, the
+     * top 32 in m, the rest zero) has 24 bits: digit by digit, r = N' - q^2 <= 2q < 2^25 for the
+     * bits N' of N taken so far, so r << 2 stays in 32 bits (checked equal to a 64-bit root for every
+     * man) */
+    uint32_t m = man << 7, q = 0, r = 0;
+    for (int i = 0; i < 24; i++) {
+        r = (r << 2) | (m >> 30);
+        m <<= 2;
+        uint32_t t = (q << 2) | 1u; /* (2q + 1)^2 - (2q)^2 */
+        q <<= 1;
+        if (r >= t) { r -= t; q |= 1u; }
     }
-    if (op > res) res++; /* remainder > root: round up (ties cannot happen) */
-    v.u = (uint32_t)((ue / 2 + 127) << 23) + ((uint32_t)res - 0x800000u);
+    if (r > q) q++; /* remainder > root: round up (ties cannot happen) */
+    v.u = (uint32_t)((ue / 2 + 127) << 23) + (q - 0x800000u);
     return v.f;
+#endif
 }
 
 /* TW_PIN(v): v's value hidden from the optimizer (an empty asm that may change it, in a float

@@ -10,8 +10,9 @@
  *  1. Every float operation is an IEEE binary32 basic operation (+ - * /, int<->float
  *     conversion, comparison) in round-to-nearest-even. No double anywhere
  *     (-Wdouble-promotion), build with -ffp-contract=off (no fused multiply-add), never
- *     -ffast-math. No libm: tw_sqrtf (correctly rounded, integer algorithm), tw_expf and
- *     tw_sincosf are written with basic operations only.
+ *     -ffast-math. No libm: tw_sqrtf (correctly rounded: the FPU's square root instruction, IEEE's
+ *     basic operation, else an integer algorithm), tw_expf and tw_sincosf are written with basic
+ *     operations only.
  *  2. Sums are sequential, left to right, starting from 0.0f (s = 0; s = s + x[i]).
  *     max is order-free. Integer dot products are exact in int32.
  *  3. float -> int conversion truncates toward zero; rounding to nearest is written

@@ -16,7 +16,7 @@ import pytest
 from twin.device.build import runtime_sources
 from twin.model import image as im
 from twin.model import modelgen
-from twin.model.reference import QuantReference
+from twin.model.reference import QuantReference, tw_sqrtf
 from twin.platforms import ROOT
 from twin.runner import RunSpec, run
 
@@ -68,3 +68,17 @@ def test_tokens_equal_reference_on_the_emulators(tmp_path, platform):
         path.write_bytes(_model(shape))
         r = run(RunSpec(platform=platform, model=str(path), prompt="Once", tokens=12))
         assert r["matches_reference"], (shape, r["tokens"], r["reference_tokens"])
+
+
+def test_integer_sqrt_is_ieee_natively(driver):
+    """tw_sqrtf's integer root (the build without a single-precision FPU; the host driver takes it) on
+    random bit patterns of every exponent, subnormals and the edges, against IEEE sqrt."""
+    rng = np.random.default_rng(5)
+    bits = np.concatenate([rng.integers(0, 0x7F800000, 60000, dtype=np.uint32),          # every finite x > 0
+                           rng.integers(1, 0x00800000, 20000, dtype=np.uint32),          # subnormals
+                           np.array([0, 1, 0x007FFFFF, 0x00800000, 0x3F800000, 0x7F7FFFFF, 0x7F800000],
+                                    dtype=np.uint32)])
+    out = subprocess.run([str(driver), "math"], input="".join(f"{int(b):08x}\n" for b in bits),
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    got = np.array([int(line.split()[1], 16) for line in out], dtype=np.uint32)
+    assert np.array_equal(got, tw_sqrtf(bits.view(np.float32)).view(np.uint32))
