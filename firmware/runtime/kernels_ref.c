@@ -243,13 +243,18 @@ static int32_t code_at(const tw_tensor *t, const uint8_t *row, uint32_t j) {
     }
 }
 
-/* One row of a quantized matrix, dequantized: (float)(c - z) * scale. */
+/* One row of a quantized matrix, dequantized: (float)(c - z) * scale (group by group: z and the scale
+ * read once a group, no j / group_size per element). */
 void embed_row(float *out, const tw_tensor *emb, uint32_t row) {
-    uint32_t g = emb->group_size, ng = emb->padded_cols / g;
+    uint32_t g = emb->group_size, ng = emb->padded_cols / g, cols = emb->cols;
     const float *sc = emb->scales + row * ng;
     const uint8_t *q = (const uint8_t *)emb->data + row * (emb->padded_cols / 8 * emb->bits);
-    for (uint32_t j = 0; j < emb->cols; j++)
-        out[j] = (float)(code_at(emb, q, j) - tw_group_zero(emb, row, j / g)) * sc[j / g];
+    for (uint32_t gi = 0, j = 0; j < cols; gi++) {
+        int32_t z = tw_group_zero(emb, row, gi);
+        float scale = sc[gi];
+        for (uint32_t end = cols - j < g ? cols : j + g; j < end; j++)
+            out[j] = (float)(code_at(emb, q, j) - z) * scale;
+    }
 }
 
 /* cos/sin of pos * freq[i] for each rotation pair i. */
