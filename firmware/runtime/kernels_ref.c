@@ -68,6 +68,16 @@ float tw_sqrtf(float x) {
 #else
 #define TW_PIN(v) ((void)0)
 #endif
+/* TW_PIN_U32: the same for an integer, where an add takes a shifted operand (Thumb-2): exp's
+ * 2^k as bias + (k << 23) in one instruction, bias = 127 << 23 in a register; elsewhere
+ * (k + 127) << 23, the same bits (mod 2^32), which those ISAs build without the constant. */
+#if defined(__GNUC__) && defined(__thumb2__)
+#define TW_PIN_U32(v) __asm__("" : "+r"(v))
+#define TW_EXP2_BITS(k, bias) (((uint32_t)(k) << 23) + (bias))
+#else
+#define TW_PIN_U32(v) ((void)0)
+#define TW_EXP2_BITS(k, bias) ((void)(bias), (uint32_t)((k) + 127) << 23)
+#endif
 
 #define LOG2E 0x1.715476p+0f
 #define LN2_HI 0x1.62e3p-1f  /* 17 significant bits: k * LN2_HI is exact */
@@ -79,7 +89,8 @@ float tw_sqrtf(float x) {
  * expf_poly is its body past the range tests, given h = half_like(t) with t = x * LOG2E: the loops
  * that call it directly know that |x| <= 80 from x's bits (EXP_POLY_ONLY), where neither range test
  * can act, and take h from x's sign bit (t has x's sign: LOG2E > 0, zeros keep their sign). */
-static inline __attribute__((always_inline)) float expf_poly(float x, float h, float half, float one) {
+static inline __attribute__((always_inline)) float expf_poly(float x, float h, float half, float one,
+                                                             uint32_t bias) {
     float t = x * LOG2E;
     int32_t k = (int32_t)(t + h);
     float kf = (float)k;
@@ -88,17 +99,17 @@ static inline __attribute__((always_inline)) float expf_poly(float x, float h, f
     p = 0x1.111112p-7f + r * p;                /* 1/120 */
     p = 0x1.555556p-5f + r * p;                /* 1/24 */
     p = 0x1.555556p-3f + r * p;                /* 1/6 */
-    p = half + r * p;                          /* half = 0.5f, one = 1.0f (see TW_PIN) */
+    p = half + r * p;                          /* half 0.5f, one 1.0f, bias 127 << 23 (TW_PIN) */
     p = one + r * p;
     p = one + r * p;
-    f32bits scale = {.u = (uint32_t)(k + 127) << 23};
+    f32bits scale = {.u = TW_EXP2_BITS(k, bias)};
     return p * scale.f;
 }
 
 static inline __attribute__((always_inline)) float expf_inline(float x) {
     if (x < -80.0f) return 0.0f;               /* keeps every result normal */
     if (x > 88.0f) { f32bits inf = {.u = 0x7F800000u}; return inf.f; }
-    return expf_poly(x, half_like(x * LOG2E), 0.5f, 1.0f);
+    return expf_poly(x, half_like(x * LOG2E), 0.5f, 1.0f, 127u << 23);
 }
 
 /* |x| <= 80 from x's bits u (for every non-nan float |a| <= |b| exactly when a's magnitude bits are
@@ -179,9 +190,11 @@ static inline __attribute__((always_inline)) float exp_sub_sum(float *x, uint32_
     TW_PIN(minus_half);
     TW_PIN(half);
     TW_PIN(one);
+    uint32_t bias = 127u << 23;
+    TW_PIN_U32(bias);
     for (uint32_t i = 0; i < n; i++) {
         f32bits d = {x[i] - max};
-        float e = __builtin_expect(EXP_POLY_ONLY(d.u), 1) ? expf_poly(d.f, minus_half, half, one) : tw_expf(d.f);
+        float e = __builtin_expect(EXP_POLY_ONLY(d.u), 1) ? expf_poly(d.f, minus_half, half, one, bias) : tw_expf(d.f);
         x[i] = e;
         sum = sum + e;
     }
@@ -215,13 +228,15 @@ void swiglu(float *a, const float *b, uint32_t n) {
     float half = 0.5f, one = 1.0f;
     TW_PIN(half);
     TW_PIN(one);
+    uint32_t bias = 127u << 23;
+    TW_PIN_U32(bias);
 #pragma GCC unroll 2
     for (uint32_t i = 0; i < n; i++) {
         f32bits v = {a[i]};
         float e;
         if (__builtin_expect(EXP_POLY_ONLY(v.u), 1)) {
             f32bits h = {.u = (v.u & 0x80000000u) ^ 0xBF000000u}; /* -v's sign | 0.5f */
-            e = expf_poly(-v.f, h.f, half, one);
+            e = expf_poly(-v.f, h.f, half, one, bias);
         } else {
             e = tw_expf(-v.f);
         }
