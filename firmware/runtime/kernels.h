@@ -71,6 +71,12 @@ void rope_rotate(float *v, uint32_t n, uint32_t head_size, const float *cos_t, c
 void attention_head(float *out, float *att, const float *q, const float *key_cache,
                     const float *value_cache, uint32_t kv_stride, uint32_t n_pos,
                     uint32_t head_size, float scale);
+/* attention_head for n_heads consecutive heads that share one KV head (q, out: head_size floats a
+ * head; att: att_stride floats a head): the same bits, each key and value loaded once for two heads
+ * where it can. */
+void attention_heads(float *out, float *att, uint32_t att_stride, const float *q, const float *key_cache,
+                     const float *value_cache, uint32_t kv_stride, uint32_t n_pos, uint32_t head_size,
+                     float scale, uint32_t n_heads);
 /* The same over an int8 cache: position t's keys are k_q[t * kv_stride + i] with scale
  * k_scale[t * scale_stride] (values alike). Scores: s = 0; s = s + q[i] * (float)k_q[i];
  * att[t] = (s * k_scale) * scale. Output: w = att[t] * v_scale; out[i] = out[i] + w * (float)v_q[i]. */

@@ -403,6 +403,82 @@ void attention_head(float *out, float *att, const float *q, const float *key_cac
     }
 }
 
+/* Two heads of eight that share their keys and values (grouped-query attention): attention_head's
+ * operations for each, every key and value loaded once for both. Its 32 values in registers (two q,
+ * two sums) want float registers: only with hardware floats (an FPU; the host's SSE, where the native
+ * tests run it). Soft-float builds (their floats in integer registers, around helper calls) would
+ * spill them, and take the heads one by one. */
+#if (defined(__ARM_FP) && (__ARM_FP & 4)) || defined(__riscv_flen) || defined(__x86_64__) || defined(__aarch64__)
+#define TW_ATTENTION_PAIRS 1
+#else
+#define TW_ATTENTION_PAIRS 0
+#endif
+static void attention_pair8(float *out, float *att0, float *att1, const float *q, const float *k,
+                            const float *v, uint32_t kv_stride, uint32_t n_pos, float scale) {
+    float a[8], b[8];
+#pragma GCC unroll 8
+    for (uint32_t j = 0; j < 8; j++) {
+        a[j] = q[j];
+        b[j] = q[8 + j];
+    }
+    /* position 0 (n_pos >= 1) by rolled loops over q itself: the same operations, less code */
+    float max0 = 0.0f, max1 = 0.0f;
+    for (uint32_t j = 0; j < 8; j++) max0 = max0 + q[j] * k[j];
+    for (uint32_t j = 0; j < 8; j++) max1 = max1 + q[8 + j] * k[j];
+    max0 = max0 * scale;
+    max1 = max1 * scale;
+    att0[0] = max0;
+    att1[0] = max1;
+    const float *kt = k + kv_stride;
+    for (uint32_t t = 1; t < n_pos; t++, kt += kv_stride) {
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma GCC unroll 8
+        for (uint32_t j = 0; j < 8; j++) {
+            float kj = kt[j];
+            s0 = s0 + a[j] * kj;
+            s1 = s1 + b[j] * kj;
+        }
+        s0 = s0 * scale;
+        s1 = s1 * scale;
+        if (s0 > max0) max0 = s0;
+        if (s1 > max1) max1 = s1;
+        att0[t] = s0;
+        att1[t] = s1;
+    }
+    float inv0 = 1.0f / exp_sub_sum(att0, n_pos, max0);
+    float inv1 = 1.0f / exp_sub_sum(att1, n_pos, max1);
+    float o0[8], o1[8];
+#pragma GCC unroll 8
+    for (uint32_t j = 0; j < 8; j++) o0[j] = o1[j] = 0.0f;
+    for (uint32_t t = 0; t < n_pos; t++, v += kv_stride) {
+        float p0 = att0[t] * inv0, p1 = att1[t] * inv1;
+#pragma GCC unroll 8
+        for (uint32_t j = 0; j < 8; j++) {
+            float vj = v[j];
+            o0[j] = o0[j] + p0 * vj;
+            o1[j] = o1[j] + p1 * vj;
+        }
+    }
+#pragma GCC unroll 8
+    for (uint32_t j = 0; j < 8; j++) {
+        out[j] = o0[j];
+        out[8 + j] = o1[j];
+    }
+}
+
+void attention_heads(float *out, float *att, uint32_t att_stride, const float *q, const float *key_cache,
+                     const float *value_cache, uint32_t kv_stride, uint32_t n_pos, uint32_t head_size,
+                     float scale, uint32_t n_heads) {
+    uint32_t h = 0;
+    if (TW_ATTENTION_PAIRS && head_size == 8)
+        for (; h + 2 <= n_heads; h += 2)
+            attention_pair8(out + h * 8, att + h * att_stride, att + (h + 1) * att_stride, q + h * 8, key_cache,
+                            value_cache, kv_stride, n_pos, scale);
+    for (; h < n_heads; h++)
+        attention_head(out + h * head_size, att + h * att_stride, q + h * head_size, key_cache, value_cache,
+                       kv_stride, n_pos, head_size, scale);
+}
+
 void attention_head_q8(float *out, float *att, const float *q, const int8_t *key_q,
                        const float *key_scale, const int8_t *value_q, const float *value_scale,
                        uint32_t kv_stride, uint32_t scale_stride, uint32_t n_pos, uint32_t head_size,

@@ -329,17 +329,21 @@ const float *model_forward(twin_model *m, int token, int pos) {
                          (uint32_t)head_size);
         }
         rope_rotate(s->q, dim, head_size, s->rope_cos, s->rope_sin);
-        for (uint32_t h = 0; h < c->n_heads; h++) {
-            uint32_t kvh = h / kv_mul, kv_off = kvh * head_size;
-            if (!kv_int8)
-                attention_head(s->xb + h * head_size, s->att + h * c->seq_len, s->q + h * head_size,
-                               s->key_cache + slot0 * kv_dim + kv_off, s->value_cache + slot0 * kv_dim + kv_off,
-                               kv_dim, (uint32_t)pos + 1, head_size, m->att_scale);
-            else
+        if (!kv_int8) { /* each KV head's kv_mul query heads at once: they share its keys and values */
+            for (uint32_t kvh = 0; kvh < c->n_kv_heads; kvh++) {
+                uint32_t h = kvh * kv_mul, kv_off = kvh * head_size;
+                attention_heads(s->xb + h * head_size, s->att + h * c->seq_len, c->seq_len, s->q + h * head_size,
+                                s->key_cache + slot0 * kv_dim + kv_off, s->value_cache + slot0 * kv_dim + kv_off,
+                                kv_dim, (uint32_t)pos + 1, head_size, m->att_scale, kv_mul);
+            }
+        } else {
+            for (uint32_t h = 0; h < c->n_heads; h++) {
+                uint32_t kvh = h / kv_mul, kv_off = kvh * head_size;
                 attention_head_q8(s->xb + h * head_size, s->att + h * c->seq_len, s->q + h * head_size,
                                   s->key_q + slot0 * kv_dim + kv_off, s->key_scale + slot0 * c->n_kv_heads + kvh,
                                   s->value_q + slot0 * kv_dim + kv_off, s->value_scale + slot0 * c->n_kv_heads + kvh,
                                   kv_dim, c->n_kv_heads, (uint32_t)pos + 1, head_size, m->att_scale);
+            }
         }
         matmul(m, s->xb2, s->xb, &w->wo, 0);
         vec_add(s->x, s->xb2, dim);

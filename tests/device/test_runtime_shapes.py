@@ -1,7 +1,8 @@
 """The runtime's kernels at the shapes that take each of their code paths, bit-exact against the host
 reference: logits natively (host gcc), tokens on the Cortex-M4F and RV32 emulators. Head sizes: the
 attention's score passes of eight and four terms (first / middle / last) and the leftover terms, its
-weighted sum's blocks of eight and four outputs and the single ones; dims that are no multiple of
+weighted sum's blocks of eight and four outputs and the single ones, heads of eight that share their
+keys and values by two (attention_heads) or not; dims that are no multiple of
 four: the rest after the four-at-a-time loops of rmsnorm, vec_add, swiglu and quantize_act."""
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from twin.runner import RunSpec, run
 # 12, 20: eight(s) then a last four; 14: eight, four, two; 2, 6: no block of eight
 HEAD_SIZES = [2, 6, 8, 10, 12, 14, 16, 20, 24]
 # (head_size, n_heads, n_kv_heads, hidden_dim): dim 4 x head_size and hidden 40, or odd shapes
-SHAPES = [(h, 4, 2, 40) for h in HEAD_SIZES] + [(2, 3, 1, 41), (6, 3, 3, 43), (10, 5, 1, 30)]
+# heads of eight that share a KV head by two, three (a pair and one), one and four (attention_heads)
+SHAPES = [(h, 4, 2, 40) for h in HEAD_SIZES] + [(2, 3, 1, 41), (6, 3, 3, 43), (10, 5, 1, 30),
+                                                (8, 6, 2, 40), (8, 4, 4, 40), (8, 4, 1, 40)]
 
 
 def _model(shape: tuple[int, int, int, int], vocab: int = 300) -> bytes:
