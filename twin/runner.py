@@ -236,12 +236,14 @@ def check_emulator(platform: Platform, emulator: str, mem_traffic: bool = False)
 @contextmanager
 def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_traffic: bool = False,
                      timeout: float = 120.0, reply_timeout: float = 30.0, emulator: str = "qemu",
-                     icaches: tuple[CacheGeometry, ...] | None = None) -> Iterator[Session]:
+                     icaches: tuple[CacheGeometry, ...] | None = None, edges: bool = True) -> Iterator[Session]:
     """An emulator session that counts: QEMU under the profiling plugin, or Renode with its opcode
     counters. When the block ends and the backend has ended, ``session.segments`` holds the counts cut at
     the firmware's markers (boot | phase | io | phase | …) and ``session.unavailable`` what it could not count.
     ``icaches``: the instruction caches QEMU's plugin simulates (default: twin.profile.counts.catalog_caches);
-    with ``mem_traffic`` the catalog's data caches too."""
+    with ``mem_traffic`` the catalog's data caches too. ``edges``: the plugin counts the transitions
+    between blocks, so every conditional branch's taken / not-taken split is exact (off: derived from
+    the block counts where they determine it, twin.profile.counts "Taken branches")."""
     check_emulator(platform, emulator, mem_traffic)
     if emulator == "renode":
         backend = renode.RenodeProcess(platform, elf, image, timeout=timeout)
@@ -258,7 +260,7 @@ def profiled_session(platform: Platform, elf: Path, image: Path | None, *, mem_t
         with emulator_session(platform, elf, image, timeout=timeout, reply_timeout=reply_timeout,
                               extra_args=tuple(plugin_args(elf, dump, regions,
                                                            icaches=catalog_caches(platform) if icaches is None
-                                                           else icaches, dcaches=dcaches))) as session:
+                                                           else icaches, dcaches=dcaches, edges=edges))) as session:
             yield session
         session.dump = parse_dump(dump)
         session.segments = analyze(session.dump, elf, platform.arch)

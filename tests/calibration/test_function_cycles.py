@@ -16,7 +16,7 @@ from twin.device.build import build_firmware
 from twin.device.protocol import PhaseKind
 from twin.model import modelgen
 from twin.platforms import get_platform
-from twin.profile.counts import SegmentProfile, sum_profiles
+from twin.profile.counts import SegmentProfile, analyze, sum_profiles
 from twin.profile.isa import CLASSES
 from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session, run
 
@@ -27,7 +27,7 @@ TOKENS = 2
 @pytest.fixture(scope="module", params=["stm32f4-disco", "rtl-ibex-ws2"])
 def decoded(request):
     """(platform, its run report, the decode segments of the same generation under the plugin with the
-    memory traffic). stm32f4-disco: Cortex-M4F, 5 flash wait states, one fetch per instruction; rtl-ibex-ws2:
+    memory traffic, and those segments analysed without the plugin's edge counts). stm32f4-disco: Cortex-M4F, 5 flash wait states, one fetch per instruction; rtl-ibex-ws2:
     RV32 with compressed code, 2 wait states and a 4-byte fetch width (the fetch term counts bytes)."""
     plat = get_platform(request.param)
     spec = RunSpec(platform=plat.id, tokens=TOKENS, mem_traffic=True, board=False)
@@ -40,7 +40,10 @@ def decoded(request):
     kinds = [ph.kind for ph in (*s.boot_phases, *phases)]
     decode = [s.segments[2 * i + 1] for i, k in enumerate(kinds) if k == PhaseKind.DECODE]
     assert len(decode) == TOKENS
-    return plat, report, decode
+    # the same run without the plugin's edge counts: conditional branches split where the block counts
+    # determine it, the rest unresolved (what a dump without edges gives)
+    derived = analyze(dataclasses.replace(s.dump, edges=None), build_firmware(plat).elf, plat.arch)
+    return plat, report, decode, [derived[2 * i + 1] for i, k in enumerate(kinds) if k == PhaseKind.DECODE]
 
 
 def _adds_up(fc: dict) -> None:
@@ -56,7 +59,7 @@ def _adds_up(fc: dict) -> None:
 
 
 def test_functions_and_remainder_add_up_to_twin_predict(decoded):
-    plat, report, decode = decoded
+    plat, report, decode, derived = decoded
     fc = P.function_cycles(plat, decode)
     _adds_up(fc)
     # the same generation through the run report: predict_from_counts' figure, term by term
@@ -104,8 +107,15 @@ def test_functions_and_remainder_add_up_to_twin_predict(decoded):
         sim = total.dcache[mem.dcache.key]
         assert 0 < sim["misses"] < sim["lookups"] <= loads * TOKENS
     assert per_fn[next(iter(fc["functions"]))] > 0.9 * loads          # the weights: the matvec's
-    assert rest["branches_unresolved"] == total.branches_unresolved / TOKENS > 0
-    assert sum(rest["branches_unresolved_by_function"].values()) == pytest.approx(rest["branches_unresolved"])
+    # every conditional branch split exactly (edge counts): no assumed taken share is left to the remainder
+    assert rest["branches_unresolved"] == total.branches_unresolved == 0 and rest["terms"]["branches_taken"] == 0
+    # split from the block counts alone, the unresolved ones are the remainder's, at the assumed fraction
+    guessed = P.function_cycles(plat, derived)
+    _adds_up(guessed)
+    g = guessed["unattributed"]
+    assert g["branches_unresolved"] == sum_profiles(derived).branches_unresolved / TOKENS > 0
+    assert sum(g["branches_unresolved_by_function"].values()) == pytest.approx(g["branches_unresolved"])
+    assert g["terms"]["branches_taken"] > 0
     # without per-function memory counts (an older profile), the flash-load wait states are the remainder's
     bare = [dataclasses.replace(p, mem_by_function=None, dcache={}, dcache_misses_by_function={}) for p in decode]
     old = P.function_cycles(plat, bare)
@@ -114,7 +124,9 @@ def test_functions_and_remainder_add_up_to_twin_predict(decoded):
     assert all(f["terms"]["flash_load_wait"] == 0 for f in old["functions"].values())
     if mem.icache is None:
         # with a fetch width, the refetch after the unresolved branches' assumed taken ones is not a function's
-        assert (rest["terms"]["fetch_wait"] > 0) == (mem.fetch_width is not None)
+        # (none with the edge counts)
+        assert rest["terms"]["fetch_wait"] == 0
+        assert (g["terms"]["fetch_wait"] > 0) == (mem.fetch_width is not None)
         return
     # a simulated instruction cache: each function waits for its own misses' line fills, the remainder for
     # the exposed part of the prefetched lines' fills (1 - instructions per line / fill cycles)
@@ -129,7 +141,7 @@ def test_functions_and_remainder_add_up_to_twin_predict(decoded):
 
 
 def test_the_loop_heaviest_function_is_the_matvec(decoded):
-    plat, _, decode = decoded
+    plat, _, decode, _ = decoded
     fc = P.function_cycles(plat, decode)
     top = next(iter(fc["functions"]))
     assert top.startswith("matvec_q")
@@ -143,7 +155,7 @@ def test_the_loop_heaviest_function_is_the_matvec(decoded):
 def test_other_boards_cross_core_and_soft_float(decoded, monkeypatch):
     """The same counts for other boards (another core across, another ISA without a fetch width), and with a
     cross-core factor and soft-float calls forced on: still the whole token of predict_from_counts."""
-    plat, report, decode = decoded
+    plat, report, decode, derived = decoded
     counts = P.counts_from_report(report)
     boards = ["esp32-s3-devkit", "nucleo-l4r5zi"] if plat.arch == "arm" else ["esp32-c3-devkit", "rtl-ibex"]
     for board in boards:

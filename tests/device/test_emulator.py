@@ -35,7 +35,7 @@ def _check_report(r: dict, tokens: int) -> None:
     assert ins["by_class"]["mul"] > 0 and ins["by_class"]["load"] > 0
     br = ins["branches"]
     assert br["taken"] > 0 and br["not_taken"] > 0
-    assert br["unresolved"] < 0.05 * (br["taken"] + br["not_taken"] + br["unresolved"])
+    assert br["unresolved"] == 0            # the plugin's edge counts split every conditional branch
     m = r["memory"]
     assert 0 < m["flash_bytes"] and 0 < m["ram_static_bytes"] and 0 < m["stack_peak_bytes"] < 16384
 
@@ -212,8 +212,14 @@ def test_memory_traffic_by_region():
     plain = run(RunSpec(platform="mps2-an386", tokens=3))
     r = run(RunSpec(platform="mps2-an386", tokens=3, mem_traffic=True))
     by_fn = r["instructions"]["decode_by_function"]
-    stripped = {f: {k: v for k, v in d.items() if k != "mem"} for f, d in by_fn.items()}
-    assert {**r["instructions"], "decode_by_function": stripped} == plain["instructions"]   # no count changes
+    stripped = {f: {k: v for k, v in d.items() if k not in ("mem", "dcache_misses")} for f, d in by_fn.items()}
+    # no count changes: memory traffic adds the loads and stores, and the data caches they go through
+    assert {**r["instructions"], "decode_by_function": stripped, "by_phase_dcache": None} == \
+        {**plain["instructions"], "by_phase_dcache": None}
+    assert plain["instructions"]["by_phase_dcache"] == {"prefill": {}, "decode": {}}
+    dcache = r["instructions"]["by_phase_dcache"]["decode"]      # the catalog's Armv7E-M data caches
+    assert set(dcache) == {"128B/16B/8w", "16384B/32B/4w"}
+    assert all(0 < d["misses"] < d["lookups"] for d in dcache.values())
     decode = r["memory_traffic"]["decode"]
     for region, d in decode.items():                               # per function, adding up to the phase
         for kind in ("loads", "stores"):

@@ -569,9 +569,10 @@ def test_derived_branches_match_edges_on_the_model(model_edges_run):
                 assert derived == exact, (k, hex(addr), n, exact, derived)
     fraction = resolved / total
     print(f"{platform_id}: {fraction:.4f} of {total} conditional-branch executions resolved")
-    # measured 0.944 (mps2-an386: the arm_dsp matvecs' guarded row loops, whose entries from the guard
-    # and from the back edge one block count cannot tell apart) and 0.985 (riscv32-virt)
-    assert fraction >= 0.94
+    # measured 0.904 (mps2-an386: the arm_dsp matvec_q4's pair of branches that each jump into the
+    # other's fall-through, whose two equations are one; its share grew when the runtime's other
+    # branches fell by 40 %) and 0.973 (riscv32-virt). Model runs count edges, so nothing is guessed there.
+    assert fraction >= 0.89
     # The profile's totals: exact with edges, derived without; they agree where resolved.
     exact_p = sum_profiles(exact_profiles[k] for k in model_segments)
     derived_p = sum_profiles(derived_profiles[k] for k in model_segments)

@@ -266,7 +266,7 @@ def count(spec: CountSpec) -> dict:
         dump_path = Path(tmp) / "profile.dump"
         try:
             extra = (*SEMIHOSTING, *loads, *plugin_args(
-                elf, dump_path, regions, entries=list(entries), mark=False, icaches=catalog_caches(platform),
+                elf, dump_path, regions, entries=list(entries), mark=False, icaches=catalog_caches(platform), edges=True,
                 dcaches=catalog_caches(platform, DATA_CACHE_KINDS) if regions else ()))
         except ValueError as exc:
             raise CountError(str(exc)) from None
