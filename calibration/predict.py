@@ -679,8 +679,8 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     if counts.decode_branches_taken is None:
         notes.append("taken branches not counted: taken_fraction × branches (assumption)")
     else:
-        notes.append("taken branches counted by the profiler (derived from block counts; the unresolved "
-                     "rest × taken_fraction)")
+        notes.append("taken branches counted by the profiler (exact from its edge counts; without them derived "
+                     "from block counts, the unresolved rest × taken_fraction)")
     if msetup.icache is not None:
         sim = (dec_icache or {}).get(msetup.icache.key)
         if sim is not None:
