@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from calibration import store  # noqa: E402
-from calibration.cycles import memory_setup, prior_coefficients  # noqa: E402
+from calibration.cycles import prior_coefficients  # noqa: E402
 from calibration.dataset import feature_matrix, read_datasets  # noqa: E402
 from calibration.fit import fit_calibration  # noqa: E402
 from twin.bench.workflow import BenchSpec, bench, write_dataset  # noqa: E402
@@ -133,7 +133,7 @@ def main() -> None:
             out = tmp / f"{board}.calib.json"
             summary = fit_calibration(train, out)
             cal = store.load(out)
-            prior = prior_coefficients(plat.core, memory_setup(plat))
+            prior = prior_coefficients(plat.core)
             print(f"\n{board} ({plat.rtl.core}, {plat.rtl.flash_wait_states} ws): suite bench {bench_s:.1f} s, "
                   f"{len(train)} rows, CV {summary['cv_mape_percent']:.2f}%", flush=True)
             speed = harness_speed(board)

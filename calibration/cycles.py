@@ -10,7 +10,7 @@ Features (``FEATURES``, one value per workload × phase)::
                      twin simulated the board's instruction cache (its geometry in the platform file:
                      twin.profile.counts.catalog_caches), the waiting fetches are its line fills: misses,
                      plus the part of each prefetched line's fill its execution does not hide
-                     (``MemorySetup.fills``), × the memory accesses per line. Else they are fetches × the
+                     (``MemorySetup.fetch_fills``), × the memory accesses per line. Else they are fetches × the
                      miss fraction (1 - hit rate) of the board's fetch accelerator (an assumption per
                      kind, cores.yaml memory.fetch_hit): where the core's fetch width is known
                      (cores.yaml fetch_width_bytes) and the twin counted the executed instruction
@@ -121,7 +121,7 @@ class MemorySetup:
         """The assumed share of fetches that wait, where the counts carry no simulation of the cache."""
         return 1.0 - self.fetch_hit
 
-    def fills(self, icache: Mapping[str, Mapping[str, float]] | None, *, fetch_bytes: float | None,
+    def fetch_fills(self, icache: Mapping[str, Mapping[str, float]] | None, *, fetch_bytes: float | None,
               instructions: float) -> float | None:
         """Memory accesses of the instruction fetches that wait, from counts that simulated this
         board's cache (``icache``: SegmentProfile.icache or a per-token copy), else None.
@@ -285,8 +285,9 @@ def fetch_width_for(board: str) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # Prior coefficients and features
 # ---------------------------------------------------------------------------------------------
-def prior_coefficients(core: str, memory: MemorySetup | None = None) -> np.ndarray:
-    """The prior cost of each feature of ``FEATURES`` for ``core`` (and the board's hit rates)."""
+def prior_coefficients(core: str) -> np.ndarray:
+    """The prior cost of each feature of ``FEATURES`` for ``core`` (the wait terms' are 1: their features count
+    the accesses that wait, with the board's caches)."""
     prior = core_prior(core)
     if not prior.has_timings:
         raise CycleModelError(f"core {core!r} has no published instruction timings: it is predicted "
@@ -320,7 +321,7 @@ def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
                    fetch_miss: float = 1.0, fetch_fills: float | None = None, load_miss: float = 1.0,
                    load_fills: float | None = None) -> np.ndarray:
     """The ``FEATURES`` vector of one count set (a phase's instructions by class). ``fetch_fills``:
-    the waiting fetches of a simulated cache (MemorySetup.fills), else fetches × ``fetch_miss``;
+    the waiting fetches of a simulated cache (MemorySetup.fetch_fills), else fetches × ``fetch_miss``;
     likewise ``load_fills`` (MemorySetup.load_fills), else flash loads × ``load_miss``."""
     tables = load_tables()
     tf = taken_fraction if taken_fraction is not None else tables.figure("memory", "taken_fraction").value

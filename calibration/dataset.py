@@ -165,7 +165,7 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
         if mem is not None and _opt(d.get("icache_misses")) is not None and mem.icache is not None:
             sim = {mem.icache.key: {"misses": _opt(d.get("icache_misses")),
                                     "prefetched": _opt(d.get("icache_prefetched")) or 0.0}}
-        fills = None if sim is None else dataclasses.replace(mem, wait_states=float(ws)).fills(
+        fills = None if sim is None else dataclasses.replace(mem, wait_states=float(ws)).fetch_fills(
             sim, fetch_bytes=_opt(d.get("fetch_bytes")), instructions=sum(float(v) for v in by_class.values()))
         dmiss = _opt(d.get("dcache_misses"))
         load_fills = None if mem is None or mem.dcache is None or dmiss is None else \

@@ -30,7 +30,7 @@ from sklearn.pipeline import Pipeline
 
 from twin.platforms import PlatformError, get_platform
 
-from .cycles import CLASS_FEATURES, FEATURES, extrapolation, intensities, memory_setup, prior_coefficients
+from .cycles import CLASS_FEATURES, FEATURES, extrapolation, intensities, prior_coefficients
 from .dataset import feature_matrix
 from .residual import mix_inputs as _mix
 
@@ -72,7 +72,7 @@ def resolve_prior(prior, n_features: int) -> np.ndarray | None:
     if isinstance(prior, str):
         try:
             p = get_platform(prior)
-            vec = prior_coefficients(p.core, memory_setup(p))
+            vec = prior_coefficients(p.core)
         except PlatformError:
             vec = prior_coefficients(prior)
     elif isinstance(prior, Mapping):

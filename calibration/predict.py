@@ -252,7 +252,7 @@ def _features(mem: MemorySetup, width: float | None, by_class: Mapping[str, floa
     """``feature_vector`` of one count set for the board of ``mem``: with the fetches (loads) that wait
     from the counts' simulation of its instruction (data) cache where they carry one (``icache``,
     ``dcache``; the caller gives none for code of another ISA), else from its assumed miss fractions."""
-    fills = mem.fills(icache, fetch_bytes=fetch_bytes, instructions=sum(by_class.values()))
+    fills = mem.fetch_fills(icache, fetch_bytes=fetch_bytes, instructions=sum(by_class.values()))
     return feature_vector(by_class, wait_states=mem.wait_states, loads_flash=loads_flash,
                           branches_taken=branches_taken, fetch_bytes=fetch_bytes, fetch_width=width,
                           fetch_miss=mem.fetch_miss, fetch_fills=fills, load_miss=mem.load_miss,
@@ -500,7 +500,7 @@ def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: sto
                           calibration.energy.q if calibration.energy else None, tuple(notes),
                           residual, calibration.model_kind)
     if mode.mode == "none" or not core_prior(plat.core).has_timings:
-        coef = prior_coefficients(proxy_core, mem)
+        coef = prior_coefficients(proxy_core)
         factor, why = cross_core_factor(proxy_core, plat.core)
         notes.append(f"cross-core: {proxy_core} prior × {factor:.3f} ({why})")
         if plat.fpu == "none" and counts_fpu != "none":
@@ -509,7 +509,7 @@ def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: sto
             extra_fp = max(float(soft.value or 0.0) - float(fp_cost) * factor, 0.0)
             notes.append(f"no FPU on {plat.id}: {soft.value:g} cycles per FP op ({soft.source})")
     else:
-        coef = prior_coefficients(plat.core, mem)
+        coef = prior_coefficients(plat.core)
         notes.append(f"prior: published timings of {plat.core} (calibration/cores.yaml)")
     lo, hi = PRIOR_BANDS[mode.confidence]
     notes.append(f"interval: prior band -{lo:.0%}/+{hi:.0%} for {mode.confidence} confidence "
@@ -771,10 +771,10 @@ def _fills_left(mem: MemorySetup, by_class: Mapping[str, float], fetch_bytes: fl
                 icache: Mapping | None, functions: dict[str, dict]) -> float | None:
     """The token's simulated waiting fetches no function was given (the prefetched lines' exposed part),
     None where the fetch model is not the simulation."""
-    whole = mem.fills(icache, fetch_bytes=fetch_bytes, instructions=sum(by_class.values()))
+    whole = mem.fetch_fills(icache, fetch_bytes=fetch_bytes, instructions=sum(by_class.values()))
     if whole is None:
         return None
-    given = sum(mem.fills(_function_icache(d), fetch_bytes=d["fetch_bytes"], instructions=d["instructions"]) or 0.0
+    given = sum(mem.fetch_fills(_function_icache(d), fetch_bytes=d["fetch_bytes"], instructions=d["instructions"]) or 0.0
                 for d in functions.values())
     return max(whole - given, 0.0)
 
