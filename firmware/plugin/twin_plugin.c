@@ -156,6 +156,7 @@ static struct miss_delta *miss_deltas;
 static size_t n_miss_deltas, miss_deltas_cap;
 static size_t *miss_seg_start;  /* per segment: miss_deltas[miss_seg_start[k] .. miss_seg_start[k+1]) */
 static uint32_t last_cache_tb;  /* the TB whose lookups were made last, and their misses */
+static bool have_last_cache_tb;
 static uint64_t last_tb_stats[MAX_CACHES][3];   /* lookups, misses, prefetched */
 static unsigned n_entries;
 
@@ -381,11 +382,17 @@ static void on_tb_cache(unsigned int vcpu_index, void *userdata)
     (void)vcpu_index;
     uint32_t id = (uint32_t)(uintptr_t)userdata;
     struct tb_record *r = record_at(id);   /* the record is complete before its TB can run */
+    bool again = have_last_cache_tb && last_cache_tb == id;
     last_cache_tb = id;
+    have_last_cache_tb = true;
     for (unsigned g = 0; g < n_caches; g++) {
         struct cache *c = &caches[g];
         uint64_t before[3] = {c->now[0], c->now[1], c->now[2]};
-        if (r->vaddr >= c->start && r->end <= c->end) {
+        if (again && last_tb_stats[g][1] == 0 && last_tb_stats[g][2] == 0) {
+            /* The same TB again, all of its lines hit last time: they hit again, each set's order and
+             * the prefetch buffer end as they are (a tight loop's block costs one add). */
+            c->now[0] += last_tb_stats[g][0];
+        } else if (r->vaddr >= c->start && r->end <= c->end) {
             for (uint64_t line = r->vaddr >> c->line_shift; line <= (r->end - 1) >> c->line_shift; line++) {
                 cache_access(c, line);
             }
