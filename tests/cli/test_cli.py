@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -86,6 +87,11 @@ def test_run_human_output():
     r = invoke("run", "--platform", "mps2-an386", "--tokens", "3", "--prompt", "The cat")
     assert r.exit_code == 0, r.output
     assert "matches the host reference" in r.output and "top functions" in r.output
+    # the Armv7E-M catalog's instruction caches, simulated; the data caches only with the memory traffic
+    assert re.search(r"\n    I 1024B/16B/64w\+pf +\d+\.\d\d% · [\d,]+ misses · [\d,]+ prefetched\n", r.output), r.output
+    assert "\n    D " not in r.output
+    m = invoke("run", "--platform", "mps2-an386", "--tokens", "2", "--mem-traffic")
+    assert m.exit_code == 0 and re.search(r"\n    D 16384B/32B/4w +\d+\.\d\d% · [\d,]+ misses\n", m.output), m.output
 
 
 @pytest.mark.qemu

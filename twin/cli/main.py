@@ -175,6 +175,14 @@ def _print_report(r: dict) -> None:
             cells = "  ".join(f"{name} {v['loads']:,} / {v['stores']:,}" for name, v in regions.items()
                               if v["loads"] or v["stores"])
             click.echo(f"    {phase:<8}{cells}")
+    caches = [(kind, key, d) for kind, field in (("I", "by_phase_icache"), ("D", "by_phase_dcache"))
+              for key, d in ((ins.get(field) or {}).get("decode") or {}).items()]
+    if caches:   # the catalog's caches of this ISA as the plugin simulated them, per decoded token
+        click.echo("  caches      simulated, decode per token: hit rate · misses (· lines from the prefetch buffer)")
+    for kind, key, d in caches:
+        hits = 1 - (d["misses"] + d.get("prefetched", 0)) / max(d["lookups"], 1)
+        pf = f" · {d['prefetched'] / n:,.0f} prefetched" if d.get("prefetched") else ""
+        click.echo(f"    {kind} {key:<18}{100 * hits:6.2f}% · {d['misses'] / n:,.0f} misses{pf}")
     if r["functions"]:
         click.echo("  top functions")
     for f in r["functions"][:8]:
