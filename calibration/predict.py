@@ -79,7 +79,8 @@ class TwinCounts:
     prefill_fetch_bytes: float | None = None      # instruction bytes executed (None: not counted)
     decode_fetch_bytes: float | None = None       # per token
     # per token, per function: instructions, by_class, fetch_bytes, branches_taken, branches_unresolved,
-    # loads_flash, icache_misses (the run report's instructions.decode_by_function / tokens; None: not counted)
+    # loads_flash, icache_misses, dcache_misses (the run report's instructions.decode_by_function / tokens; None: not
+    # counted)
     decode_functions: dict[str, dict] | None = None
     # simulated instruction caches by geometry key: lookups, misses, prefetched (decode: per token;
     # None: not simulated)
