@@ -316,6 +316,20 @@ def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     return run_with_dump(spec, on_phase)[0]
 
 
+def run_decode_profiles(spec: RunSpec) -> tuple[dict, list[SegmentProfile], Dump]:
+    """``run_with_dump``, also returning the profile of each decoded token (QEMU only): one emulator run
+    gives the report and the per-token counts (by function, class, region, cache)."""
+    phases: list[Phase] = []
+    report, dump = run_with_dump(spec, on_phase=phases.append)
+    if dump is None:
+        raise RunError("per-token profiles need the profiling plugin: run under QEMU (not Renode)")
+    platform = with_kernels(get_platform(spec.platform), spec.kernels)
+    segments = analyze(dump, report["firmware"]["elf"], platform.arch)
+    n_boot = (len(segments) - 1) // 2 - len(phases)      # segments: boot | phase | io | phase | … | io
+    decode = [segments[2 * (n_boot + j) + 1] for j, ph in enumerate(phases) if ph.kind == PhaseKind.DECODE]
+    return report, decode, dump
+
+
 def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> tuple[dict, Dump | None]:
     """``run``, also returning the plugin's dump (per-block counts, segments boot | phase | io | …),
     for analyses beyond the report's totals (e.g. calibration.mca's per-block cycle estimate); None

@@ -13,12 +13,10 @@ import pytest
 from calibration import predict as P
 from calibration.cycles import memory_setup
 from twin.device.build import build_firmware
-from twin.device.protocol import PhaseKind
-from twin.model import modelgen
 from twin.platforms import get_platform
 from twin.profile.counts import SegmentProfile, analyze, sum_profiles
 from twin.profile.isa import CLASSES
-from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session, run
+from twin.runner import RunSpec, run_decode_profiles
 
 pytestmark = pytest.mark.qemu
 TOKENS = 2
@@ -26,24 +24,21 @@ TOKENS = 2
 
 @pytest.fixture(scope="module", params=["stm32f4-disco", "rtl-ibex-ws2"])
 def decoded(request):
-    """(platform, its run report, the decode segments of the same generation under the plugin with the
-    memory traffic, and those segments analysed without the plugin's edge counts). stm32f4-disco: Cortex-M4F, 5 flash wait states, one fetch per instruction; rtl-ibex-ws2:
-    RV32 with compressed code, 2 wait states and a 4-byte fetch width (the fetch term counts bytes)."""
+    """(platform, its run report, the decode segments of that run (the plugin with the memory traffic),
+    and those segments analysed without the plugin's edge counts). stm32f4-disco: Cortex-M4F, 5 flash
+    wait states, one fetch per instruction; rtl-ibex-ws2: RV32 with compressed code, 2 wait states and
+    a 4-byte fetch width (the fetch term counts bytes)."""
     plat = get_platform(request.param)
-    spec = RunSpec(platform=plat.id, tokens=TOKENS, mem_traffic=True, board=False)
-    report = run(spec)
-    image_path, _, _ = model_image(spec)
-    tokenizer = model_tokenizer(spec.model)
-    prompt = tokenizer.encode(spec.prompt) if tokenizer else modelgen.encode(spec.prompt)
-    with profiled_session(plat, build_firmware(plat).elf, image_path, mem_traffic=True) as s:
-        phases, _ = s.device.run(prompt, TOKENS)
-    kinds = [ph.kind for ph in (*s.boot_phases, *phases)]
-    decode = [s.segments[2 * i + 1] for i, k in enumerate(kinds) if k == PhaseKind.DECODE]
-    assert len(decode) == TOKENS
+    report, decode, dump = run_decode_profiles(RunSpec(platform=plat.id, tokens=TOKENS, mem_traffic=True,
+                                                       board=False))
+    assert len(decode) == TOKENS and [p.total for p in decode] == report["instructions"]["by_phase"]["decode"]
     # the same run without the plugin's edge counts: conditional branches split where the block counts
     # determine it, the rest unresolved (what a dump without edges gives)
-    derived = analyze(dataclasses.replace(s.dump, edges=None), build_firmware(plat).elf, plat.arch)
-    return plat, report, decode, [derived[2 * i + 1] for i, k in enumerate(kinds) if k == PhaseKind.DECODE]
+    derived = analyze(dataclasses.replace(dump, edges=None), build_firmware(plat).elf, plat.arch)
+    n_boot = (len(derived) - 1) // 2 - TOKENS - 1
+    derived_decode = [derived[2 * (n_boot + 1 + j) + 1] for j in range(TOKENS)]   # after the prefill
+    assert [p.total for p in derived_decode] == [p.total for p in decode]
+    return plat, report, decode, derived_decode
 
 
 def _adds_up(fc: dict) -> None:
