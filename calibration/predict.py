@@ -212,14 +212,14 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
         prefill_fetch_bytes=None if "prefill" not in fetch else float(fetch["prefill"]),
         decode_fetch_bytes=None if "decode" not in fetch else float(fetch["decode"]) / n_dec,
         decode_functions=_per_token_functions(ins.get("decode_by_function"), n_dec),
-        prefill_icache=_icache(ins, "prefill", 1),
-        decode_icache=_icache(ins, "decode", n_dec),
-        prefill_dcache=_icache(ins, "prefill", 1, "by_phase_dcache"),
-        decode_dcache=_icache(ins, "decode", n_dec, "by_phase_dcache"),
+        prefill_icache=_per_token_caches(ins, "prefill", 1),
+        decode_icache=_per_token_caches(ins, "decode", n_dec),
+        prefill_dcache=_per_token_caches(ins, "prefill", 1, "by_phase_dcache"),
+        decode_dcache=_per_token_caches(ins, "decode", n_dec, "by_phase_dcache"),
     )
 
 
-def _icache(ins: dict, phase: str, n: int, field: str = "by_phase_icache") -> dict[str, dict[str, float]] | None:
+def _per_token_caches(ins: dict, phase: str, n: int, field: str = "by_phase_icache") -> dict[str, dict[str, float]] | None:
     stats = (ins.get(field) or {}).get(phase)
     return {k: {s: v / n for s, v in d.items()} for k, d in stats.items()} if stats else None
 
@@ -260,7 +260,7 @@ def _features(mem: MemorySetup, width: float | None, by_class: Mapping[str, floa
                           load_fills=mem.load_fills(dcache))
 
 
-def _function_icache(d: dict, field: str = "icache_misses") -> dict | None:
+def _function_cache(d: dict, field: str = "icache_misses") -> dict | None:
     """A function's simulated misses as cache statistics (its prefetched lines are not counted per
     function: their exposed part is the unattributed rest's); ``field`` "dcache_misses": its loads'."""
     m = d.get(field) if d.get("same_isa", True) else None
@@ -277,8 +277,8 @@ def _split_by_function(bm: BoardModel, mem: MemorySetup, width: float | None, fu
     out = {}
     for f, d in functions.items():
         x = _features(mem, width, d["by_class"], loads_flash=d.get("loads_flash") or 0.0,
-                      branches_taken=d["branches_taken"], fetch_bytes=d["fetch_bytes"], icache=_function_icache(d),
-                      dcache=_function_icache(d, "dcache_misses"))
+                      branches_taken=d["branches_taken"], fetch_bytes=d["fetch_bytes"], icache=_function_cache(d),
+                      dcache=_function_cache(d, "dcache_misses"))
         t = {name: float(v) * bm.factor * residual_factor for name, v in zip(FEATURES, x * bm.coef, strict=True)}
         if bm.extra_per_fp:
             t["soft_float_calls"] = bm.extra_per_fp * d["by_class"].get("fp", 0.0)
@@ -775,7 +775,7 @@ def _fills_left(mem: MemorySetup, by_class: Mapping[str, float], fetch_bytes: fl
     whole = mem.fetch_fills(icache, fetch_bytes=fetch_bytes, instructions=sum(by_class.values()))
     if whole is None:
         return None
-    given = sum(mem.fetch_fills(_function_icache(d), fetch_bytes=d["fetch_bytes"], instructions=d["instructions"]) or 0.0
+    given = sum(mem.fetch_fills(_function_cache(d), fetch_bytes=d["fetch_bytes"], instructions=d["instructions"]) or 0.0
                 for d in functions.values())
     return max(whole - given, 0.0)
 
@@ -786,7 +786,7 @@ def _load_fills_left(mem: MemorySetup, dcache: Mapping | None, functions: dict[s
     whole = mem.load_fills(dcache)
     if whole is None:
         return None
-    given = sum(mem.load_fills(_function_icache(d, "dcache_misses")) or 0.0 for d in functions.values())
+    given = sum(mem.load_fills(_function_cache(d, "dcache_misses")) or 0.0 for d in functions.values())
     return max(whole - given, 0.0)
 
 
