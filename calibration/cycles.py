@@ -29,9 +29,8 @@ that wait).  A bench calibration
 (``calibration.estimators``) fits the same coefficients, non-negative, from measured cycles.
 
 Assumptions, stated: when memory traffic was not counted, ``loads_flash`` is
-``flash_load_fraction × n_load`` (model weights live in flash); FP divide/square root are not a
-class of their own, so a small ``fp_divsqrt_fraction`` of fp instructions is charged the divide
-latency; multi-register loads/stores are charged as one instruction of their class.
+``flash_load_fraction × n_load`` (model weights live in flash); multi-register loads/stores are
+charged as one instruction of their class.
 """
 
 from __future__ import annotations
@@ -73,7 +72,6 @@ class CorePrior:
     core: str
     class_cycles: dict[str, Figure] | None = field(hash=False)
     taken_branch_penalty: Figure | None = None
-    fp_divsqrt_cycles: Figure | None = None
     coremark_per_mhz: Figure | None = None
     fetch_width_bytes: Figure | None = None    # bytes one instruction fetch reads (None: one per instruction)
     issue_width: Figure | None = None          # instructions retired per cycle at most (None: not given)
@@ -182,8 +180,6 @@ def load_tables(path: Path = CORES_FILE) -> Tables:
             core=name, class_cycles=table,
             taken_branch_penalty=_figure(c["taken_branch_penalty"], f"{where}.taken_branch_penalty")
             if "taken_branch_penalty" in c else None,
-            fp_divsqrt_cycles=_figure(c["fp_divsqrt_cycles"], f"{where}.fp_divsqrt_cycles")
-            if "fp_divsqrt_cycles" in c else None,
             coremark_per_mhz=_figure(c["coremark_per_mhz"], f"{where}.coremark_per_mhz")
             if "coremark_per_mhz" in c else None,
             fetch_width_bytes=_figure(c["fetch_width_bytes"], f"{where}.fetch_width_bytes")
@@ -191,7 +187,7 @@ def load_tables(path: Path = CORES_FILE) -> Tables:
             issue_width=_figure(c["issue_width"], f"{where}.issue_width") if "issue_width" in c else None,
         )
     memory = data.get("memory", {})
-    for key in ("xip_miss_cycles", "taken_fraction", "flash_load_fraction", "fp_divsqrt_fraction"):
+    for key in ("xip_miss_cycles", "taken_fraction", "flash_load_fraction"):
         _figure(memory.get(key), f"{path}: memory.{key}")
     for kind in ("fetch_hit", "data_hit"):
         for acc, d in memory.get(kind, {}).items():
@@ -292,13 +288,8 @@ def prior_coefficients(core: str) -> np.ndarray:
     if not prior.has_timings:
         raise CycleModelError(f"core {core!r} has no published instruction timings: it is predicted "
                               "across cores (twin mode 'none')")
-    tables = load_tables()
     assert prior.class_cycles is not None
     costs = [prior.class_cycles[c].value for c in CLASSES]
-    frac = tables.figure("memory", "fp_divsqrt_fraction").value or 0.0
-    fp_i = CLASSES.index("fp")
-    if prior.fp_divsqrt_cycles and prior.fp_divsqrt_cycles.value is not None:
-        costs[fp_i] = costs[fp_i] + frac * max(prior.fp_divsqrt_cycles.value - costs[fp_i], 0.0)
     taken = prior.taken_branch_penalty.value if prior.taken_branch_penalty else 0.0
     return np.array([*costs, taken, 1.0, 1.0], dtype=float)
 

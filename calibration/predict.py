@@ -47,7 +47,7 @@ from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 7
+COUNTS_VERSION = 8
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
@@ -281,7 +281,7 @@ def _split_by_function(bm: BoardModel, mem: MemorySetup, width: float | None, fu
                       dcache=_function_cache(d, "dcache_misses"))
         t = {name: float(v) * bm.factor * residual_factor for name, v in zip(FEATURES, x * bm.coef, strict=True)}
         if bm.extra_per_fp:
-            t["soft_float_calls"] = bm.extra_per_fp * d["by_class"].get("fp", 0.0)
+            t["soft_float_calls"] = bm.extra_per_fp * _fp_ops(d["by_class"])
         out[f] = {"instructions": d["instructions"], "cycles": sum(t.values()), "terms": t}
     return dict(sorted(out.items(), key=lambda kv: (-kv[1]["cycles"], kv[0])))
 
@@ -430,7 +430,7 @@ class BoardModel:
     """coef over FEATURES for this board's counts (possibly a proxy's), plus how to widen it."""
     coef: np.ndarray
     factor: float                  # cross-core multiplier (1 for same core)
-    extra_per_fp: float            # soft-float cycles added per fp instruction of the proxy
+    extra_per_fp: float            # soft-float cycles added per FP instruction of the proxy (_fp_ops)
     rel_low: float
     rel_high: float
     source: str                    # calibration id or "prior"
@@ -518,6 +518,11 @@ def board_model(plat: Platform, clock_hz: int, counts_fpu: str, calibration: sto
     return BoardModel(coef, factor, extra_fp, lo, hi, "prior", None, None, tuple(notes))
 
 
+def _fp_ops(by_class: Mapping[str, float]) -> float:
+    """The FP instructions a soft-float target makes library calls of: classes fp and fdiv."""
+    return float(by_class.get("fp", 0.0)) + float(by_class.get("fdiv", 0.0))
+
+
 def _cv_summary(cv: dict) -> str:
     parts = []
     for split in ("by_workload", "by_board"):
@@ -539,7 +544,7 @@ def _cycles(bm: BoardModel, mem: MemorySetup, width: float | None, by_class: dic
     factor = 1.0 + float(bm.residual.correction(x[None, :])[0]) if bm.residual is not None else 1.0
     terms = {f: float(v) * factor * bm.factor for f, v in zip(FEATURES, x * bm.coef, strict=True)}
     if bm.extra_per_fp:
-        terms["soft_float_calls"] = bm.extra_per_fp * by_class.get("fp", 0.0)
+        terms["soft_float_calls"] = bm.extra_per_fp * _fp_ops(by_class)
     return sum(terms.values()), factor, terms
 
 

@@ -32,8 +32,9 @@ from twin.profile.isa import CLASSES
 
 from .cycles import FEATURES, memory_setup, wait_states_for
 
+# fdiv: a decoded token of the built-in model on an FPU core runs about 2,900 VDIV/VSQRT in 630 K instructions
 BASE_MIX = {"alu": 0.42, "load": 0.22, "store": 0.06, "mul": 0.05, "div": 0.002, "branch": 0.12,
-            "fp": 0.08, "simd": 0.03, "other": 0.018}
+            "fp": 0.08, "fdiv": 0.004, "simd": 0.03, "other": 0.018}
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def default_hidden(seed: int = 1) -> HiddenModel:
     # the wait terms per stall the prior models (its features carry each board's assumed miss fraction):
     # the truth's fetch stalls are 0.8 of those, its flash-load stalls 1.2
     base = {"n_alu": 1.0, "n_load": 1.6, "n_store": 1.1, "n_mul": 1.0, "n_div": 6.0, "n_branch": 1.0,
-            "n_fp": 1.3, "n_simd": 1.0, "n_other": 1.0, "branches_taken": 2.2, "fetch_wait": 0.8,
+            "n_fp": 1.3, "n_fdiv": 12.0, "n_simd": 1.0, "n_other": 1.0, "branches_taken": 2.2, "fetch_wait": 0.8,
             "flash_load_wait": 1.2}
     return HiddenModel({k: v * float(rng.uniform(0.85, 1.15)) for k, v in base.items()})
 

@@ -290,6 +290,30 @@ KERNEL uint32_t k_fp(uint32_t n)
     return ua.u ^ uc.u;
 }
 
+/* Single precision, the same values every time (a / 1, sqrt 1): 4 VDIV and 4 VSQRT per iteration
+ * where the core has an FPU, else 8 divisions by libgcc's __divsf3 (as RV32F builds with -mno-fdiv). */
+KERNEL uint32_t k_fdiv(uint32_t n)
+{
+    float a = 1.5f, b = 1.0f, c = 1.0f;
+#if defined(WL_HARD_FP)
+    __asm__ volatile("1:\n\t"
+                     ".rept 4\n\t"
+                     "vdiv.f32 %[a], %[a], %[b]\n\t"
+                     "vsqrt.f32 %[c], %[c]\n\t"
+                     ".endr\n\t"
+                     LOOP_END("n")
+                     : [n] "+r"(n), [a] "+t"(a), [b] "+t"(b), [c] "+t"(c) : : "cc");
+#else
+    __asm__ volatile("" : "+r"(b));   /* unknown to the compiler: no folding of a / 1 */
+    for (; n; n--) {
+        for (int k = 0; k < 8; k++) a = a / b;
+        __asm__ volatile("" : "+r"(a));
+    }
+#endif
+    union { float f; uint32_t u; } ua = {a}, uc = {c};
+    return ua.u ^ uc.u;
+}
+
 /* 16 unsigned divisions per iteration (dividend 0xdeadbeef by 7, 13, 1000, 65537). */
 KERNEL uint32_t k_div(uint32_t n)
 {
@@ -393,7 +417,7 @@ static int prepare(wl_job *job, wl_pool *pool, uint32_t *detail, const char **wh
     *detail = size;
     switch (job->id) {
     case WL_ALU: case WL_MUL: case WL_MAC: case WL_DSP: case WL_BRANCH_TAKEN:
-    case WL_BRANCH_NOT_TAKEN: case WL_FP: case WL_DIV:
+    case WL_BRANCH_NOT_TAKEN: case WL_FP: case WL_FDIV: case WL_DIV:
         return E_OK;
     case WL_LOAD_FLASH:
         if (size < WL_BLOCK || size % WL_BLOCK || size > (uint32_t)(uintptr_t)__model_size) {
@@ -529,6 +553,7 @@ static uint32_t execute(wl_job *job)
     case WL_BRANCH_NOT_TAKEN: return n ? k_branch_not_taken(n) : 0;
     case WL_FP: return n ? k_fp(n) : 0;
     case WL_DIV: return n ? k_div(n) : 0;
+    case WL_FDIV: return n ? k_fdiv(n) : 0;
     case WL_MATVEC_Q8:
         for (; n; n--) matvec_q8(job->out, job->xq, job->x, &job->w);
         break;

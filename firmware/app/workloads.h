@@ -29,6 +29,7 @@ enum workload_id {
     WL_BRANCH_NOT_TAKEN = 0x09, /* conditional branches, none taken          size ignored */
     WL_FP = 0x0A,               /* single-precision add/mul (soft-float: libgcc calls) */
     WL_DIV = 0x0B,              /* unsigned 32-bit division                  size ignored */
+    WL_FDIV = 0x0C,             /* single-precision divide and square root  size ignored */
     WL_MATVEC_Q8 = 0x100,       /* matvec_q8        size = rows << 16 | cols */
     WL_MATVEC_Q4 = 0x101,       /* matvec_q4        size = rows << 16 | cols */
     WL_QUANTIZE = 0x102,        /* quantize_act     size = n */

@@ -248,7 +248,7 @@ MALFORMED = [
     (_set("trees.5.children_right.0", 0), r"trees\[5\].children_right\[0\]' is 0: child index out of range"),
     (_set("trees.2.children_right.0", -1), r"a node has two children or none"),
     (_set("trees.2.children_left.1", 1.5), r"trees\[2\].children_left\[1\]' must be an integer"),
-    (_set("trees.1.feature.0", 13), r"field 'cycles.residual.trees\[1\].feature\[0\]' is 13: must be an input"),
+    (_set("trees.1.feature.0", 14), r"field 'cycles.residual.trees\[1\].feature\[0\]' is 14: must be an input"),
     (_set("trees.1.threshold.0", None), r"trees\[1\].threshold\[0\]' must be a finite number"),
     (_set("trees.1.value.3", float("nan")), r"trees\[1\].value\[3\]' must be a finite number"),
     (_set("trees.4.children_left", []), r"trees\[4\].children_left' is empty"),

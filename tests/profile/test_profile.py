@@ -425,8 +425,8 @@ def test_classifier_covers_fixture_mnemonics(target):
         ("push", "store"), ("vstmia", "store"), ("mul.w", "mul"), ("mla", "mul"),
         ("smlals", "mul"), ("umull", "mul"), ("smlabb", "mul"), ("sdiv", "div"), ("udiv", "div"),
         ("bne.n", "branch"), ("bls", "branch"), ("bl", "branch"), ("cbz", "branch"),
-        ("tbb", "branch"), ("le", "branch"), ("vadd.f32", "fp"), ("vdiv.f32", "fp"),
-        ("vsqrt.f32", "fp"), ("vcvt.f32.s32", "fp"), ("vmrs", "fp"), ("smlad", "simd"),
+        ("tbb", "branch"), ("le", "branch"), ("vadd.f32", "fp"), ("vdiv.f32", "fdiv"),
+        ("vsqrt.f32", "fdiv"), ("vsqrt.f64", "fdiv"), ("vcvt.f32.s32", "fp"), ("vmrs", "fp"), ("smlad", "simd"),
         ("sadd16", "simd"), ("uxtb16", "simd"), ("qadd", "simd"), ("sxtab", "simd"),
         ("vadd.i8", "simd"), ("vmlava.s8", "simd"), ("vldrb.u8", "load"), ("itte", "other"),
         ("nop", "other"), ("dmb", "other"),
@@ -445,7 +445,8 @@ def test_classify_arm(mnemonic, cls):
         ("c.swsp", "store"), ("amoadd.w", "store"), ("mul", "mul"), ("mulhu", "mul"),
         ("divu", "div"), ("rem", "div"), ("jal", "branch"), ("c.jr", "branch"),
         ("c.bnez", "branch"), ("bgeu", "branch"), ("ret", "branch"), ("fadd.s", "fp"),
-        ("fcvt.w.s", "fp"), ("csrrs", "other"), ("fence.i", "other"), ("ecall", "other"),
+        ("fcvt.w.s", "fp"), ("fdiv.s", "fdiv"), ("fsqrt.s", "fdiv"), ("csrrs", "other"), ("fence.i", "other"),
+        ("ecall", "other"),
     ],
 )
 def test_classify_riscv(mnemonic, cls):

@@ -20,7 +20,7 @@ import pytest
 from twin.results import store as st
 from twin.results.store import MIGRATIONS, SCHEMA_VERSION, ResultsStore, StoreError
 
-CLASSES = ["alu", "load", "store", "mul", "div", "branch", "fp", "simd", "other"]
+CLASSES = ["alu", "load", "store", "mul", "div", "branch", "fp", "fdiv", "simd", "other"]
 TABLES = {"runs", "counts", "class_counts", "token_counts", "function_counts", "memory", "predictions"}
 
 

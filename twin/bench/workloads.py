@@ -57,6 +57,8 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("fp", 0x0A, MICRO, ("fp",), "none", (0,), 5000,
              "single-precision add/mul (soft-float: __addsf3/__mulsf3)"),
     Workload("div", 0x0B, MICRO, ("div",), "none", (0,), 5000, "unsigned 32-bit division"),
+    Workload("fdiv", 0x0C, MICRO, ("fdiv",), "none", (0,), 2000,
+             "single-precision divide and square root (soft-float: __divsf3)"),
     Workload("matvec_q8", 0x100, KERNEL, (), "rows_cols", (_rc(64, 64), _rc(172, 64), _rc(64, 172)), 4,
              "8-bit matrix-vector product"),
     Workload("matvec_q4", 0x101, KERNEL, (), "rows_cols", (_rc(64, 64), _rc(172, 64), _rc(64, 172)), 4,
@@ -71,7 +73,7 @@ WORKLOADS: tuple[Workload, ...] = (
 
 BY_NAME: dict[str, Workload] = {w.name: w for w in WORKLOADS}
 BY_ID: dict[int, Workload] = {w.id: w for w in WORKLOADS}
-SOFT_FLOAT_HELPERS = ("__addsf3", "__mulsf3")
+SOFT_FLOAT_HELPERS = ("__addsf3", "__mulsf3", "__divsf3")
 
 
 def get_workload(name_or_id: str | int) -> Workload:
@@ -91,6 +93,8 @@ def target_classes(w: Workload, platform: Platform) -> tuple[str, ...]:
         return ("alu", "mul")            # plain C: shifts, extends, multiplies
     if w.name == "fp" and platform.fpu == "none":
         return ()                        # libgcc soft-float: see SOFT_FLOAT_HELPERS
+    if w.name == "fdiv" and (platform.fpu == "none" or "-mno-fdiv" in platform.cflags):
+        return ()
     return w.targets
 
 

@@ -52,7 +52,7 @@ RENODE_HINT = ("the Renode backend needs Renode and pyrenode3: pip install '.[re
 CONSOLE = "twin-console"
 MARK_SYMBOL = "twin_mark"
 COUNTS_HEADER = "# twin renode counts v1:"
-CLASSES = ("alu", "load", "store", "mul", "div", "branch", "fp", "simd", "other")   # twin.profile.isa.CLASSES
+CLASSES = ("alu", "load", "store", "mul", "div", "branch", "fp", "fdiv", "simd", "other")   # twin.profile.isa.CLASSES
 UNAVAILABLE = {
     "by_function": "Renode's opcode counters count encodings, not addresses: no per-function count",
     "mem": "Renode's opcode counters see no memory accesses: no loads/stores per region",
@@ -170,6 +170,8 @@ _THUMB_RULES: tuple[tuple[str, bool, str], ...] = (
     ("fp", False, "111011000101xxxx xxxx101xxxxxxxxx"),
     ("store", False, "1110110xxxx0xxxx xxxx101xxxxxxxxx"),          # vstr vstm vpush
     ("load", False, "1110110xxxx1xxxx xxxx101xxxxxxxxx"),           # vldr vldm vpop
+    ("fdiv", False, "111011101x00xxxx xxxx101xx0x0xxxx"),           # vdiv
+    ("fdiv", False, "111011101x110001 xxxx101x11x0xxxx"),           # vsqrt
     ("fp", False, "11101110xxxxxxxx xxxx101xxxxxxxxx"),             # VFP data processing, vmov, vmrs, vmsr
     ("fp", False, "11111110xxxxxxxx xxxx101xxxx0xxxx"),             # vsel vmaxnm vminnm vrint* vcvt{a,n,p,m}
     # ---- 32-bit: branches and miscellaneous control
@@ -251,6 +253,8 @@ _RV_RULES: tuple[tuple[str, bool, str], ...] = (
     ("other", False, "xxxxxxxxxxxxxxxxxxxxxxxxx1110011"),               # ecall ebreak mret wfi csr*
     ("load", False, "xxxxxxxxxxxxxxxxxxxxxxxxx0000111"),                # flw fld
     ("store", False, "xxxxxxxxxxxxxxxxxxxxxxxxx0100111"),               # fsw fsd
+    ("fdiv", False, "000110xxxxxxxxxxxxxxxxxxx1010011"),                # fdiv.s fdiv.d
+    ("fdiv", False, "010110x00000xxxxxxxxxxxxx1010011"),                # fsqrt.s fsqrt.d
     ("fp", False, "xxxxxxxxxxxxxxxxxxxxxxxxx1010011"),                  # OP-FP
     ("fp", False, "xxxxxxxxxxxxxxxxxxxxxxxxx100xx11"),                  # fmadd fmsub fnmsub fnmadd
     ("load", False, "00010xxxxxxxxxxxxxxxxxxxx0101111"),                # lr

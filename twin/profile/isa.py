@@ -19,8 +19,10 @@ mul      scalar multiplies and multiply-accumulates: mul, mla, mls, smull, smlal
          RISC-V mul, mulh, mulhsu, mulhu
 div      integer division: sdiv, udiv, RISC-V div, divu, rem, remu
 branch   b, bl, blx, bx, cbz, cbnz, tbb, tbh, Armv8.1-M le/dls/wls; RISC-V jal, jalr, b<cond>
-fp       floating point arithmetic and moves: VFP v*.f32/f64 (vadd, vmul, vfma, vdiv, vsqrt,
-         vcvt, vcmp, vmov, vmrs ...), RISC-V F/D (fadd.s ...)
+fp       floating point arithmetic and moves: VFP v*.f32/f64 (vadd, vmul, vfma, vcvt, vcmp, vmov,
+         vmrs ...), RISC-V F/D (fadd.s ...), but not:
+fdiv     floating point divide and square root: vdiv, vsqrt; RISC-V fdiv, fsqrt (iterative units:
+         an order of magnitude slower than the other fp instructions)
 simd     Armv7E-M packed DSP/SIMD (sadd16, qadd, smlad, smuad, uxtb16, sxtab, sel, usad8, pkhbt
          ...), and Helium/MVE vector instructions with integer element types (vadd.i8, vmladava.s8
          -- objdump prints vmlava.s8 --, vaddva.s8, vshr.u8 ...), the untyped ones on Q registers
@@ -50,7 +52,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-CLASSES: tuple[str, ...] = ("alu", "load", "store", "mul", "div", "branch", "fp", "simd", "other")
+CLASSES: tuple[str, ...] = ("alu", "load", "store", "mul", "div", "branch", "fp", "fdiv", "simd", "other")
 
 # ---------------------------------------------------------------------------------------------
 # Arm (Thumb-2, Armv6-M .. Armv8.1-M) base mnemonics -> class
@@ -109,6 +111,8 @@ _add(_ARM_TABLE, "other", """
 # Vector (v*) mnemonics whose class depends on the element type: fp for .f16/.f32/.f64 or no type,
 # simd for integer element types (MVE).  Those always classed fp, whatever the suffix:
 _ARM_FP_ALWAYS = frozenset("vmov vmrs vmsr vcvt vcvtr vcvta vcvtn vcvtp vcvtm vcvtb vcvtt".split())
+# VFP divide and square root: class fdiv (Helium has neither).
+_ARM_FDIV = frozenset(("vdiv", "vsqrt"))
 # Helium (MVE) mnemonics printed without a type suffix (bitwise ops on Q registers, predication).
 _ARM_MVE_UNTYPED = frozenset("vand vbic vorr vorn veor vmvn vpst vpsel vpnot vshlc".split())
 # A Q register operand: the instruction is Helium (MVE) whatever its mnemonic (vmov q0, q1; vmov.i8 q0, #0).
@@ -151,8 +155,9 @@ _add(_RV_TABLE, "branch", """
     jal jalr beq bne blt bge bltu bgeu j jr beqz bnez blez bgez bltz bgtz bgt ble bgtu bleu
     call tail ret
 """)
+_add(_RV_TABLE, "fdiv", "fdiv fsqrt")
 _add(_RV_TABLE, "fp", """
-    fadd fsub fmul fdiv fsqrt fmin fmax fmadd fmsub fnmadd fnmsub fsgnj fsgnjn fsgnjx
+    fadd fsub fmul fmin fmax fmadd fmsub fnmadd fnmsub fsgnj fsgnjn fsgnjx
     fcvt fmv feq flt fle fclass fneg fabs frcsr fscsr frrm fsrm frflags fsflags
 """)
 _add(_RV_TABLE, "other", """
@@ -223,7 +228,7 @@ def _classify_arm(mnemonic: str) -> tuple[str, bool, bool]:
             return "simd", True, False
         if base.startswith("v") and (base in _ARM_FP_ALWAYS or types or base in _ARM_VFP_UNTYPED):
             if base in _ARM_FP_ALWAYS or not types or any(_FP_TYPE_RE.match(t) for t in types):
-                return "fp", True, False
+                return ("fdiv" if base in _ARM_FDIV else "fp"), True, False
             return "simd", True, False
         if base in _ARM_TABLE:
             return _ARM_TABLE[base], True, base in _ARM_MULTI
