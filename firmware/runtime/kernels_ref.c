@@ -500,8 +500,9 @@ void attention_head_q8(float *out, float *att, const float *q, const int8_t *key
 
 /* ------------------------------------------------ activation quantization */
 
-/* x (n values) -> int8 per group: scale = maxabs / 127, q = round(x / scale) in [-127, 127]
- * (q = 0 when scale is 0).
+/* x (n values) -> int8 per group: scale = maxabs / 127, q = round(x * (1 / scale)) in [-127, 127]
+ * where scale is normal (llama.cpp's Q8_0 rule: one divide per group, not per element), else
+ * round(x / scale) clamped (q = 0 when scale is 0; 1 / scale of a subnormal may overflow).
  * The padding up to a multiple of group_size is zero. */
 void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t group_size) {
     uint32_t ng = (n + group_size - 1) / group_size;
@@ -523,11 +524,12 @@ void quantize_act(int8_t *xq, float *xs, const float *x, uint32_t n, uint32_t gr
         xs[g] = scale;
         uint32_t j = lo;
         if (scale >= 0x1p-126f) {
-            /* a normal scale is maxabs / 127 within half an ulp, so |v| <= 127 + 2^-17 and
-             * |q| <= 127: the clamp below cannot act (the same bits without it) */
+            /* scale and inv are each within half an ulp, so |v| <= 127 (1 + 2^-24)^3 < 127.5 and
+             * |q| <= 127: no clamp needed */
+            float inv = 1.0f / scale;
 #pragma GCC unroll 4
             for (; j < hi; j++) {
-                float v = x[j] / scale;
+                float v = x[j] * inv;
                 xq[j] = (int8_t)(int32_t)(v + half_like(v));
             }
         } else if (scale != 0.0f) {

@@ -145,6 +145,24 @@ def test_int8_kv_cache_generation_matches_reference(driver, kv8_images, bits, te
     assert [int(t) for t in got] == expected
 
 
+def _near_ties(m: np.float32) -> list[np.float32]:
+    """Values x in (0, m) next to a tie k + 1/2 of x / scale (scale = m / 127, within 3 ulps of it) that
+    x * (1 / scale) rounds the other way (half away from zero); at most one per k."""
+    scale = np.float32(m / np.float32(127))
+    inv = np.float32(1) / scale
+    out = []
+    for k in range(1, 127):
+        x = np.float32((k + 0.5) * float(scale))
+        near = [x]
+        for toward in (np.float32(0), m):
+            y = x
+            for _ in range(3):
+                y = np.nextafter(y, toward)
+                near.append(y)
+        out += [y for y in near if np.floor(y / scale + np.float32(0.5)) != np.floor(y * inv + np.float32(0.5))][:1]
+    return out
+
+
 def test_quantize_act_bit_exact(driver):
     """quantize_act against the reference on vectors whose scales are normal, near the smallest normal
     and subnormal (where the clamp to [-127, 127] can act), with zero groups and padding."""
@@ -158,6 +176,12 @@ def test_quantize_act_bit_exact(driver):
             vectors.append(v)
     # maxabs where maxabs / 127 rounds to a subnormal with few bits: codes past 127 before the clamp
     vectors += [np.array([k * 2.0 ** -149 for k in range(1, 33)], dtype=np.float32) * s for s in (1, -1)]
+    # values next to the ties k + 1/2 of x / scale, where x * (1 / scale) rounds the other way: the codes
+    # tell the reciprocal rule from a divide per element
+    m = np.float32(2.7293658)
+    ties = _near_ties(m)
+    assert len(ties) >= 8
+    vectors.append(np.array([m, *ties], dtype=np.float32))
     stdin = "".join(" ".join(f"{int(u):08x}" for u in v.view(np.uint32)) + "\n" for v in vectors)
     lines = run(driver, "quant", 32, stdin=stdin).splitlines()
     assert len(lines) == 2 * len(vectors)
@@ -167,11 +191,16 @@ def test_quantize_act_bit_exact(driver):
         assert [int(c) for c in lines[2 * k].split()] == q.ravel().tolist(), f"codes differ, vector {k}"
         assert [int(h, 16) for h in lines[2 * k + 1].split()] == scale.view(np.uint32).tolist()
         normal = scale >= np.float32(2.0 ** -126)
-        raw = np.abs(v[: len(v) // 32 * 32].reshape(-1, 32) / np.where(scale[: len(v) // 32] > 0, scale[: len(v) // 32],
-                                                                        1)[:, None])
-        assert (raw[normal[: len(raw)]] < 127.5).all()                 # why the fast path needs no clamp
-        clamped += int((raw >= 127.5).sum())
+        g = v[: len(v) // 32 * 32].reshape(-1, 32)
+        safe = np.where(scale[: len(g)] > 0, scale[: len(g)], np.float32(1))[:, None]
+        with np.errstate(over="ignore"):
+            fast = np.abs(g * (np.float32(1) / safe))
+        assert (fast[normal[: len(g)]] < 127.5).all()                  # why the fast path needs no clamp
+        clamped += int((np.abs(g / safe)[~normal[: len(g)]] >= 127.5).sum())
     assert clamped > 0                                                 # the clamped path ran
+    q, scale = quantize_act(vectors[-1], 32)
+    divided = np.floor(vectors[-1] / scale[0] + np.float32(0.5))
+    assert (q.ravel()[: len(ties) + 1] != divided).sum() == len(ties)  # each tie rounds the other way
 
 
 def test_math_bit_exact(driver):

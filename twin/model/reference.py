@@ -129,7 +129,12 @@ def quantize_act(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray
     g = xp.reshape(ng, group_size)
     scale = np.abs(g).max(axis=1) / F(127.0)
     safe = np.where(scale != ZERO, scale, ONE).astype(F)
-    q = np.clip(_round_half_away(g / safe[:, None]), -127, 127)
+    # a normal scale: x * (1 / scale) (llama.cpp's Q8_0 rule); a subnormal one: x / scale, clamped
+    normal = (safe >= F(2.0**-126))[:, None]
+    with np.errstate(over="ignore", invalid="ignore"):         # 1 / a subnormal: inf, the other branch
+        inv = (ONE / safe)[:, None]
+        v = np.where(normal, g * inv, g / safe[:, None])
+    q = np.clip(_round_half_away(v), -127, 127)
     real = (np.arange(ng * group_size) < n).reshape(ng, group_size)
     q = np.where(real & (scale != ZERO)[:, None], q, 0).astype(np.int32)
     return q, scale
