@@ -15,7 +15,9 @@ Features (``FEATURES``, one value per workload × phase)::
                      kind, cores.yaml memory.fetch_hit): where the core's fetch width is known
                      (cores.yaml fetch_width_bytes) and the twin counted the executed instruction
                      bytes, fetches = fetch_bytes / width + taken branches (each transfer refetches);
-                     else one fetch per instruction
+                     else one fetch per instruction. On a core whose fetch path the twin simulates
+                     (Ibex without instruction cache: twin.profile.ibex_fetch), the cycles the wait
+                     states add as simulated, fetch and flash-load waits together
     flash_load_wait  flash loads that wait × effective flash wait states (model weights read from
                      flash): with the twin's simulation of the board's data cache (memory-traffic
                      counts), its misses × the accesses per line (``MemorySetup.load_fills``); else
@@ -310,10 +312,15 @@ def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
                    taken_fraction: float | None = None, flash_load_fraction: float | None = None,
                    fetch_bytes: float | None = None, fetch_width: float | None = None,
                    fetch_miss: float = 1.0, fetch_fills: float | None = None, load_miss: float = 1.0,
-                   load_fills: float | None = None) -> np.ndarray:
+                   load_fills: float | None = None, wait_cycles: float | None = None,
+                   wait_cycles_loads: bool = True) -> np.ndarray:
     """The ``FEATURES`` vector of one count set (a phase's instructions by class). ``fetch_fills``:
     the waiting fetches of a simulated cache (MemorySetup.fetch_fills), else fetches × ``fetch_miss``;
-    likewise ``load_fills`` (MemorySetup.load_fills), else flash loads × ``load_miss``."""
+    likewise ``load_fills`` (MemorySetup.load_fills), else flash loads × ``load_miss``.
+    ``wait_cycles``: the cycles the wait states add as the twin simulated the core's fetch path
+    (twin.profile.ibex_fetch: what a prefetch buffer hides behind multi-cycle instructions, what a
+    refill behind the fetches on the bus costs); then fetch_wait is those cycles, and flash_load_wait
+    0 when they include the flash loads' data waits (``wait_cycles_loads``)."""
     tables = load_tables()
     tf = taken_fraction if taken_fraction is not None else tables.figure("memory", "taken_fraction").value
     ff = (flash_load_fraction if flash_load_fraction is not None
@@ -329,6 +336,9 @@ def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
         fetches = float(fetch_bytes) / fetch_width + float(branches_taken)
     waiting = fetches * fetch_miss if fetch_fills is None else float(fetch_fills)
     loads_waiting = loads_flash * load_miss if load_fills is None else float(load_fills)
+    if wait_cycles is not None and not (isinstance(wait_cycles, float) and math.isnan(wait_cycles)):
+        return np.array([*counts, branches_taken, float(wait_cycles),
+                         0.0 if wait_cycles_loads else loads_waiting * wait_states])
     return np.array([*counts, branches_taken, waiting * wait_states, loads_waiting * wait_states])
 
 

@@ -30,7 +30,7 @@ from .cycles import (
 
 ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 OPTIONAL_FEATURES = ("loads_flash", "loads_sram", "stores_sram", "branches_taken", "branches_unresolved",
-                     "fetch_bytes", "icache_misses", "icache_prefetched", "dcache_misses")
+                     "fetch_bytes", "icache_misses", "icache_prefetched", "dcache_misses", "wait_cycles")
 TARGETS = ("cycles", "energy_j")
 OPTIONAL_COLUMNS = ("energy_j", "cycle_counter", "flash_wait_states", "compiler", "cflags", "bench_date")
 REQUIRED_COLUMNS = (*ID_COLUMNS, *CLASS_FEATURES, "cycles")
@@ -179,6 +179,7 @@ def feature_matrix(df: pd.DataFrame, *, taken_fraction: float | None = None,
                                    fetch_bytes=_opt(d.get("fetch_bytes")), fetch_width=widths[board],
                                    fetch_miss=1.0 if mem is None else mem.fetch_miss, fetch_fills=fills,
                                    load_miss=1.0 if mem is None else mem.load_miss, load_fills=load_fills,
+                                   wait_cycles=_opt(d.get("wait_cycles")),
                                    taken_fraction=taken_fraction, flash_load_fraction=flash_load_fraction))
     return np.array(rows, dtype=float).reshape(len(rows), len(FEATURES))
 

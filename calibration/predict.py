@@ -47,7 +47,7 @@ from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 8
+COUNTS_VERSION = 9
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}
@@ -89,6 +89,13 @@ class TwinCounts:
     # simulated data caches (memory-traffic runs) by key: lookups, misses of the flash loads; likewise
     prefill_dcache: dict[str, dict[str, float]] | None = None
     decode_dcache: dict[str, dict[str, float]] | None = None
+    # the cycles the flash wait states add as the twin simulated the core's fetch path at wait_cycles_ws
+    # wait states (twin.profile.ibex_fetch; decode: per token; None: not simulated), and whether they
+    # include the flash loads' data waits
+    prefill_wait_cycles: float | None = None
+    decode_wait_cycles: float | None = None
+    wait_cycles_ws: float | None = None
+    wait_cycles_loads: bool = True
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -194,6 +201,7 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
     dec_taken = taken("decode")
     fetch = ins.get("by_phase_fetch_bytes") or {}
     plat = get_platform(report["platform"])
+    wait = ins.get("by_phase_wait_cycles")
     return TwinCounts(
         platform=report["platform"], model=report["model"], build_id=report["firmware"]["build_id"],
         image_sha256=image_sha, prompt_tokens=len(report.get("prompt_tokens", [])),
@@ -211,12 +219,24 @@ def counts_from_report(report: dict, image_sha: str = "") -> TwinCounts:
         kernels=report.get("firmware", {}).get("kernels", "ref"),
         prefill_fetch_bytes=None if "prefill" not in fetch else float(fetch["prefill"]),
         decode_fetch_bytes=None if "decode" not in fetch else float(fetch["decode"]) / n_dec,
-        decode_functions=_per_token_functions(ins.get("decode_by_function"), n_dec),
+        decode_functions=_with_wait_cycles(_per_token_functions(ins.get("decode_by_function"), n_dec), wait, n_dec),
         prefill_icache=_per_token_caches(ins, "prefill", 1),
         decode_icache=_per_token_caches(ins, "decode", n_dec),
         prefill_dcache=_per_token_caches(ins, "prefill", 1, "by_phase_dcache"),
         decode_dcache=_per_token_caches(ins, "decode", n_dec, "by_phase_dcache"),
+        prefill_wait_cycles=None if wait is None else float(wait["prefill"]),
+        decode_wait_cycles=None if wait is None else float(wait["decode"]) / n_dec,
+        wait_cycles_ws=None if wait is None else float(wait["wait_states"]),
+        wait_cycles_loads=True if wait is None else bool(wait["flash_loads"]),
     )
+
+
+def _with_wait_cycles(functions: dict[str, dict] | None, wait: dict | None, n: int) -> dict[str, dict] | None:
+    """Each function's share of the simulated wait cycles (per token), where the report has them."""
+    if functions is None or wait is None or "decode_by_function" not in wait:
+        return functions
+    by_fn = wait["decode_by_function"]
+    return {f: {**d, "wait_cycles": float(by_fn.get(f, 0.0)) / n} for f, d in functions.items()}
 
 
 def _per_token_caches(ins: dict, phase: str, n: int, field: str = "by_phase_icache") -> dict[str, dict[str, float]] | None:
@@ -249,7 +269,8 @@ def _flash_left(loads_flash: float | None, functions: dict[str, dict]) -> float 
 
 def _features(mem: MemorySetup, width: float | None, by_class: Mapping[str, float], *,
               loads_flash: float | None, branches_taken: float | None, fetch_bytes: float | None,
-              icache: Mapping | None, dcache: Mapping | None = None) -> np.ndarray:
+              icache: Mapping | None, dcache: Mapping | None = None,
+              wait: tuple[float, bool] | None = None) -> np.ndarray:
     """``feature_vector`` of one count set for the board of ``mem``: with the fetches (loads) that wait
     from the counts' simulation of its instruction (data) cache where they carry one (``icache``,
     ``dcache``; the caller gives none for code of another ISA), else from its assumed miss fractions."""
@@ -257,7 +278,8 @@ def _features(mem: MemorySetup, width: float | None, by_class: Mapping[str, floa
     return feature_vector(by_class, wait_states=mem.wait_states, loads_flash=loads_flash,
                           branches_taken=branches_taken, fetch_bytes=fetch_bytes, fetch_width=width,
                           fetch_miss=mem.fetch_miss, fetch_fills=fills, load_miss=mem.load_miss,
-                          load_fills=mem.load_fills(dcache))
+                          load_fills=mem.load_fills(dcache), wait_cycles=None if wait is None else wait[0],
+                          wait_cycles_loads=True if wait is None else wait[1])
 
 
 def _function_cache(d: dict, field: str = "icache_misses") -> dict | None:
@@ -276,9 +298,10 @@ def _split_by_function(bm: BoardModel, mem: MemorySetup, width: float | None, fu
     1 + r: it depends on the token's mix) apply as to the whole."""
     out = {}
     for f, d in functions.items():
+        wait = d.get("wait")       # (its simulated wait cycles, whether they include the flash loads'), or None
         x = _features(mem, width, d["by_class"], loads_flash=d.get("loads_flash") or 0.0,
                       branches_taken=d["branches_taken"], fetch_bytes=d["fetch_bytes"], icache=_function_cache(d),
-                      dcache=_function_cache(d, "dcache_misses"))
+                      dcache=_function_cache(d, "dcache_misses"), wait=wait)
         t = {name: float(v) * bm.factor * residual_factor for name, v in zip(FEATURES, x * bm.coef, strict=True)}
         if bm.extra_per_fp:
             t["soft_float_calls"] = bm.extra_per_fp * _fp_ops(d["by_class"])
@@ -535,12 +558,13 @@ def _cv_summary(cv: dict) -> str:
 
 def _cycles(bm: BoardModel, mem: MemorySetup, width: float | None, by_class: dict[str, float],
             loads_flash: float | None, branches_taken: float | None, fetch_bytes: float | None = None,
-            icache: Mapping | None = None, dcache: Mapping | None = None) -> tuple[float, float, dict[str, float]]:
+            icache: Mapping | None = None, dcache: Mapping | None = None,
+            wait: tuple[float, bool] | None = None) -> tuple[float, float, dict[str, float]]:
     """(cycles, residual factor 1 + r, cycles by term): the factor is 1 without a residual; the terms
     (one per feature of the cycle model, with the residual and cross-core factors applied, and the
     soft-float calls of a cross-core prediction) add up to the cycles."""
     x = _features(mem, width, by_class, loads_flash=loads_flash, branches_taken=branches_taken,
-                  fetch_bytes=fetch_bytes, icache=icache, dcache=dcache)
+                  fetch_bytes=fetch_bytes, icache=icache, dcache=dcache, wait=wait)
     factor = 1.0 + float(bm.residual.correction(x[None, :])[0]) if bm.residual is not None else 1.0
     terms = {f: float(v) * factor * bm.factor for f, v in zip(FEATURES, x * bm.coef, strict=True)}
     if bm.extra_per_fp:
@@ -647,21 +671,30 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     width = msetup.fetch_width if same_isa else None
     pre_icache, dec_icache = (counts.prefill_icache, counts.decode_icache) if same_isa else (None, None)
     pre_dcache, dec_dcache = (counts.prefill_dcache, counts.decode_dcache) if same_isa else (None, None)
+    # the counts simulated this board's fetch path (twin.profile.ibex_fetch) at these wait states: the prior
+    # takes its cycles (a calibration keeps the feature it was fitted on: bench rows carry no simulation)
+    simulated = cal is None and proxy == plat.id and counts.wait_cycles_ws is not None and counts.wait_cycles_ws == ws
+    pre_wait = (counts.prefill_wait_cycles, counts.wait_cycles_loads) if simulated else None
+    dec_wait = (counts.decode_wait_cycles, counts.wait_cycles_loads) if simulated else None
     prefill_cycles, prefill_factor, _ = _cycles(bm, msetup, width, counts.prefill, counts.prefill_loads_flash,
                                                 counts.prefill_branches_taken, counts.prefill_fetch_bytes, pre_icache,
-                                                pre_dcache)
+                                                pre_dcache, wait=pre_wait)
     token_cycles, token_factor, token_terms = _cycles(bm, msetup, width, counts.decode, counts.decode_loads_flash,
                                                       counts.decode_branches_taken, counts.decode_fetch_bytes,
-                                                      dec_icache, dec_dcache)
+                                                      dec_icache, dec_dcache, wait=dec_wait)
     by_function = None
     if counts.decode_functions:   # where the token's cycles go, by function (+ what no function gets)
-        per_fn = {f: {**d, "same_isa": same_isa} for f, d in counts.decode_functions.items()}
+        per_fn = {f: {**d, "same_isa": same_isa,
+                      "wait": (d["wait_cycles"], counts.wait_cycles_loads) if simulated and "wait_cycles" in d else None}
+                  for f, d in counts.decode_functions.items()}
         fns = _split_by_function(bm, msetup, width, per_fn, token_factor)
         rest = _unattributed(bm, msetup, width, counts.decode,
                              _flash_left(counts.decode_loads_flash, per_fn),
                              sum(d["branches_unresolved"] for d in per_fn.values()), token_factor,
                              _fills_left(msetup, counts.decode, counts.decode_fetch_bytes, dec_icache, per_fn),
-                             _load_fills_left(msetup, dec_dcache, per_fn))
+                             _load_fills_left(msetup, dec_dcache, per_fn),
+                             simulated_wait=dec_wait is not None and all(d["wait"] for d in per_fn.values()),
+                             wait_loads=counts.wait_cycles_loads)
         by_function = {"functions": {f: d["cycles"] for f, d in fns.items()},
                        "unattributed": sum(rest.values())}
     token_s = token_cycles / clock_hz
@@ -669,7 +702,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     notes = list(bm.notes)
     x = _features(msetup, width, counts.decode, loads_flash=counts.decode_loads_flash,    # a token's
                   branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
-                  icache=dec_icache, dcache=dec_dcache)
+                  icache=dec_icache, dcache=dec_dcache, wait=dec_wait)
     if cal is not None:   # terms past the calibration's rows (more wait states than any it saw) widen it
         excess = float(cal.cycles.excess(x)[0])
         if excess > 0.005:
@@ -678,6 +711,10 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
             notes.append(f"interval widened by ±{grow:.1%}: {excess:.0%} of this token's predicted cycles are "
                          f"in terms larger than in any calibrated row (band {cal.cycles.extrapolation['band']:g} × "
                          "that share; e.g. fetch stalls at more wait states than the calibration saw)")
+    if dec_wait is not None:
+        notes.append(f"fetch and flash-load stalls from the twin's cycle model of the {plat.core} fetch path at "
+                     f"{ws:g} wait states (twin.profile.ibex_fetch): {counts.decode_wait_cycles:,.0f} cycles per token"
+                     + ("" if counts.wait_cycles_loads else "; flash loads' data waits added as flash loads × wait states"))
     if counts.decode_loads_flash is None:
         notes.append("memory traffic not counted: loads_flash = flash_load_fraction × loads (assumption)")
     else:
@@ -797,12 +834,14 @@ def _load_fills_left(mem: MemorySetup, dcache: Mapping | None, functions: dict[s
 
 def _unattributed(bm: BoardModel, mem: MemorySetup, width: float | None, by_class: dict[str, float],
                   loads_flash: float | None, unresolved: float, residual_factor: float = 1.0,
-                  fills_left: float | None = None, load_fills_left: float | None = None) -> dict[str, float]:
+                  fills_left: float | None = None, load_fills_left: float | None = None,
+                  simulated_wait: bool = False, wait_loads: bool = True) -> dict[str, float]:
     """The terms of a token no function can be given: the flash-load wait states of ``loads_flash``
     (the loads not counted per function: ``_flash_left``; None, an assumed share of the loads), the
     unresolved conditional branches' assumed taken share (its refill and, with a fetch width and no
     simulated cache, its refetch) and, with a simulated cache, the waits of its prefetched lines
-    (``fills_left``)."""
+    (``fills_left``). With ``simulated_wait`` (the functions carry the simulated wait cycles, which sum to
+    the token's) no fetch wait is left, nor a flash-load wait where they include the loads' (``wait_loads``)."""
     rest = np.zeros(len(FEATURES))
     guessed = measured_taken(0.0, unresolved)
     ws = mem.wait_states
@@ -813,6 +852,10 @@ def _unattributed(bm: BoardModel, mem: MemorySetup, width: float | None, by_clas
         rest[FEATURES.index("fetch_wait")] = guessed * ws * mem.fetch_miss if width else 0.0
     rest[FEATURES.index("flash_load_wait")] = (load_fills_left * ws if load_fills_left is not None else feature_vector(
         by_class, wait_states=ws, loads_flash=loads_flash, load_miss=mem.load_miss)[FEATURES.index("flash_load_wait")])
+    if simulated_wait:
+        rest[FEATURES.index("fetch_wait")] = 0.0
+        if wait_loads:
+            rest[FEATURES.index("flash_load_wait")] = 0.0
     terms = {f: float(v) * bm.factor * residual_factor for f, v in zip(FEATURES, rest * bm.coef, strict=True)}
     if bm.extra_per_fp:
         terms["soft_float_calls"] = 0.0     # every float instruction is some function's
@@ -820,7 +863,7 @@ def _unattributed(bm: BoardModel, mem: MemorySetup, width: float | None, by_clas
 
 
 def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[SegmentProfile], *,
-                    ran_on: str | None = None, clock_mhz: float | None = None) -> dict:
+                    ran_on: str | None = None, clock_mhz: float | None = None, wait: dict | None = None) -> dict:
     """The prior's cycles of one decoded token per function, each split by term, and what no function
     can be given.
 
@@ -840,7 +883,9 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
     (``taken_fraction`` × their executions, the model's assumption for the whole token; where they ran
     is in ``branches_unresolved_by_function``). Σ ``functions[f]["cycles"]`` + ``unattributed["cycles"]``
     == ``per_token``, which is ``predict_from_counts(...)["cycles"]["per_token"]`` for the same counts, and
-    likewise term by term with ``per_token_terms`` (to float rounding)."""
+    likewise term by term with ``per_token_terms`` (to float rounding). ``wait``: the run report's
+    ``instructions.by_phase_wait_cycles`` of the same run (the twin's simulation of the fetch path,
+    twin.profile.ibex_fetch), used as predict_from_counts uses it."""
     plat = get_platform(platform) if isinstance(platform, str) else platform
     profiles = [decode] if isinstance(decode, SegmentProfile) else list(decode)
     if not profiles:
@@ -869,16 +914,21 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
     mix = {c: v / n for c, v in tot.by_class.items()}
     icache = {k: {s: v / n for s, v in d.items()} for k, d in tot.icache.items()} if same_isa else None
     dcache = {k: {s: v / n for s, v in d.items()} for k, d in tot.dcache.items()} if same_isa else None
+    simulated = wait is not None and ran.id == plat.id and float(wait["wait_states"]) == ws
+    dec_wait = (wait["decode"] / n, bool(wait["flash_loads"])) if simulated else None
     per_token, _, per_token_terms = _cycles(bm, msetup, width, mix, None if loads_flash is None else loads_flash / n,
-                                            taken / n, tot.fetch_bytes / n, icache, dcache)
+                                            taken / n, tot.fetch_bytes / n, icache, dcache, wait=dec_wait)
 
-    per_fn = {f: {**d, "same_isa": same_isa} for f, d in (_per_token_functions(function_table(tot), n) or {}).items()}
+    per_fn = {f: {**d, "same_isa": same_isa,
+                  "wait": (wait["decode_by_function"].get(f, 0.0) / n, dec_wait[1]) if simulated else None}
+              for f, d in (_per_token_functions(function_table(tot), n) or {}).items()}
     functions = _split_by_function(bm, msetup, width, per_fn)
     rest_terms = _unattributed(bm, msetup, width, mix,
                                _flash_left(None if loads_flash is None else loads_flash / n, per_fn),
                                tot.branches_unresolved / n, 1.0,
                                _fills_left(msetup, mix, tot.fetch_bytes / n, icache, per_fn),
-                               _load_fills_left(msetup, dcache, per_fn))
+                               _load_fills_left(msetup, dcache, per_fn),
+                               simulated_wait=simulated, wait_loads=True if dec_wait is None else dec_wait[1])
     notes = [*bm.notes,
              "per function: the prior applied to each function's instructions by class, taken branches and "
              "instruction bytes; cross-core factor and soft-float calls as for the whole token; no residual",

@@ -31,6 +31,7 @@ from twin.model import modelgen
 from twin.model.image import QuantRecipe, read_image, write_image
 from twin.model.reference import QuantReference
 from twin.platforms import Platform, get_platform, with_kernels
+from twin.profile import ibex_fetch
 from twin.profile.counts import (
     DATA_CACHE_KINDS,
     CacheGeometry,
@@ -311,6 +312,25 @@ def prompt_tokens(text: str, tokenizer, vocab_size: int) -> tuple[list[int], str
     return ids, note
 
 
+def _wait_cycles(platform: Platform, dump: Dump | None, elf: Path, phases: list[Phase]) -> dict | None:
+    """``{"model", "wait_states", "flash_loads", "validate", "prefill", "decode", "decode_by_function"}``: the
+    cycles the board's flash wait states add to each phase as twin.profile.ibex_fetch simulates the core's fetch path,
+    from the plugin's block and edge counts (the phase's segments, ``phases`` in segment order); None
+    where that model does not apply (ibex_fetch.board_wait_states) or there is no dump with edges."""
+    ws = ibex_fetch.board_wait_states(platform)
+    if ws is None or dump is None or dump.edges is None:
+        return None
+    out: dict = {"model": "ibex-prefetch", "wait_states": ws, "flash_loads": dump.mem_sites is not None}
+    for name, kind in (("validate", PhaseKind.VALIDATE), ("prefill", PhaseKind.PREFILL),
+                       ("decode", PhaseKind.DECODE)):
+        segs = [2 * i + 1 for i, ph in enumerate(phases) if ph.kind == kind]
+        r = ibex_fetch.wait_cycles(dump, elf, segs, ws) if segs else {"cycles": 0.0, "by_function": {}}
+        out[name] = r["cycles"]
+        if name == "decode":
+            out["decode_by_function"] = r["by_function"]     # they sum to decode
+    return out
+
+
 def run(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None) -> dict:
     """Profile one generation on one emulated platform; returns the report (see ``twin run --json``)."""
     return run_with_dump(spec, on_phase)[0]
@@ -378,6 +398,7 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
     prefill, decode = of_kind[PhaseKind.PREFILL], of_kind[PhaseKind.DECODE]
     prefill_sum, decode_sum = sum_profiles(prefill), sum_profiles(decode)
     inference = sum_profiles([prefill_sum, decode_sum])
+    wait_cycles = _wait_cycles(platform, dump, firmware.elf, all_phases)
     tokens = [p.token for p in phases if p.kind == PhaseKind.DECODE]
     ranked = sorted(inference.by_function.items(), key=lambda kv: (-kv[1], kv[0]))
     return {
@@ -414,6 +435,9 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
             "by_phase_dcache": {"prefill": prefill_sum.dcache, "decode": decode_sum.dcache},
             # the decoded tokens per function (summed): what calibration.predict splits the cycles by
             "decode_by_function": function_table(decode_sum),
+            # the cycles the flash wait states add as the twin simulated the core's fetch path (Ibex without
+            # instruction cache: twin.profile.ibex_fetch), decode summed over the tokens; None elsewhere
+            "by_phase_wait_cycles": wait_cycles,
         },
         "functions": [{"name": k, "instructions": v} for k, v in ranked if v > 0],
         "memory_traffic": {"prefill": prefill_sum.mem, "decode": decode_sum.mem} if spec.mem_traffic else None,

@@ -55,7 +55,7 @@ def _adds_up(fc: dict) -> None:
 
 def test_functions_and_remainder_add_up_to_twin_predict(decoded):
     plat, report, decode, derived = decoded
-    fc = P.function_cycles(plat, decode)
+    fc = P.function_cycles(plat, decode, wait=report["instructions"]["by_phase_wait_cycles"])
     _adds_up(fc)
     # the same generation through the run report: predict_from_counts' figure, term by term
     pred = P.predict_from_counts(plat, P.counts_from_report(report))
@@ -92,8 +92,12 @@ def test_functions_and_remainder_add_up_to_twin_predict(decoded):
     per_fn = {f: sum(m.get(r, {}).get("loads", 0) for r in ("code", "model")) / TOKENS
               for f, m in total.mem_by_function.items()}
     assert sum(per_fn.values()) == pytest.approx(loads)
+    wait = report["instructions"]["by_phase_wait_cycles"]
     for f, v in fc["functions"].items():
-        if mem.dcache is None:     # each function's flash loads × the assumed miss fraction
+        if wait is not None:       # the twin's cycle model of the Ibex fetch path: fetch and data waits together
+            assert v["terms"]["flash_load_wait"] == 0
+            assert v["terms"]["fetch_wait"] == pytest.approx(wait["decode_by_function"].get(f, 0.0) / TOKENS)
+        elif mem.dcache is None:   # each function's flash loads × the assumed miss fraction
             assert v["terms"]["flash_load_wait"] == pytest.approx(per_fn.get(f, 0) * mem.wait_states * (1 - mem.data_hit))
         else:                      # each function's simulated data-cache misses
             misses = total.dcache_misses_by_function[mem.dcache.key].get(f, 0) / TOKENS
@@ -164,7 +168,7 @@ def test_other_boards_cross_core_and_soft_float(decoded, monkeypatch):
         return dataclasses.replace(real(*a, **kw), factor=1.7, extra_per_fp=9.0)
 
     monkeypatch.setattr(P, "board_model", forced)
-    fc = P.function_cycles(plat, decode)
+    fc = P.function_cycles(plat, decode, wait=report["instructions"]["by_phase_wait_cycles"])
     _adds_up(fc)
     pred = P.predict_from_counts(plat, counts)["cycles"]
     assert fc["per_token"] == pytest.approx(pred["per_token"], rel=1e-12)

@@ -31,7 +31,7 @@ from twin.device.rtl import RtlProcess
 from twin.device.transport import Device, DeviceGone, DeviceTimeout
 from twin.model.image import read_image
 from twin.platforms import Platform, get_platform
-from twin.profile import isa
+from twin.profile import ibex_fetch, isa
 from twin.profile.counts import DATA_CACHE_KINDS, SegmentProfile, own_cache
 from twin.runner import RunSpec, model_image, profiled_session
 
@@ -41,7 +41,7 @@ ID_COLUMNS = ("board", "platform", "workload", "phase", "clock_hz", "build_id")
 FEATURE_COLUMNS = tuple(f"n_{c}" for c in isa.CLASSES)
 MEMORY_COLUMNS = ("loads_flash", "loads_sram", "stores_sram")
 COLUMNS = (*ID_COLUMNS, *FEATURE_COLUMNS, *MEMORY_COLUMNS, "branches_taken", "branches_unresolved", "fetch_bytes",
-           "icache_misses", "icache_prefetched", "dcache_misses", "instructions", "cycles",
+           "icache_misses", "icache_prefetched", "dcache_misses", "wait_cycles", "instructions", "cycles",
            "cycle_counter", "energy_j", "size", "iterations", "checksum", "compiler", "cflags", "bench_date")
 
 
@@ -156,6 +156,18 @@ class _TwinRun:
     measurements: list[Measurement]           # validation first, then the plan
     profiles: list[SegmentProfile]            # one per measurement
     info: Info
+    wait_cycles: list[float | None]           # per measurement: the wait states' cycles, simulated (_wait_cycles)
+
+
+def _wait_cycles(platform: Platform, dump, elf: Path, segments: list[int], clock_hz: int | None) -> list[float | None]:
+    """Per segment, the cycles the board's flash wait states add to its fetches and flash loads as the twin
+    simulates the core's fetch path (twin.profile.ibex_fetch), where that model applies and the run counted
+    the loads per instruction (memory traffic); None elsewhere (the calibration then takes the additive
+    fetch and flash-load terms)."""
+    ws = ibex_fetch.board_wait_states(platform, clock_hz)
+    if ws is None or dump is None or dump.edges is None or dump.mem_sites is None:
+        return [None] * len(segments)
+    return [ibex_fetch.wait_cycles(dump, elf, [k], ws)["cycles"] for k in segments]
 
 
 def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list[SuiteItem],
@@ -184,8 +196,9 @@ def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list
     if len(segments) != expected:
         raise BenchError(f"the twin's profile has {len(segments)} segments, {expected} expected for "
                          f"{len(plan)} phases: the phase markers and the protocol disagree")
-    return _TwinRun([_validation(name, boot, info), *plan], [segments[1 + 2 * k] for k in range(len(plan) + 1)],
-                    info)
+    cut = [1 + 2 * k for k in range(len(plan) + 1)]
+    return _TwinRun([_validation(name, boot, info), *plan], [segments[k] for k in cut], info,
+                    _wait_cycles(platform, s.dump, fw.elf, cut, info.clock_hz))
 
 
 def _signal_name(signum: int) -> str:
@@ -197,12 +210,15 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _features(p: SegmentProfile | None, cache_key: str | None = None, dcache_key: str | None = None) -> dict:
+def _features(p: SegmentProfile | None, cache_key: str | None = None, dcache_key: str | None = None,
+              wait_cycles: float | None = None) -> dict:
     if p is None:
         return {**dict.fromkeys(FEATURE_COLUMNS, ""), **dict.fromkeys(MEMORY_COLUMNS, ""), "instructions": "",
                 "branches_taken": "", "branches_unresolved": "", "fetch_bytes": "", "icache_misses": "",
-                "icache_prefetched": "", "dcache_misses": ""}
+                "icache_prefetched": "", "dcache_misses": "", "wait_cycles": ""}
     out = {f"n_{c}": p.by_class.get(c, 0) for c in isa.CLASSES}
+    # the wait states' cycles where the twin simulated the core's fetch path (fetch and flash-load waits)
+    out["wait_cycles"] = "" if wait_cycles is None else round(wait_cycles, 1)
     out["instructions"] = p.total
     out["fetch_bytes"] = p.fetch_bytes
     # the board's own instruction cache as the twin simulated it (twin.profile.counts.catalog_caches)
@@ -310,7 +326,8 @@ def bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> Benc
             "phase": m.phase,
             "clock_hz": info.clock_hz,
             "build_id": info.build_id,
-            **_features(twin.profiles[k] if twin else None, cache_key, dcache_key),
+            **_features(twin.profiles[k] if twin else None, cache_key, dcache_key,
+                        twin.wait_cycles[k] if twin else None),
             "cycles": m.cycles if counter != "none" else 0,
             "cycle_counter": counter,
             "energy_j": "" if energies is None or energies[k] is None else f"{energies[k]:.9g}",
