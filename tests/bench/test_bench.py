@@ -148,7 +148,8 @@ def test_bench_cli_writes_the_measured_rows_and_says_what_is_missing(tmp_path, i
 
 def _synthetic_dataset(path: Path) -> None:
     """Rows whose cycles a 'board' measured: a known cost per class."""
-    cost = {"alu": 1, "load": 2, "store": 1, "mul": 1, "div": 7, "branch": 2, "fp": 1, "simd": 1, "other": 1}
+    cost = {"alu": 1, "load": 2, "store": 1, "mul": 1, "div": 7, "branch": 2, "fp": 1, "fdiv": 14, "simd": 1,
+            "other": 1}
     rows = []
     for k, (name, mix) in enumerate([("alu", {"alu": 9, "branch": 1}), ("load", {"load": 8, "alu": 2}),
                                       ("div", {"div": 8, "alu": 2}), ("mix", {"mul": 4, "fp": 3, "store": 3}),
@@ -242,7 +243,7 @@ def test_bench_calibrate_predict_chain(tmp_path, image):
     assert r.exit_code == 0, r.output
     rows = _read(data)
     hidden = {"alu": 1.0, "load": 2.2, "store": 1.1, "mul": 1.0, "div": 7.0, "branch": 2.6, "fp": 1.3,
-              "simd": 1.0, "other": 1.0}
+              "fdiv": 14.0, "simd": 1.0, "other": 1.0}
     for row in rows:
         row["cycles"] = str(round(sum(hidden[c] * int(row[f"n_{c}"]) for c in isa.CLASSES)))
         row["cycle_counter"] = "dwt"
