@@ -671,9 +671,9 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     width = msetup.fetch_width if same_isa else None
     pre_icache, dec_icache = (counts.prefill_icache, counts.decode_icache) if same_isa else (None, None)
     pre_dcache, dec_dcache = (counts.prefill_dcache, counts.decode_dcache) if same_isa else (None, None)
-    # the counts simulated this board's fetch path (twin.profile.ibex_fetch) at these wait states: the prior
-    # takes its cycles (a calibration keeps the feature it was fitted on: bench rows carry no simulation)
-    simulated = cal is None and proxy == plat.id and counts.wait_cycles_ws is not None and counts.wait_cycles_ws == ws
+    # the counts simulated this board's fetch path (twin.profile.ibex_fetch) at these wait states: its cycles
+    # are the wait terms (as in a bench row's wait_cycles column, which a calibration of the board was fitted on)
+    simulated = proxy == plat.id and counts.wait_cycles_ws is not None and counts.wait_cycles_ws == ws
     pre_wait = (counts.prefill_wait_cycles, counts.wait_cycles_loads) if simulated else None
     dec_wait = (counts.decode_wait_cycles, counts.wait_cycles_loads) if simulated else None
     prefill_cycles, prefill_factor, _ = _cycles(bm, msetup, width, counts.prefill, counts.prefill_loads_flash,
