@@ -16,7 +16,7 @@ Features (``FEATURES``, one value per workload × phase)::
                      (cores.yaml fetch_width_bytes) and the twin counted the executed instruction
                      bytes, fetches = fetch_bytes / width + taken branches (each transfer refetches);
                      else one fetch per instruction. On a core whose fetch path the twin simulates
-                     (Ibex without instruction cache: twin.profile.ibex_fetch), the cycles the wait
+                     (Ibex, CV32E40P without cache: twin.profile.fetch_path), the cycles the wait
                      states add as simulated, fetch and flash-load waits together
     flash_load_wait  flash loads that wait × effective flash wait states (model weights read from
                      flash): with the twin's simulation of the board's data cache (memory-traffic
@@ -318,7 +318,7 @@ def feature_vector(by_class: Mapping[str, float], *, wait_states: float,
     the waiting fetches of a simulated cache (MemorySetup.fetch_fills), else fetches × ``fetch_miss``;
     likewise ``load_fills`` (MemorySetup.load_fills), else flash loads × ``load_miss``.
     ``wait_cycles``: the cycles the wait states add as the twin simulated the core's fetch path
-    (twin.profile.ibex_fetch: what a prefetch buffer hides behind multi-cycle instructions, what a
+    (twin.profile.fetch_path: what a prefetch buffer hides behind multi-cycle instructions, what a
     refill behind the fetches on the bus costs); then fetch_wait is those cycles, and flash_load_wait
     0 when they include the flash loads' data waits (``wait_cycles_loads``)."""
     tables = load_tables()

@@ -90,7 +90,7 @@ class TwinCounts:
     prefill_dcache: dict[str, dict[str, float]] | None = None
     decode_dcache: dict[str, dict[str, float]] | None = None
     # the cycles the flash wait states add as the twin simulated the core's fetch path at wait_cycles_ws
-    # wait states (twin.profile.ibex_fetch; decode: per token; None: not simulated), and whether they
+    # wait states (twin.profile.fetch_path; decode: per token; None: not simulated), and whether they
     # include the flash loads' data waits
     prefill_wait_cycles: float | None = None
     decode_wait_cycles: float | None = None
@@ -671,7 +671,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     width = msetup.fetch_width if same_isa else None
     pre_icache, dec_icache = (counts.prefill_icache, counts.decode_icache) if same_isa else (None, None)
     pre_dcache, dec_dcache = (counts.prefill_dcache, counts.decode_dcache) if same_isa else (None, None)
-    # the counts simulated this board's fetch path (twin.profile.ibex_fetch) at these wait states: its cycles
+    # the counts simulated this board's fetch path (twin.profile.fetch_path) at these wait states: its cycles
     # are the wait terms (as in a bench row's wait_cycles column, which a calibration of the board was fitted on)
     simulated = proxy == plat.id and counts.wait_cycles_ws is not None and counts.wait_cycles_ws == ws
     pre_wait = (counts.prefill_wait_cycles, counts.wait_cycles_loads) if simulated else None
@@ -713,7 +713,7 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
                          "that share; e.g. fetch stalls at more wait states than the calibration saw)")
     if dec_wait is not None:
         notes.append(f"fetch and flash-load stalls from the twin's cycle model of the {plat.core} fetch path at "
-                     f"{ws:g} wait states (twin.profile.ibex_fetch): {counts.decode_wait_cycles:,.0f} cycles per token"
+                     f"{ws:g} wait states (twin.profile.fetch_path): {counts.decode_wait_cycles:,.0f} cycles per token"
                      + ("" if counts.wait_cycles_loads else "; flash loads' data waits added as flash loads × wait states"))
     if counts.decode_loads_flash is None:
         notes.append("memory traffic not counted: loads_flash = flash_load_fraction × loads (assumption)")
@@ -885,7 +885,7 @@ def function_cycles(platform: Platform | str, decode: SegmentProfile | Sequence[
     == ``per_token``, which is ``predict_from_counts(...)["cycles"]["per_token"]`` for the same counts, and
     likewise term by term with ``per_token_terms`` (to float rounding). ``wait``: the run report's
     ``instructions.by_phase_wait_cycles`` of the same run (the twin's simulation of the fetch path,
-    twin.profile.ibex_fetch), used as predict_from_counts uses it."""
+    twin.profile.fetch_path), used as predict_from_counts uses it."""
     plat = get_platform(platform) if isinstance(platform, str) else platform
     profiles = [decode] if isinstance(decode, SegmentProfile) else list(decode)
     if not profiles:

@@ -31,7 +31,7 @@ from twin.model import modelgen
 from twin.model.image import QuantRecipe, read_image, write_image
 from twin.model.reference import QuantReference
 from twin.platforms import Platform, get_platform, with_kernels
-from twin.profile import ibex_fetch
+from twin.profile import fetch_path
 from twin.profile.counts import (
     DATA_CACHE_KINDS,
     CacheGeometry,
@@ -314,17 +314,18 @@ def prompt_tokens(text: str, tokenizer, vocab_size: int) -> tuple[list[int], str
 
 def _wait_cycles(platform: Platform, dump: Dump | None, elf: Path, phases: list[Phase]) -> dict | None:
     """``{"model", "wait_states", "flash_loads", "validate", "prefill", "decode", "decode_by_function"}``: the
-    cycles the board's flash wait states add to each phase as twin.profile.ibex_fetch simulates the core's fetch path,
+    cycles the board's flash wait states add to each phase as twin.profile.fetch_path simulates the core's fetch path,
     from the plugin's block and edge counts (the phase's segments, ``phases`` in segment order); None
-    where that model does not apply (ibex_fetch.board_wait_states) or there is no dump with edges."""
-    ws = ibex_fetch.board_wait_states(platform)
+    where no model applies (fetch_path.board_wait_states) or there is no dump with edges."""
+    ws = fetch_path.board_wait_states(platform)
     if ws is None or dump is None or dump.edges is None:
         return None
-    out: dict = {"model": "ibex-prefetch", "wait_states": ws, "flash_loads": dump.mem_sites is not None}
+    out: dict = {"model": fetch_path.MODELS[platform.core].report, "wait_states": ws,
+                 "flash_loads": dump.mem_sites is not None}
     for name, kind in (("validate", PhaseKind.VALIDATE), ("prefill", PhaseKind.PREFILL),
                        ("decode", PhaseKind.DECODE)):
         segs = [2 * i + 1 for i, ph in enumerate(phases) if ph.kind == kind]
-        r = ibex_fetch.wait_cycles(dump, elf, segs, ws) if segs else {"cycles": 0.0, "by_function": {}}
+        r = fetch_path.wait_cycles(dump, elf, segs, ws, core=platform.core) if segs else {"cycles": 0.0, "by_function": {}}
         out[name] = r["cycles"]
         if name == "decode":
             out["decode_by_function"] = r["by_function"]     # they sum to decode
@@ -436,7 +437,8 @@ def run_with_dump(spec: RunSpec, on_phase: Callable[[Phase], None] | None = None
             # the decoded tokens per function (summed): what calibration.predict splits the cycles by
             "decode_by_function": function_table(decode_sum),
             # the cycles the flash wait states add as the twin simulated the core's fetch path (Ibex without
-            # instruction cache: twin.profile.ibex_fetch), decode summed over the tokens; None elsewhere
+            # instruction cache, CV32E40P without FPU: twin.profile.fetch_path), decode summed over the tokens;
+            # None elsewhere
             "by_phase_wait_cycles": wait_cycles,
         },
         "functions": [{"name": k, "instructions": v} for k, v in ranked if v > 0],

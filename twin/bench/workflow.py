@@ -31,7 +31,7 @@ from twin.device.rtl import RtlProcess
 from twin.device.transport import Device, DeviceGone, DeviceTimeout
 from twin.model.image import read_image
 from twin.platforms import Platform, get_platform
-from twin.profile import ibex_fetch, isa
+from twin.profile import fetch_path, isa
 from twin.profile.counts import DATA_CACHE_KINDS, SegmentProfile, own_cache
 from twin.runner import RunSpec, model_image, profiled_session
 
@@ -161,13 +161,13 @@ class _TwinRun:
 
 def _wait_cycles(platform: Platform, dump, elf: Path, segments: list[int], clock_hz: int | None) -> list[float | None]:
     """Per segment, the cycles the board's flash wait states add to its fetches and flash loads as the twin
-    simulates the core's fetch path (twin.profile.ibex_fetch), where that model applies and the run counted
+    simulates the core's fetch path (twin.profile.fetch_path), where a model applies and the run counted
     the loads per instruction (memory traffic); None elsewhere (the calibration then takes the additive
     fetch and flash-load terms)."""
-    ws = ibex_fetch.board_wait_states(platform, clock_hz)
+    ws = fetch_path.board_wait_states(platform, clock_hz)
     if ws is None or dump is None or dump.edges is None or dump.mem_sites is None:
         return [None] * len(segments)
-    return [ibex_fetch.wait_cycles(dump, elf, [k], ws)["cycles"] for k in segments]
+    return [fetch_path.wait_cycles(dump, elf, [k], ws, core=platform.core)["cycles"] for k in segments]
 
 
 def _twin(platform: Platform, fw: Firmware, image_path: Path | None, suite: list[SuiteItem],
