@@ -210,7 +210,8 @@ KERNEL void k_store(uint8_t *base, uint32_t blocks, uint32_t n)
 #endif
 }
 
-/* Eight conditional branches per iteration, every one taken (to the next instruction). */
+/* Eight conditional branches per iteration, every one taken, over a nop: a branch to its own
+ * fall-through would look not taken to the twin's edge counts (the next block starts there either way). */
 KERNEL uint32_t k_branch_taken(uint32_t n)
 {
 #if defined(WL_THUMB2)
@@ -218,6 +219,7 @@ KERNEL uint32_t k_branch_taken(uint32_t n)
                      "1:\n\t"
                      ".rept 8\n\t"
                      "bne 2f\n\t"
+                     "nop\n\t"                  /* skipped: the target is not the fall-through */
                      "2:\n\t"
                      ".endr\n\t"
                      LOOP_END("n")
@@ -226,6 +228,7 @@ KERNEL uint32_t k_branch_taken(uint32_t n)
     __asm__ volatile("1:\n\t"
                      ".rept 8\n\t"
                      "beq %[n], %[n], 2f\n\t"
+                     "nop\n\t"
                      "2:\n\t"
                      ".endr\n\t"
                      LOOP_END("n")

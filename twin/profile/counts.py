@@ -1212,7 +1212,8 @@ def _insn_size(b: _BranchInfo, addr: int) -> int:
 def _exact_splits(b: _BranchInfo, dump: Dump, k: int, ids: np.ndarray, counts: np.ndarray
                   ) -> tuple[dict[int, int], dict[int, int | None]]:
     """Like :func:`_derive_splits`, from the plugin's edge counts: a conditional branch was taken
-    whenever its block was followed by a block that does not start at its fall-through address."""
+    whenever its block was followed by a block that does not start at its fall-through address. One
+    whose target is its fall-through cannot be told either way: unresolved (None)."""
     assert dump.edges is not None
     exec_e = _weighted_counts(b.tb_end[ids], counts, len(b.ends))
     execs = {int(b.ends[j]): int(exec_e[j]) for j in np.flatnonzero(exec_e)}
@@ -1222,9 +1223,10 @@ def _exact_splits(b: _BranchInfo, dump: Dump, k: int, ids: np.ndarray, counts: n
     taken_e = _weighted_counts(src_end[moved], cnt[moved], len(b.ends))
     taken: dict[int, int | None] = {}
     for e, n in execs.items():
-        if b.kind.get(e, (_UNKNOWN, None))[0] == _COND:
+        kd, target = b.kind.get(e, (_UNKNOWN, None))
+        if kd == _COND:
             j = int(np.searchsorted(b.ends, e))
-            taken[e] = min(int(taken_e[j]), n)
+            taken[e] = None if target == int(b.end_fall[j]) else min(int(taken_e[j]), n)
     return execs, taken
 
 
