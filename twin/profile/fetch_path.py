@@ -256,6 +256,16 @@ class _Blocks:
         return [(*r[:4], SEQ, *r[4:]) for r in self.info[self.next][0]] if self.next is not None else []
 
 
+def _port_step(busy: bool, left: int, gnt: bool, answering: bool, w: int) -> tuple[bool, int]:
+    """Our SoC's port (rtl/soc/twin_soc.sv twin_port) one cycle on: a grant starts a w-cycle wait, the
+    answer frees it, a wait counts down."""
+    if gnt:
+        return True, w
+    if answering:
+        return False, left
+    return busy, left - 1 if busy else left
+
+
 def simulate(trace: Sequence[tuple[int, int, int, float, int]], wait_states: int,
              flash_draws: np.ndarray, data_wait: int | None = None) -> np.ndarray:
     """The cycle each instruction of ``trace`` entered ID/EX, and last the cycle the last one left it,
@@ -335,12 +345,7 @@ def simulate(trace: Sequence[tuple[int, int, int, float, int]], wait_states: int
         elif new_req:
             fetch_addr += 4
         pend = [req_addr, req_discard] if valid_req and not gnt else None
-        if gnt:
-            busy, left = True, w
-        elif answering:
-            busy = False
-        elif busy:
-            left -= 1
+        busy, left = _port_step(busy, left, gnt, answering, w)
         if pc_set:
             if_addr, nxt = target, (cur + 1 if cur >= 0 else 0)
         if cur >= 0:
@@ -436,12 +441,7 @@ def simulate_cv32e40p(trace: Sequence[tuple], wait_states: int, flash_draws: np.
             registered = True
         elif registered and gnt:
             registered = False
-        if gnt:
-            busy, left = True, w
-        elif answering:
-            busy = False
-        elif busy:
-            left -= 1
+        busy, left = _port_step(busy, left, gnt, answering, w)
         # the pipeline
         if exk >= 0 and ex_ready:                             # EX to WB; a load then waits for its answer
             wb_until = max(wb_until, cycle + 1 + wb_wait[exk])  # (a branch leaves EX while WB waits)
