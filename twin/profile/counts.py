@@ -9,6 +9,7 @@ functions (ELF symbol table), one :class:`SegmentProfile` per interval between m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -600,7 +601,14 @@ class _FunctionTable:
 
 
 def _function_table(elf_path: Path | str) -> _FunctionTable:
-    """Function symbols of the ELF; a symbol without size extends to the next one."""
+    """Function symbols of the ELF; a symbol without size extends to the next one (read once per file
+    version: a bench asks for them per segment)."""
+    st = Path(elf_path).stat()
+    return _function_table_cached(str(elf_path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _function_table_cached(elf_path: str, mtime_ns: int, size: int) -> _FunctionTable:
     with open(elf_path, "rb") as f:
         elf = ELFFile(f)
         arm = _is_arm(elf)
