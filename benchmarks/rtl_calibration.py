@@ -35,6 +35,7 @@ from twin.device.rtl import RtlProcess  # noqa: E402
 from twin.model import modelgen  # noqa: E402
 from twin.model.image import write_image  # noqa: E402
 from twin.platforms import get_platform  # noqa: E402
+from twin.profile import fetch_path  # noqa: E402
 from twin.runner import backend_session  # noqa: E402
 
 BOARDS = ("rtl-ibex", "rtl-ibex-ws2", "rtl-cv32e40p", "rtl-cv32e40p-ws3")
@@ -102,7 +103,8 @@ def phase_errors(cal, df: pd.DataFrame, prior: np.ndarray | None = None) -> list
     """(phase, measured, prior %, calibrated %, low %, high %, inside) for prefill and decode."""
     X = feature_matrix(df)
     y = df["cycles"].to_numpy(float)
-    p_cal, lo, hi = cal.cycles.predict_interval(X)
+    simulated = "wait_cycles" in df and df["wait_cycles"].notna().all()   # the twin's fetch-path model's
+    p_cal, lo, hi = cal.cycles.predict_interval(X, fetch_band=fetch_path.UNCERTAINTY if simulated else None)
     out = []
     for phase in ("prefill", "decode"):
         k = df["phase"].str.startswith(phase).to_numpy()
@@ -138,7 +140,8 @@ def main() -> None:
                   f"{len(train)} rows, CV {summary['cv_mape_percent']:.2f}%", flush=True)
             speed = harness_speed(board)
             print(f"  harness: {speed.get('cycles_per_second', 0) / 1e6:.2f} M simulated cycles/s; interval "
-                  f"±{100 * cal.cycles.q:.1f}% ({cal.cycles.cv.get('interval', {}).get('basis')})", flush=True)
+                  f"±{100 * cal.cycles.q:.1f}% of the core's cycles, ±{100 * cal.cycles.q * cal.cycles.scale(feature_matrix(train)).mean():.1f}% "
+                  f"of the suite rows' ({cal.cycles.cv.get('interval', {}).get('basis')})", flush=True)
             print(f"  {'held-out model':<16}{'phase':<9}{'measured':>12}{'prior':>9}{'calibrated':>11}"
                   f"{'interval':>18}  inside")
             measured_here[board] = []

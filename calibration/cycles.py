@@ -56,6 +56,9 @@ CLASS_FEATURES: tuple[str, ...] = tuple(f"n_{c}" for c in CLASSES)
 # The profiler's memory regions (twin.runner.memory_regions) whose loads are loads_flash.
 FLASH_REGIONS: tuple[str, ...] = ("code", "model")
 FEATURES: tuple[str, ...] = (*CLASS_FEATURES, "branches_taken", "fetch_wait", "flash_load_wait")
+# The wait-state terms: the memory's cycles, not the core's (core_share).
+MEMORY_FEATURES: tuple[str, ...] = ("fetch_wait", "flash_load_wait")
+MEMORY_COLUMNS: list[int] = [FEATURES.index(f) for f in MEMORY_FEATURES]
 
 
 class CycleModelError(ValueError):
@@ -364,13 +367,31 @@ def intensities(X) -> np.ndarray:
     return X / np.maximum(n, 1e-12)
 
 
-def extrapolation(X, coef, support) -> np.ndarray:
+def core_share(X, coef) -> np.ndarray:
+    """Per row, the share of its linear prediction X · coef in the core's own terms (the instruction
+    classes and taken branches), not the memory wait terms (MEMORY_FEATURES): what a calibration's
+    error is measured against (``ConformalInterval(scaled=True)``). A calibration fitted where wait
+    states dominate has its error in the rest; on a board with fewer, that rest is more of the cycles.
+    1 for every row when X has no memory columns."""
+    X = np.atleast_2d(np.asarray(X, dtype=float))
+    coef = np.asarray(coef, dtype=float)
+    if X.shape[1] < len(FEATURES):
+        return np.ones(len(X))
+    total = X @ coef
+    mem = X[:, MEMORY_COLUMNS] @ coef[MEMORY_COLUMNS]
+    share = np.where(total > 0, 1.0 - mem / np.maximum(total, 1e-12), 1.0)
+    return np.clip(share, 1e-3, 1.0)
+
+
+def extrapolation(X, coef, support, bands=None) -> np.ndarray:
     """Per row, the share of its linear prediction X · coef beyond what the fit saw: for each feature
     the part of x_j above support_j × the row's instructions (``support``: the largest x_j per
     instruction over the fitted rows, 0 for a feature they never had, whose cost is then the prior's,
-    unmeasured), weighted by its cost."""
+    unmeasured), weighted by its cost. ``bands`` (one per feature): each feature's part × its band
+    instead, the relative uncertainty of what lies beyond (calibration.store.FittedModel.half_width)."""
     X = np.atleast_2d(np.asarray(X, dtype=float))
     n = X[:, : len(CLASS_FEATURES)].sum(axis=1, keepdims=True)
     beyond = np.clip(X - np.asarray(support, dtype=float) * n, 0.0, None)
     coef = np.asarray(coef, dtype=float)
-    return (beyond @ coef) / np.maximum(X @ coef, 1e-12)
+    weighted = coef if bands is None else coef * np.asarray(bands, dtype=float)
+    return (beyond @ weighted) / np.maximum(X @ coef, 1e-12)

@@ -30,7 +30,7 @@ from sklearn.pipeline import Pipeline
 
 from twin.platforms import PlatformError, get_platform
 
-from .cycles import CLASS_FEATURES, FEATURES, extrapolation, intensities, prior_coefficients
+from .cycles import CLASS_FEATURES, FEATURES, core_share, extrapolation, intensities, prior_coefficients
 from .dataset import feature_matrix
 from .residual import mix_inputs as _mix
 
@@ -203,12 +203,17 @@ class ResidualBoosted(RegressorMixin, BaseEstimator):
 
 
 class ConformalInterval(RegressorMixin, BaseEstimator):
-    """Split-conformal intervals around ``estimator`` on relative residuals |y - ŷ| / ŷ.
+    """Split-conformal intervals around ``estimator`` on relative residuals |y - ŷ| / (ŷ · s).
 
     ``fit`` holds out ``calibration_size`` of the rows (whole groups when ``groups`` is given, so
     the interval reflects unseen workloads), fits the estimator on the rest, and takes the
     ⌈(n+1)(1-α)⌉-th smallest calibration score as ``q_``: the interval ŷ·(1 ± q_) then covers a new
-    exchangeable point with probability >= 1 - α.
+    exchangeable point with probability >= 1 - α. s is 1, or with ``scaled`` (the cycle model) the
+    row's core share (``cycles.core_share``: its predicted cycles less the memory wait terms, as a
+    share): the interval is then ŷ·(1 ± q_·s), normalized conformal prediction with the core's cycles
+    as the difficulty. The memory terms are counts × wait states or the twin's simulation of the fetch
+    path; the error is in what the fit learned per instruction, so a calibration fitted at many wait
+    states (s small) keeps its error, relative to the core's cycles, on a board with none (s = 1).
 
     Exchangeable means like the fitted rows. A row with more of a term per instruction than any fitted
     row (a board with more wait states than any fitted one: its fetch-stall term never measured) gets
@@ -220,12 +225,13 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
     wait states and asked at 2, 57 % of a token's cycles are past the support and the error is 10 %.)"""
 
     def __init__(self, estimator=None, alpha: float = 0.1, calibration_size: float = 0.25,
-                 random_state: int = 0, extrapolation_band: float = 0.25):
+                 random_state: int = 0, extrapolation_band: float = 0.25, scaled: bool = False):
         self.estimator = estimator
         self.alpha = alpha
         self.calibration_size = calibration_size
         self.random_state = random_state
         self.extrapolation_band = extrapolation_band
+        self.scaled = scaled
 
     def fit(self, X, y, groups=None):
         if not 0 < self.alpha < 1:
@@ -245,7 +251,7 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
         base = self.estimator if self.estimator is not None else NonNegativeLinear()
         self.estimator_ = clone(base).fit(X[train], y[train])
         pred = self.estimator_.predict(X[cal])
-        scores = np.sort(np.abs(y[cal] - pred) / np.maximum(pred, 1e-12))
+        scores = np.sort(np.abs(y[cal] - pred) / np.maximum(pred * self.scale(X[cal]), 1e-12))
         n = len(scores)
         k = math.ceil((n + 1) * (1 - self.alpha))
         self.q_ = float(scores[k - 1]) if k <= n else float("inf")
@@ -258,13 +264,23 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.estimator_.predict(_as_matrix(X))
 
-    def half_width(self, X) -> np.ndarray:
-        """The relative half-width per row: q_, plus the band on what reaches past the fitted rows."""
+    def scale(self, X) -> np.ndarray:
+        """Per row, what q_ is relative to, as a share of the prediction: 1, or the core share."""
         X = _as_matrix(X)
-        if self.support_ is None:
-            return np.full(len(X), self.q_)
         linear = getattr(self.estimator_, "base_", self.estimator_)
-        return self.q_ + self.extrapolation_band * extrapolation(X, linear.coef_, self.support_)
+        if not self.scaled or not hasattr(linear, "coef_"):
+            return np.ones(len(X))
+        return core_share(X, linear.coef_)
+
+    def half_width(self, X) -> np.ndarray:
+        """The relative half-width per row: q_ × its scale, plus the band on what reaches past the
+        fitted rows."""
+        X = _as_matrix(X)
+        h = self.q_ * self.scale(X)
+        if self.support_ is None:
+            return h
+        linear = getattr(self.estimator_, "base_", self.estimator_)
+        return h + self.extrapolation_band * extrapolation(X, linear.coef_, self.support_)
 
     def predict_interval(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pred = self.predict(X)
@@ -279,7 +295,7 @@ def make_cycle_model(prior: str | None = None, *, prior_strength: float = 1e-4, 
     linear = NonNegativeLinear(prior=prior, prior_strength=prior_strength if prior else 0.0)
     est = ResidualBoosted(base=linear) if residual else linear
     return Pipeline([("features", CycleFeatures(taken_fraction, flash_load_fraction)),
-                     ("model", ConformalInterval(est, alpha=alpha))])
+                     ("model", ConformalInterval(est, alpha=alpha, scaled=True))])
 
 
 def _final_and_features(model, X):
@@ -322,6 +338,7 @@ def cross_validate_grouped(model, X, y, groups, *, n_splits: int | None = None, 
         raise ValueError("cross-validation needs at least 2 groups")
     splitter = LeaveOneGroupOut() if n_splits is None or n_groups <= n_splits else GroupKFold(n_splits)
     preds = np.full(len(y), np.nan)
+    scales = np.ones(len(y))   # what each row's interval is relative to (ConformalInterval.scale)
     low = np.full(len(y), np.nan)
     high = np.full(len(y), np.nan)
     fold_mape = []
@@ -335,12 +352,13 @@ def cross_validate_grouped(model, X, y, groups, *, n_splits: int | None = None, 
         if hasattr(final, "predict_interval"):
             p, lo, hi = predict_interval(m, tst)
             low[test], high[test] = lo, hi
+            scales[test] = final.scale(_final_and_features(m, tst)[1])
         else:
             p = m.predict(tst)
         preds[test] = p
         fold_mape.append(mape(y[test], p))
     out = {"mape_percent": mape(y, preds), "fold_mape_percent": fold_mape, "n_folds": len(fold_mape),
-           "n_groups": n_groups, "predictions": preds}
+           "n_groups": n_groups, "predictions": preds, "scales": scales}
     if not np.isnan(low).all():
         out["coverage"] = float(np.mean((y >= low) & (y <= high)))
         out["mean_interval_width_percent"] = float(np.mean((high - low) / preds) * 100.0)

@@ -110,7 +110,7 @@ def _finite_interval(fitted, unfitted, X, y, groups, alpha: float, cv: dict, wha
     if representative is not None and int(representative.sum()) >= need and len(np.unique(groups)) >= 2:
         r = cross_validate_grouped(unfitted, X, y, groups, n_splits=10)
         p = r["predictions"]
-        scores = np.abs(y - p) / np.maximum(p, 1e-12)
+        scores = np.abs(y - p) / np.maximum(p * r["scales"], 1e-12)
         scores = np.sort(scores[representative & np.isfinite(scores)])
         k = math.ceil((len(scores) + 1) * (1 - alpha))
         if k <= len(scores):
@@ -123,7 +123,7 @@ def _finite_interval(fitted, unfitted, X, y, groups, alpha: float, cv: dict, wha
         return q
     r = cross_validate_grouped(unfitted, X, y, groups, n_splits=10)
     p = r["predictions"]
-    scores = np.sort(np.abs(y - p) / np.maximum(p, 1e-12))
+    scores = np.sort(np.abs(y - p) / np.maximum(p * r["scales"], 1e-12))
     scores = scores[np.isfinite(scores)]
     if not len(scores):
         raise DatasetError(f"no finite out-of-fold {what} error from {len(y)} rows: cannot size an interval")
@@ -209,10 +209,10 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = P
     if not prior_strength >= 0:
         raise ValueError(f"prior_strength must be a number >= 0, got {prior_strength!r}")
     linear = NonNegativeLinear(prior=prior, prior_strength=prior_strength, min_cost=min_cost)
-    candidates = {LINEAR: ConformalInterval(linear, alpha=alpha)}
+    candidates = {LINEAR: ConformalInterval(linear, alpha=alpha, scaled=True)}
     if choice != "off":
         candidates[WITH_RESIDUAL] = ConformalInterval(ResidualBoosted(base=linear, residual=residual_model),
-                                                      alpha=alpha)
+                                                      alpha=alpha, scaled=True)
     cvs = {}
     for kind, candidate in candidates.items():
         cvs[kind] = {"by_workload": _cv(candidate, X, y, df["workload"].to_numpy())}
@@ -239,7 +239,7 @@ def calibrate(df: pd.DataFrame, *, alpha: float = 0.1, prior_strength: float = P
     coef = store.clamp_coef(coefficients_dict(linear_fit.coef_))
     support = intensities(X).max(axis=0)
     extrap = {"band": model.extrapolation_band, "support": {f: float(v) for f, v in zip(FEATURES, support, strict=True)}}
-    cycles = FittedModel(coef, alpha, q, cv, residual=block, extrapolation=extrap)
+    cycles = FittedModel(coef, alpha, q, cv, residual=block, extrapolation=extrap, q_scale="core")
 
     energy = None
     has_energy = measured(df, "energy_j").to_numpy()

@@ -25,6 +25,7 @@ import numpy as np
 
 from twin import atomic
 from twin.platforms import PORTABLE_KERNELS, Platform, get_platform, runs_kernels
+from twin.profile import fetch_path
 from twin.profile.counts import SegmentProfile, function_table, sum_profiles
 from twin.profile.isa import CLASSES
 
@@ -703,14 +704,20 @@ def predict_from_counts(plat: Platform, counts: TwinCounts, *, clock_mhz: float 
     x = _features(msetup, width, counts.decode, loads_flash=counts.decode_loads_flash,    # a token's
                   branches_taken=counts.decode_branches_taken, fetch_bytes=counts.decode_fetch_bytes,
                   icache=dec_icache, dcache=dec_dcache, wait=dec_wait)
-    if cal is not None:   # terms past the calibration's rows (more wait states than any it saw) widen it
-        excess = float(cal.cycles.excess(x)[0])
+    if cal is not None:   # the calibration's interval for this token's terms (ConformalInterval)
+        m = cal.cycles
+        band = fetch_path.UNCERTAINTY if dec_wait is not None else None
+        h = float(m.half_width(x, fetch_band=band)[0])
+        bm = dataclasses.replace(bm, rel_low=h, rel_high=h)
+        share, excess = float(m.scale(x)[0]), float(m.excess(x)[0])
+        if m.q_scale == "core":
+            notes.append(f"calibration interval ±{m.q:.1%} of the core's own cycles (instruction classes and "
+                         f"taken branches: {share:.0%} of this token's; the rest are wait states): ±{m.q * share:.1%}")
         if excess > 0.005:
-            grow = cal.cycles.half_width(x)[0] - cal.cycles.q
-            bm = dataclasses.replace(bm, rel_low=bm.rel_low + grow, rel_high=bm.rel_high + grow)
-            notes.append(f"interval widened by ±{grow:.1%}: {excess:.0%} of this token's predicted cycles are "
-                         f"in terms larger than in any calibrated row (band {cal.cycles.extrapolation['band']:g} × "
-                         "that share; e.g. fetch stalls at more wait states than the calibration saw)")
+            notes.append(f"interval widened by ±{h - m.q * share:.1%}: {excess:.0%} of this token's predicted "
+                         "cycles are in terms larger than in any calibrated row (e.g. fetch stalls at more wait "
+                         f"states than the calibration saw), × band {m.extrapolation['band']:g}"
+                         + (f" ({band:g} for the wait cycles of the twin's fetch-path model)" if band is not None else ""))
     if dec_wait is not None:
         notes.append(f"fetch and flash-load stalls from the twin's cycle model of the {plat.core} fetch path at "
                      f"{ws:g} wait states (twin.profile.fetch_path): {counts.decode_wait_cycles:,.0f} cycles per token"

@@ -1,7 +1,8 @@
 """Versioned calibration files (JSON) with provenance; every prediction cites the file's ``id``.
 
 A file holds, for one core, the fitted non-negative coefficients of the cycle model (and of the
-energy model when energy was measured), the conformal interval half-width ``q`` (relative), and
+energy model when energy was measured), the conformal interval half-width ``q`` (relative: to the
+prediction, or with ``q_scale: core`` to its core share, calibration.cycles.core_share), and
 where it all came from: firmware build ids, compiler and flags, boards, clocks, bench date, the
 SHA-256 of the dataset and the cross-validated error.  ``load`` validates and names what is wrong.
 
@@ -12,6 +13,7 @@ Version 1 files (no residual) load as before.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cycles import FEATURES, extrapolation
+from .cycles import FEATURES, core_share, extrapolation
 from .residual import ResidualBlockError, StoredResidual, check_block, check_storable_type, export_residual
 
 FORMAT = "tinyllm-twin-calibration"
@@ -46,14 +48,19 @@ class FittedModel:
     # past the support gets q + b × the share of its cycles beyond it (estimators.ConformalInterval);
     # None: a file without it
     extrapolation: dict | None = field(default=None, hash=False)
+    # what q is relative to: "prediction" (the whole predicted value, as files before it wrote) or
+    # "core" (the prediction's core share, calibration.cycles.core_share: estimators.ConformalInterval)
+    q_scale: str = "prediction"
 
     def to_dict(self) -> dict:
-        """The JSON object; no ``residual`` / ``extrapolation`` key when there is none (as version 1
-        wrote it)."""
+        """The JSON object; no ``residual`` / ``extrapolation`` / ``q_scale`` key when there is none
+        (as version 1 wrote it)."""
         d = asdict(self)
         for k in ("residual", "extrapolation"):
             if d[k] is None:
                 del d[k]
+        if d["q_scale"] == "prediction":
+            del d["q_scale"]
         return d
 
     @cached_property
@@ -79,16 +86,30 @@ class FittedModel:
         support = [self.extrapolation["support"].get(f, 0.0) for f in FEATURES]
         return extrapolation(X, self.coef_vector(), support)
 
-    def half_width(self, X) -> np.ndarray:
-        """The relative half-width per row: q, plus the band on the excess share."""
-        band = float(self.extrapolation["band"]) if self.extrapolation else 0.0
-        return self.q + band * self.excess(X)
+    def scale(self, X) -> np.ndarray:
+        """Per row, what q is relative to, as a share of the prediction (1, or the core share)."""
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        return core_share(X, self.coef_vector()) if self.q_scale == "core" else np.ones(len(X))
 
-    def predict_interval(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def half_width(self, X, fetch_band: float | None = None) -> np.ndarray:
+        """The relative half-width per row: q × its scale, plus the band on the excess share.
+        ``fetch_band``: the band of the fetch_wait term instead, for rows whose wait cycles are the
+        twin's simulation of the board's fetch path (twin.profile.fetch_path.UNCERTAINTY), not
+        counts × wait states."""
+        h = self.q * self.scale(X)
+        if not self.extrapolation:
+            return h
+        bands = np.full(len(FEATURES), float(self.extrapolation["band"]))
+        if fetch_band is not None:
+            bands[FEATURES.index("fetch_wait")] = fetch_band
+        support = [self.extrapolation["support"].get(f, 0.0) for f in FEATURES]
+        return h + extrapolation(X, self.coef_vector(), support, bands)
+
+    def predict_interval(self, X, fetch_band: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(prediction, low, high) exactly as the fitted ``ConformalInterval``: ŷ·(1 ± h), low >= 0,
-        h = q + band × the excess share (``half_width``)."""
+        h = q × the scale + band × the excess share (``half_width``)."""
         pred = self.predict(X)
-        h = self.half_width(X)
+        h = self.half_width(X, fetch_band)
         return pred, np.maximum(pred * (1 - h), 0.0), pred * (1 + h)
 
 
@@ -161,7 +182,7 @@ def _clamped(cal: Calibration) -> Calibration:
         if m is None:
             return None
         coef = clamp_coef(m.coef)
-        return m if coef == m.coef else FittedModel(coef, m.alpha, m.q, m.cv, m.residual, m.extrapolation)
+        return m if coef == m.coef else dataclasses.replace(m, coef=coef)
 
     cycles, energy = fix(cal.cycles), fix(cal.energy)
     if cycles is cal.cycles and energy is cal.energy:
@@ -259,7 +280,7 @@ def from_dict(d: object, where: str = "calibration") -> Calibration:
 def _model(d: dict) -> FittedModel:
     return FittedModel(coef={k: float(v) for k, v in d["coef"].items()}, alpha=float(d["alpha"]),
                        q=float(d["q"]), cv=d.get("cv", {}), residual=d.get("residual"),
-                       extrapolation=d.get("extrapolation"))
+                       extrapolation=d.get("extrapolation"), q_scale=d.get("q_scale", "prediction"))
 
 
 def _fail(where: str, what: str) -> CalibrationFileError:
@@ -287,6 +308,8 @@ def _check_model(m: object, where: str, features: tuple[str, ...]) -> None:
     q = m.get("q")
     if not _number(q) or q < 0:
         raise _fail(where, f"field 'q' must be a finite number >= 0, got {q!r}")
+    if m.get("q_scale", "prediction") not in ("prediction", "core"):
+        raise _fail(where, f"field 'q_scale' must be 'prediction' or 'core', got {m.get('q_scale')!r}")
     ext = m.get("extrapolation")
     if ext is not None:
         band, support = (ext.get("band"), ext.get("support")) if isinstance(ext, dict) else (None, None)

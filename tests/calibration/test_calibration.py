@@ -303,23 +303,27 @@ def test_fit_calibration_api_and_dataset_files(bench, tmp_path):
 
 def test_rows_past_the_calibrated_support_get_a_wider_interval(bench, tmp_path):
     """A calibration records each feature's largest count per instruction over its rows; a row past it
-    (here: 20 times the fetch waits) gets q + band × the share of its cycles beyond, and a file written
-    before the field existed keeps the plain q."""
+    (here: 20 times the fetch waits) gets q × its core share + band × the share of its cycles beyond
+    (a smaller band for the fetch term when asked), and a file written before the fields existed keeps
+    the plain q."""
     import dataclasses
 
     cal = calibrate(bench.query("board == 'stm32f4-disco'"))
     m = cal.cycles
     x = feature_matrix(bench.query("board == 'stm32f4-disco'"))[:1]
-    assert np.allclose(m.half_width(x), m.q, atol=1e-9)            # a fitted row: inside the support
+    assert m.q_scale == "core" and 0.5 < m.scale(x)[0] < 1          # the row has fetch and flash-load waits
+    assert np.allclose(m.half_width(x), m.q * m.scale(x), atol=1e-9)  # a fitted row: inside the support
     far = x.copy()
     far[:, FEATURES.index("fetch_wait")] *= 20
-    grow = m.half_width(far)[0] - m.q
+    assert m.scale(far)[0] < m.scale(x)[0]
+    grow = m.half_width(far)[0] - m.q * m.scale(far)[0]
     assert grow > 0.05 and np.isclose(grow, m.extrapolation["band"] * m.excess(far)[0])
+    assert np.isclose(m.half_width(far, fetch_band=0.05)[0] - m.q * m.scale(far)[0], 0.05 * m.excess(far)[0])
     pred, lo, hi = m.predict_interval(far)
-    assert np.isclose(hi[0] / pred[0] - 1, m.q + grow)
-    old = dataclasses.replace(cal, cycles=dataclasses.replace(m, extrapolation=None))
+    assert np.isclose(hi[0] / pred[0] - 1, m.q * m.scale(far)[0] + grow)
+    old = dataclasses.replace(cal, cycles=dataclasses.replace(m, extrapolation=None, q_scale="prediction"))
     d = old.to_dict()
-    assert "extrapolation" not in d["cycles"]
+    assert "extrapolation" not in d["cycles"] and "q_scale" not in d["cycles"]
     d["id"] = old.compute_id()
     (tmp_path / "old.json").write_text(json.dumps(d))
     assert store.load(tmp_path / "old.json").cycles.half_width(far)[0] == m.q

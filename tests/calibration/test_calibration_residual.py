@@ -113,7 +113,7 @@ def test_loaded_file_predicts_what_the_fitted_model_predicts(nonlinear, tmp_path
         iv = r["token_seconds"]
         assert _rel([iv["value"], iv["low"], iv["high"]], np.array([tok, tok_lo, tok_hi]) / clock) <= 1e-9
         ttft = r["ttft_seconds"]
-        assert _rel(ttft["high"], (pre + tok) * (1 + cal.cycles.q) / clock) <= 1e-9
+        assert _rel(ttft["high"], (pre + tok) * (tok_hi / tok) / clock) <= 1e-9   # the token's relative interval
         assert r["calibration"] == cal.id
         info = r["calibration_info"]
         assert info["id"] == cal.id and info["residual"] is True and info["model"] == "linear+residual"

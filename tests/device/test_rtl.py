@@ -31,6 +31,7 @@ from twin.platforms import (
     get_platform,
     parse_platform,
 )
+from twin.profile import fetch_path
 from twin.runner import RunSpec, rtl_session, run
 
 TWIN = [str(Path(sys.executable).with_name("twin"))]   # the installed console script
@@ -282,6 +283,15 @@ def test_calibration_on_the_suite_predicts_unseen_models_within_3_percent(tmp_pa
     err = abs(cal.cycles.predict(feature_matrix(df))[k].sum() / y - 1)
     err_unbounded = abs(unbounded.cycles.predict(feature_matrix(df))[k].sum() / y - 1)
     assert err < 0.05 and err < err_unbounded, (f"{100 * err:.1f}%", f"{100 * err_unbounded:.1f}%")
+    # and its interval there covers mcycle: q is relative to the core's own cycles (calibration.cycles.core_share),
+    # about half of a suite row's at 2 wait states and all of a token's without, so it widens on that board
+    # (relative to the whole prediction, as before, it covered 0.17 of the held-out phases calibrated on
+    # rtl-cv32e40p-ws3 and asked for rtl-cv32e40p, 0.92 here: benchmarks/rtl_calibration.py)
+    X0, y0 = feature_matrix(df), df["cycles"].to_numpy(float)
+    _, lo0, hi0 = cal.cycles.predict_interval(X0)
+    k = df["phase"].str.startswith(("prefill", "decode")).to_numpy()
+    assert np.all((lo0 <= y0)[k] & (y0 <= hi0)[k])
+    assert np.all(cal.cycles.scale(X0[k]) > 0.99) and np.median(cal.cycles.scale(feature_matrix(suite))) < 0.8
 
 
 def test_the_fetch_path_model_predicts_the_wait_states_cycles(tmp_path: Path) -> None:
@@ -362,25 +372,28 @@ def test_a_calibration_without_wait_states_widens_its_interval_where_they_are(tm
     cal = store.load(tmp_path / "cal.json").cycles
     assert cal.extrapolation["support"]["fetch_wait"] == 0.0      # no row had a wait state
     image = tiny_image(tmp_path, name="d48q8", dim=48, hidden_dim=128, n_layers=2, n_heads=6, n_kv_heads=2, bits=8)
+    band = fetch_path.UNCERTAINTY     # the rows' wait cycles are the fetch-path model's, not fetches × ws
     for board, widened in (("rtl-ibex-ws2", True), ("rtl-ibex", False)):
         df = dataset(board, board, model=str(image), tokens=2, suite=[])
         X, y = feature_matrix(df), df["cycles"].to_numpy(float)
-        pred, lo, hi = cal.predict_interval(X)
+        pred, lo, hi = cal.predict_interval(X, fetch_band=band)
         for phase in ("prefill", "decode"):
             k = df["phase"].str.startswith(phase).to_numpy()
             assert np.all((lo[k] <= y[k]) & (y[k] <= hi[k])), (board, phase)
             assert np.all(np.abs(pred[k] / y[k] - 1) < 0.03), (board, phase, pred[k] / y[k] - 1)
-            if widened:
-                assert np.all(cal.half_width(X[k]) > cal.q + 0.05)
+            if widened:   # over the error of the core's cycles, the band × the share past the support
+                assert np.all(cal.excess(X[k]) > 0.3)
+                assert np.all(cal.half_width(X[k], fetch_band=band) > cal.q * cal.scale(X[k]) + 0.3 * band)
+                assert np.all(cal.half_width(X[k], fetch_band=band) < cal.half_width(X[k]))  # additive: 0.25
             else:
-                assert np.allclose(cal.half_width(X[k]), cal.q, atol=0.005)
+                assert np.allclose(cal.half_width(X[k], fetch_band=band), cal.q, atol=0.005)
     report = run(RunSpec(platform="rtl-ibex-ws2", model=str(image), prompt="ab", tokens=2, mem_traffic=True,
                          board=False))
     p = predict_from_counts(get_platform("rtl-ibex-ws2"), counts_from_report(report),
                             calibration=tmp_path / "cal.json")
     assert any(n.startswith("interval widened by") for n in p["notes"]), p["notes"]
     t = p["token_seconds"]
-    assert t["high"] / t["value"] - 1 > store.load(tmp_path / "cal.json").cycles.q + 0.05
+    assert t["high"] / t["value"] - 1 > 0.3 * band
 
 
 def test_the_fpu_board_runs_rv32f_in_hardware_bit_exact(tmp_path: Path) -> None:
