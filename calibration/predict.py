@@ -48,7 +48,7 @@ from .mca import McaEstimate
 from .residual import StoredResidual
 
 DEFAULT_TOKENS = 8
-COUNTS_VERSION = 9
+COUNTS_VERSION = 10
 # Relative half-widths of the prior's bands by confidence (not measured coverage: a calibration
 # file replaces them with conformal intervals whose coverage was cross-validated).
 PRIOR_BANDS = {"high": (0.25, 0.25), "medium": (0.4, 0.4), "low": (0.5, 1.0)}

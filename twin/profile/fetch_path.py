@@ -472,7 +472,7 @@ def wait_cycles(dump: Dump, elf: Path | str, segments: Sequence[int], wait_state
     the same by function of the instruction that waited (time from its entry into ID at w minus at 0;
     they sum to cycles; "?" outside every function symbol), "flash_loads": whether the loads' data
     waits are in them (the dump had per-instruction memory counts), "walk": instructions simulated}``."""
-    sim, follow = MODELS[core].simulate, MODELS[core].follow
+    sim = MODELS[core].simulate
     blocks = _Blocks(dump, isa.disassemble(elf, "riscv"), segments, core)
     if not blocks.instructions or wait_states <= 0:
         return {"cycles": 0.0, "by_function": {}, "flash_loads": blocks.flash_known, "walk": 0}
@@ -483,9 +483,8 @@ def wait_cycles(dump: Dump, elf: Path | str, segments: Sequence[int], wait_state
     per_walk: list[float] = []    # each walk's wait cycles per counted instruction
     while simulated < walk:       # short walks from stationary starts (one long walk from one block would
         trace = blocks.walk(WARM_UP + WALK_LENGTH, rng, blocks.start_block(rng))   # see the loops it starts in)
-        end = len(trace)
-        if follow:
-            trace = trace + blocks.following()
+        end = len(trace)          # simulated one block further than counted: the cost of the last instruction,
+        trace = trace + blocks.following()   # the transfer every walk ends on, runs to the next one's entry into ID
         draws = rng.random(len(trace))
         d = np.diff(sim(trace, wait_states, draws)) - np.diff(sim(trace, 0, draws))
         fn = functions.lookup(np.array([r[0] for r in trace[WARM_UP:end]], dtype=np.uint64))
@@ -509,14 +508,10 @@ class FetchModel:
     name: str                 # the core, as the docstrings name it
     report: str               # the run report's by_phase_wait_cycles "model"
     simulate: Callable[..., np.ndarray]
-    # whether a walk is simulated one block further than it is counted: then the cost of its last
-    # instruction, the transfer every walk ends on, runs to the next one's entry into ID (its refill)
-    # rather than to its own exit from EX
-    follow: bool = False
 
 
 MODELS = {"ibex": FetchModel("Ibex", "ibex-prefetch", simulate),
-          "cv32e40p": FetchModel("CV32E40P", "cv32e40p-prefetch", simulate_cv32e40p, follow=True)}
+          "cv32e40p": FetchModel("CV32E40P", "cv32e40p-prefetch", simulate_cv32e40p)}
 
 _FETCH_ACCELERATORS = ("icache", "cache", "art", "xip-cache", "prefetch", "tcm")
 
