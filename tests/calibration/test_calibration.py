@@ -268,6 +268,8 @@ def test_calibration_file_errors_name_the_field(bench, tmp_path):
          r"field 'extrapolation.band' must be a finite number >= 0"),
         ({**good, "cycles": {**good["cycles"], "extrapolation": {"band": 0.25, "support": {"fetch_wait": -1}}}},
          r"field 'extrapolation.support' must be an object \{feature: count per instruction >= 0\}"),
+        ({**good, "cycles": {**good["cycles"], "q_scale": "core share"}},
+         r"field 'q_scale' must be 'prediction' or 'core', got 'core share'"),
     ]
     for data, message in cases:
         path = tmp_path / "broken.json"
