@@ -12,14 +12,15 @@ with the ratio ref / optimized, the simd-class share of a token, and whether bot
 reference's tokens. Counts are exact (QEMU + plugin), so one run each is enough; time on a board is
 the calibration's business (docs/calibration.md).
 
-With --softfloat, the soft-float RISC-V builds (RV32IM, no F: firmware/softfloat/README.md) instead, each
-built twice, with libgcc's float helpers and with firmware/softfloat/softfloat.c (the kernels as the
+With --softfloat, the soft-float builds (RV32IM without F, ARMv6-M: firmware/softfloat/README.md) instead,
+each built twice, with libgcc's float helpers and with firmware/softfloat/softfloat.c (the kernels as the
 platform has them), side by side: instructions per decoded token and those of the float helpers
-(__*sf*, __clzsi2); with --rtl also, on the RTL boards among the platforms, the cycles per decoded token
-that the cycle-exact simulation of the core counts (mcycle; minutes per build).
+(__*sf*, __clzsi2, Arm's __aeabi_f*/i2f/ui2f/cfcmp*, softfloat.c's out-of-line slow paths); with --rtl
+also, on the RTL boards among the platforms, the cycles per decoded token that the cycle-exact
+simulation of the core counts (mcycle; minutes per build).
 
-    .venv/bin/python benchmarks/kernel_speedup.py --softfloat [--platforms riscv32-virt,rtl-ibex] [--bits 4]
-                                                 [--rtl] [--tokens 4]
+    .venv/bin/python benchmarks/kernel_speedup.py --softfloat [--platforms riscv32-virt,rtl-ibex,rpi-pico]
+                                                 [--bits 4] [--rtl] [--tokens 4]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twin.device.build import build_firmware, riscv_soft_float  # noqa: E402
+from twin.device.build import build_firmware, soft_float_build  # noqa: E402
 from twin.device.protocol import PhaseKind  # noqa: E402
 from twin.model import modelgen  # noqa: E402
 from twin.model.image import read_image  # noqa: E402
@@ -41,15 +42,21 @@ from twin.platforms import all_platforms  # noqa: E402
 from twin.profile.counts import sum_profiles  # noqa: E402
 from twin.runner import RunSpec, model_image, model_tokenizer, profiled_session, rtl_session  # noqa: E402
 
+SOFTFLOAT_LOCALS = ("add_slow", "mul_slow", "div_slow", "div_core", "pack_slow")   # softfloat.c, out of line
+
 
 def float_helper(name: str) -> bool:
-    """A compiler-runtime float helper (libgcc's or firmware/softfloat's): __mulsf3, __floatsisf, __ltsf2, ..."""
-    return name.startswith("__") and ("sf" in name or name == "__clzsi2")
+    """A compiler-runtime float helper (libgcc's or firmware/softfloat's): __mulsf3, __floatsisf, __ltsf2, ...;
+    on Arm __aeabi_fmul, __aeabi_i2f, __aeabi_fcmpgt, __aeabi_f2iz, ... (not __aeabi_lmul: integer); and
+    the static functions of softfloat.c that its helpers call (slow paths, the divide's core)."""
+    if name.startswith("__aeabi_"):
+        return name[8:].startswith(("f", "cf", "i2f", "ui2f"))
+    return name in SOFTFLOAT_LOCALS or (name.startswith("__") and ("sf" in name or name == "__clzsi2"))
 
 
 def decode_counts(platform, spec: RunSpec, softfloat: bool = True) -> dict:
     """One greedy generation of ``spec`` on ``platform`` as given (its kernel set included);
-    ``softfloat=False``: a soft-float RISC-V build with libgcc's float helpers (build_firmware)."""
+    ``softfloat=False``: a soft-float build with libgcc's float helpers (build_firmware)."""
     fw = build_firmware(platform, softfloat=softfloat)
     image_path, image, _ = model_image(spec)
     tokenizer = model_tokenizer(spec.model)       # the prompt as `twin run` encodes it
@@ -93,13 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     optimized = [p.id for p in all_platforms().values() if p.kernels != "ref" and p.emulator]
     ap.add_argument("--platforms", default=None, help="comma-separated (default: every emulated platform whose "
-                    "kernels: is an optimized set: arm_dsp, mve; with --softfloat: riscv32-virt,rtl-ibex)")
+                    "kernels: is an optimized set: arm_dsp, mve; with --softfloat: riscv32-virt,rtl-ibex,"
+                    "rpi-pico)")
     ap.add_argument("--bits", default="2,3,4,8", help="weight widths of the built-in model (default 2,3,4,8)")
     ap.add_argument("--asymmetric", action="store_true", help="asymmetric (zero-point) quantization")
     ap.add_argument("--tokens", type=int, default=8)
     ap.add_argument("--json", action="store_true", help="one JSON list instead of the table")
     ap.add_argument("--softfloat", action="store_true", help="libgcc's float helpers against firmware/softfloat "
-                    "on soft-float RISC-V builds, instead of the kernel sets")
+                    "on soft-float builds (RV32IM, ARMv6-M), instead of the kernel sets")
     ap.add_argument("--rtl", action="store_true", help="with --softfloat: also cycles per decoded token on the "
                     "RTL boards among the platforms (cycle-exact simulation, minutes)")
     args = ap.parse_args(argv)
@@ -134,10 +142,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def softfloat_rows(platforms: dict, args: argparse.Namespace) -> None:
     rows = []
-    for pid in (args.platforms or "riscv32-virt,rtl-ibex").split(","):
+    for pid in (args.platforms or "riscv32-virt,rtl-ibex,rpi-pico").split(","):
         base = platforms[pid]
-        if not riscv_soft_float(base):
-            raise SystemExit(f"{pid}: not a soft-float RV32IM build (its -march/-mabi); see firmware/softfloat/README.md")
+        if not soft_float_build(base):
+            raise SystemExit(f"{pid}: not a soft-float RV32IM or ARMv6-M build (its -march/-mabi, -mcpu/-march, "
+                             "-mfloat-abi); see firmware/softfloat/README.md")
         for bits in (int(b) for b in args.bits.split(",")):
             spec = RunSpec(platform=pid, bits=bits, symmetric=not args.asymmetric, tokens=args.tokens)
             libgcc = decode_counts(base, spec, softfloat=False)

@@ -1,12 +1,17 @@
-/* softfloat.c: IEEE-754 binary32 arithmetic for soft-float RISC-V builds (RV32IM without F).
+/* softfloat.c: IEEE-754 binary32 arithmetic for soft-float builds: RISC-V RV32IM without F, and
+ * Arm's soft-float ABI (ARMv6-M: Cortex-M0/M0+, no FPU).
  *
  * What: __addsf3, __subsf3, __mulsf3, __floatsisf, __floatunsisf and the comparisons __eqsf2,
  * __nesf2, __ltsf2, __lesf2, __gtsf2, __gesf2 — the libgcc helpers GCC calls for float arithmetic
- * when the ISA has no F extension. Linked before -lgcc, so these definitions win and libgcc's
- * generic soft-fp (which also calls __clzsi2) is not pulled in for them. twin/device/build.py
+ * when the ISA has no F extension. On Arm GCC calls the run-time ABI's names instead (RTABI):
+ * __aeabi_fadd, __aeabi_fsub, __aeabi_frsub, __aeabi_fmul, __aeabi_fdiv, __aeabi_i2f, __aeabi_ui2f,
+ * __aeabi_fcmpeq/lt/le/gt/ge (0 or 1) and __aeabi_fcmpun; the section "Arm run-time ABI names"
+ * defines them on the same code (TW_SF_AEABI). Linked before -lgcc, so these definitions win and
+ * libgcc's generic soft-fp (which also calls __clzsi2) is not pulled in for them. twin/device/build.py
  * (`softfloat_sources`) adds this file to a build when the platform's -march has no F/D/G (and
- * no Zfinx) and its -mabi is ilp32/ilp32e: decided by the flags, never by a board id. Hardware-float
- * builds (rtl-cv32e40p-fpu: RV32IMFC) and Arm builds do not get it.
+ * no Zfinx) and its -mabi is ilp32/ilp32e, or when it builds ARMv6-M (-mcpu/-march) without
+ * -mfloat-abi=hard: decided by the flags, never by a board id. Hardware-float builds
+ * (rtl-cv32e40p-fpu: RV32IMFC; the Cortex-M4F/M7/M33/M55 boards) do not get it.
  *
  * Why it is exact: every result is the infinitely precise result rounded once, to nearest, ties
  * to even (the firmware is compared bit for bit with numpy float32 on the host).
@@ -16,7 +21,9 @@
  *    left shift), so they round alike at bit 7 (halfway = bit 6); ties are seen only when exact.
  *  - Multiply: the 24x24-bit product is formed exactly (one mul + one mulhu on RV32IM) from the
  *    operands shifted to bits 31 and 30; its high word is the significand at bit 30 or 29 (one
- *    shift normalizes), the low word's nonzero-ness is the sticky bit.
+ *    shift normalizes), the low word's nonzero-ness is the sticky bit. Without a 32x32->64-bit
+ *    multiply (Thumb-1: TW_SF_MUL16) the same word comes from three exact 24x8-bit products (and
+ *    the divide's high words from four 16x16-bit ones).
  *  - Add: the larger magnitude first; the smaller is aligned with sticky. In an effective
  *    subtraction with an exponent difference of 0 or 1 nothing is shifted out (exact; any
  *    cancellation is renormalized), with a difference >= 2 at most one left shift follows.
@@ -34,7 +41,8 @@
  *
  * Tests: tests/device/test_softfloat.py compiles this file for the host (-DTW_SF_PREFIX=tw_sf_, so
  * the names are tw_sf_mulsf3 ...) and compares it bit for bit with the host CPU's float arithmetic
- * on special-class combinations and millions of random operands. Figures: README.md here. */
+ * on special-class combinations and millions of random operands, also as the Thumb-1 build has it
+ * (-DTW_SF_MUL16 -DTW_SF_AEABI: tw_sf_aeabi_fmul ...). Figures: README.md here. */
 #include <stdint.h>
 
 #ifdef TW_SF_PREFIX
@@ -69,8 +77,29 @@ static inline float float_of(uint32_t u) { tw_sf_bits b; b.u = u; return b.f; }
 typedef uint32_t tw_sf_t;
 #define IN(x) (x)
 #define OUT(x) (x)
+#elif defined(__arm__) && defined(__SOFTFP__) && !defined(__ARM_FP) && !defined(__ARM_PCS_VFP)
+/* Arm, -mfloat-abi=soft (no FPU instructions, AAPCS base standard: float arguments in r0, r1 and the
+ * result in r0, as integers are): the helpers are called by their run-time ABI names. */
+typedef uint32_t tw_sf_t;
+#define IN(x) (x)
+#define OUT(x) (x)
+#ifndef TW_SF_AEABI
+#define TW_SF_AEABI 1
+#endif
 #else
-#error "softfloat.c is for the soft-float ABI (RISC-V -mabi=ilp32/ilp32e); the host tests define TW_SF_PREFIX"
+#error "softfloat.c is for a soft-float ABI (RISC-V ilp32/ilp32e, Arm soft); the host tests define TW_SF_PREFIX"
+#endif
+
+/* Run-time ABI names: __aeabi_fmul on the target, tw_sf_aeabi_fmul in the host tests. */
+#define TW_SF_EABI(name) TW_SF(aeabi_##name)
+
+/* No 32x32->64-bit multiply: Thumb-1 only (ARMv6-M, ARMv8-M Baseline) has MULS (the low word) and no
+ * UMULL, so (uint64_t)a * b would be a call to __aeabi_lmul (libgcc's generic 64x64-bit multiply: 2.2 M
+ * of 8.4 M instructions per token on rpi-pico, README.md); the products are then formed from exact
+ * 24x8- and 16x16-bit ones in 32 bits (TW_SF_MUL16; the host tests define it to check that variant). */
+#if !defined(TW_SF_MUL16) && defined(__arm__) && defined(__ARM_ARCH_ISA_THUMB) && __ARM_ARCH_ISA_THUMB == 1 \
+    && !defined(__ARM_ARCH_ISA_ARM)
+#define TW_SF_MUL16 1
 #endif
 
 tw_sf_t TW_SF(addsf3)(tw_sf_t a, tw_sf_t b);
@@ -85,6 +114,21 @@ int TW_SF(ltsf2)(tw_sf_t a, tw_sf_t b);
 int TW_SF(lesf2)(tw_sf_t a, tw_sf_t b);
 int TW_SF(gtsf2)(tw_sf_t a, tw_sf_t b);
 int TW_SF(gesf2)(tw_sf_t a, tw_sf_t b);
+#if defined(TW_SF_AEABI)
+tw_sf_t TW_SF_EABI(fadd)(tw_sf_t a, tw_sf_t b);
+tw_sf_t TW_SF_EABI(fsub)(tw_sf_t a, tw_sf_t b);
+tw_sf_t TW_SF_EABI(frsub)(tw_sf_t a, tw_sf_t b);
+tw_sf_t TW_SF_EABI(fmul)(tw_sf_t a, tw_sf_t b);
+tw_sf_t TW_SF_EABI(fdiv)(tw_sf_t a, tw_sf_t b);
+tw_sf_t TW_SF_EABI(i2f)(int32_t i);
+tw_sf_t TW_SF_EABI(ui2f)(uint32_t i);
+int TW_SF_EABI(fcmpeq)(tw_sf_t a, tw_sf_t b);
+int TW_SF_EABI(fcmplt)(tw_sf_t a, tw_sf_t b);
+int TW_SF_EABI(fcmple)(tw_sf_t a, tw_sf_t b);
+int TW_SF_EABI(fcmpgt)(tw_sf_t a, tw_sf_t b);
+int TW_SF_EABI(fcmpge)(tw_sf_t a, tw_sf_t b);
+int TW_SF_EABI(fcmpun)(tw_sf_t a, tw_sf_t b);
+#endif
 
 /* Leading zeros of x != 0: five compare-and-shift steps, no branches. */
 static inline uint32_t lz32(uint32_t x)
@@ -128,6 +172,30 @@ static inline uint32_t pack(uint32_t sign, int32_t e, uint32_t m)
 /* ---- multiply ---------------------------------------------------------------------------- */
 
 /* 24-bit significands ma, mb (leading 1 at bit 23), biased exponents (may be < 1). */
+#if defined(TW_SF_MUL16)
+/* The 48-bit product P = A B of A = ma >> 8 and B = mb >> 7 (24 bits, the leading 1 at bit 23) from
+ * three 24x8-bit products, each exact in 32 bits: B's bytes b2 (with the leading 1), b1, b0 give
+ * P = A b2 2^16 + A b1 2^8 + A b0. t = A b1 + (A b0 >> 8) < 255 2^24 + 2^24 fits, and then
+ * P = (A b2 + (t >> 8)) 2^16 + (t & 0xff) 2^8 + (A b0 & 0xff): s = P >> 16 = A b2 + (t >> 8) (< 2^32 as
+ * P < 2^48), the leading 1 at bit 31 or 30, and P's low 16 bits are zero iff t's and A b0's low bytes
+ * are. The 64-bit product below is ma mb = P 2^15 (high word P >> 17, low word P's low 17 bits): the
+ * word packed is the same, s >> 1 with s's bit 0 and the rest as sticky, or s with the rest after the
+ * normalizing shift (k = s >> 31 says which). */
+static inline uint32_t mul_core24(uint32_t sign, int32_t e, uint32_t a, uint32_t b0, uint32_t b1, uint32_t b2)
+{
+    uint32_t p0 = a * b0, p1 = a * b1, p2 = a * b2;
+    uint32_t t = p1 + (p0 >> 8);
+    uint32_t s = p2 + (t >> 8), k = s >> 31;
+    uint32_t m = (s >> k) | (s & k) | (uint32_t)(((t | p0) << 24) != 0);
+    return pack(sign, e - 1 + (int32_t)k, m);
+}
+
+static inline uint32_t mul_core(uint32_t sign, int32_t e, uint32_t ma, uint32_t mb)
+{
+    uint32_t a = ma >> 8, b = mb >> 7;
+    return mul_core24(sign, e, a, b & 0xffu, (b >> 8) & 0xffu, b >> 16);
+}
+#else
 static inline uint32_t mul_core(uint32_t sign, int32_t e, uint32_t ma, uint32_t mb)
 {
     uint64_t p = (uint64_t)ma * mb;              /* ma at bit 31, mb at bit 30: p in [2^61, 2^63) */
@@ -136,6 +204,7 @@ static inline uint32_t mul_core(uint32_t sign, int32_t e, uint32_t ma, uint32_t 
     hi = (hi << n) | (uint32_t)(lo != 0);
     return pack(sign, e - (int32_t)n, hi);
 }
+#endif
 
 static NOINLINE uint32_t mul_slow(uint32_t a, uint32_t b)
 {
@@ -153,6 +222,16 @@ static NOINLINE uint32_t mul_slow(uint32_t a, uint32_t b)
     return mul_core(sign, ea + eb - 126, ma << 8, mb << 7);
 }
 
+#if defined(TW_SF_MUL16)
+static inline uint32_t mul_bits(uint32_t a, uint32_t b)
+{
+    uint32_t ea = (a << 1) >> 24, eb = (b << 1) >> 24;
+    if (LIKELY(ea - 1u < 254u && eb - 1u < 254u))
+        return mul_core24((a ^ b) & SIGN, (int32_t)(ea + eb) - 126, ((a << 9) >> 9) | 0x800000u, b & 0xffu,
+                          (b >> 8) & 0xffu, ((b << 9) >> 25) + 0x80u);
+    return mul_slow(a, b);
+}
+#else
 static inline uint32_t mul_bits(uint32_t a, uint32_t b)
 {
     uint32_t ea = (a >> 23) & 0xffu, eb = (b >> 23) & 0xffu;
@@ -160,16 +239,34 @@ static inline uint32_t mul_bits(uint32_t a, uint32_t b)
         return mul_core((a ^ b) & SIGN, (int32_t)(ea + eb) - 126, (a << 8) | SIGN, ((b << 8) | SIGN) >> 1);
     return mul_slow(a, b);
 }
+#endif
 
 tw_sf_t TW_SF(mulsf3)(tw_sf_t a, tw_sf_t b) { return OUT(mul_bits(IN(a), IN(b))); }
 
 /* ---- divide ------------------------------------------------------------------------------ */
 
+#if defined(TW_SF_MUL16)
+/* The high word of a b from 16x16-bit products: a b = ah bh 2^32 + (al bh + ah bl) 2^16 + al bl; the
+ * carries into the high word are those of the 16-bit column sum mid (< 3 * 2^16: no overflow). */
+static inline uint32_t mulhu(uint32_t a, uint32_t b)
+{
+    uint32_t al = a & 0xffffu, ah = a >> 16, bl = b & 0xffffu, bh = b >> 16;
+    uint32_t lh = al * bh, hl = ah * bl;
+    uint32_t mid = ((al * bl) >> 16) + (lh & 0xffffu) + (hl & 0xffffu);
+    return ah * bh + (lh >> 16) + (hl >> 16) + (mid >> 16);
+}
+/* s as unsigned is s + 2^32 when s < 0: floor(s u / 2^32) = mulhu(s, u) - u then (mod 2^32). */
+static inline int32_t mulhsu(int32_t s, uint32_t u)
+{
+    return (int32_t)(mulhu((uint32_t)s, u) - (u & (0u - ((uint32_t)s >> 31))));
+}
+#else
 static inline uint32_t mulhu(uint32_t a, uint32_t b) { return (uint32_t)(((uint64_t)a * b) >> 32); }
 static inline int32_t mulhsu(int32_t s, uint32_t u)
 {
     return (int32_t)(((int64_t)s * (int64_t)(uint64_t)u) >> 32);
 }
+#endif
 
 /* One Newton step for x ~ 2^30 / (d / 2^32): x += x (1 - d x), |1 - d x| small (the error squares). */
 static inline uint32_t newton(uint32_t d, uint32_t x)
@@ -316,6 +413,86 @@ tw_sf_t TW_SF(floatsisf)(int32_t i)
 }
 
 tw_sf_t TW_SF(floatunsisf)(uint32_t i) { return OUT(from_u32(0, i)); }
+
+/* ---- Arm run-time ABI names ------------------------------------------------------------- */
+/* What GCC calls on Arm (RTABI): the same helpers under the __aeabi_ names. frsub is b - a;
+ * fcmpXX return 1 when a XX b holds, else 0 (a NaN operand: 0), fcmpun 1 when a or b is a NaN. These
+ * are the whole sets of libgcc's objects for them (addsf3, subsf3, _arm_addsubsf3, mulsf3, divsf3,
+ * floatsisf, floatunsisf, _arm_cmpsf2's fcmp*, unordsf2), so none of libgcc's is linked beside ours;
+ * _arm_cmpsf2's flag-returning __aeabi_cfcmp* are left out: GCC never calls them (hand-written
+ * assembly does), and a reference would fail the link on the duplicate fcmp* (never a silent mix). */
+#if defined(TW_SF_AEABI)
+tw_sf_t TW_SF_EABI(fadd)(tw_sf_t a, tw_sf_t b) { return OUT(add_bits(IN(a), IN(b))); }
+tw_sf_t TW_SF_EABI(fsub)(tw_sf_t a, tw_sf_t b) { return OUT(add_bits(IN(a), IN(b) ^ SIGN)); }
+tw_sf_t TW_SF_EABI(frsub)(tw_sf_t a, tw_sf_t b) { return OUT(add_bits(IN(b), IN(a) ^ SIGN)); }
+tw_sf_t TW_SF_EABI(fmul)(tw_sf_t a, tw_sf_t b) { return OUT(mul_bits(IN(a), IN(b))); }
+tw_sf_t TW_SF_EABI(fdiv)(tw_sf_t a, tw_sf_t b) { return OUT(div_bits(IN(a), IN(b))); }
+
+/* u != 0 shifted left until bit 31 is set, the shift in *k: by halving steps, each a shift-test and a
+ * branch (and a shift and an add when taken), since Thumb-1 has no set-on-compare (lz32's branch-free
+ * steps take 7 instructions each there); where there is a CLZ, that. For i2f and ui2f, often on the
+ * firmware's path (each group sum of a matvec). */
+static inline uint32_t aeabi_to_bit31(uint32_t u, uint32_t *k)
+{
+#if defined(__ARM_FEATURE_CLZ)
+    *k = (uint32_t)__builtin_clz(u);
+    return u << *k;
+#else
+    uint32_t n = 0;
+    if (!(u >> 16)) { u <<= 16; n = 16; }
+    if (!(u >> 24)) { u <<= 8; n += 8; }
+    if (!(u >> 28)) { u <<= 4; n += 4; }
+    if (!(u >> 30)) { u <<= 2; n += 2; }
+    if (!(u >> 31)) { u <<= 1; n += 1; }
+    *k = n;
+    return u;
+#endif
+}
+
+tw_sf_t TW_SF_EABI(i2f)(int32_t i)
+{
+    uint32_t sign = (uint32_t)i & SIGN, u = sign ? 0u - (uint32_t)i : (uint32_t)i, k;
+    if (u == 0)
+        return OUT(0);
+    u = aeabi_to_bit31(u, &k);                   /* bit 0 is 0 unless k = 0, and then u = 2^31 */
+    return OUT(pack(sign, 158 - (int32_t)k, u >> 1));
+}
+
+tw_sf_t TW_SF_EABI(ui2f)(uint32_t i)
+{
+    uint32_t k;
+    if (i == 0)
+        return OUT(0);
+    i = aeabi_to_bit31(i, &k);
+    return OUT(pack(0, 158 - (int32_t)k, (i >> 1) | (i & 1u)));
+}
+
+/* a < b, a <= b, a == b as the fcmp* give them: false when either is a NaN. */
+static inline int aeabi_unordered(uint32_t a, uint32_t b) { return (a & ~SIGN) > INF || (b & ~SIGN) > INF; }
+static inline int32_t aeabi_key(uint32_t x)     /* monotonic in the value; -0 and +0 both 0 */
+{
+    return (int32_t)x < 0 ? -(int32_t)(x & ~SIGN) : (int32_t)x;
+}
+static inline int aeabi_lt(uint32_t a, uint32_t b)
+{
+    return !aeabi_unordered(a, b) && aeabi_key(a) < aeabi_key(b);
+}
+static inline int aeabi_le(uint32_t a, uint32_t b)
+{
+    return !aeabi_unordered(a, b) && aeabi_key(a) <= aeabi_key(b);
+}
+static inline int aeabi_eq(uint32_t a, uint32_t b)
+{
+    return !aeabi_unordered(a, b) && aeabi_key(a) == aeabi_key(b);
+}
+
+int TW_SF_EABI(fcmpeq)(tw_sf_t a, tw_sf_t b) { return aeabi_eq(IN(a), IN(b)); }
+int TW_SF_EABI(fcmplt)(tw_sf_t a, tw_sf_t b) { return aeabi_lt(IN(a), IN(b)); }
+int TW_SF_EABI(fcmple)(tw_sf_t a, tw_sf_t b) { return aeabi_le(IN(a), IN(b)); }
+int TW_SF_EABI(fcmpgt)(tw_sf_t a, tw_sf_t b) { return aeabi_lt(IN(b), IN(a)); }
+int TW_SF_EABI(fcmpge)(tw_sf_t a, tw_sf_t b) { return aeabi_le(IN(b), IN(a)); }
+int TW_SF_EABI(fcmpun)(tw_sf_t a, tw_sf_t b) { return aeabi_unordered(IN(a), IN(b)); }
+#endif
 
 /* ---- comparisons ------------------------------------------------------------------------- */
 /* libgcc's contract: eq/ne return 0 iff equal; lt/le return < 0 / <= 0 iff a < b / a <= b; gt/ge

@@ -37,7 +37,7 @@ def test_the_m0plus_build_holds_no_thumb2_only_instruction_and_runs_bit_exact() 
     r = run(RunSpec(platform="rpi-pico", tokens=3))
     assert r["matches_reference"]
     fns = {f["name"] for f in r["functions"]}
-    assert {"__aeabi_fmul", "__udivsi3"} <= fns            # no FPU, no hardware divide: libgcc
+    assert {"__aeabi_fmul", "__udivsi3"} <= fns   # no FPU: firmware/softfloat; no hardware divide: libgcc
 
 
 def test_the_rv32imc_build_holds_no_atomic_and_runs_bit_exact() -> None:

@@ -1,8 +1,10 @@
-"""firmware/softfloat/softfloat.c, the binary32 helpers of the soft-float RISC-V builds: compiled for the
-host (the helpers renamed tw_sf_*) and compared bit for bit with the host CPU's IEEE-754 float arithmetic
-(tests/fixtures/softfloat_check.c does the comparing); chosen by the build flags (no F in -march, ilp32)
-and linked in place of libgcc's on exactly those builds; and the firmware, with them, still gives the
-host reference's tokens, in fewer instructions than with libgcc's."""
+"""firmware/softfloat/softfloat.c, the binary32 helpers of the soft-float RISC-V and ARMv6-M builds: compiled
+for the host (the helpers renamed tw_sf_*), as it is for RV32IM and as for Thumb-1 (the Arm run-time ABI
+names, products from 32-bit parts: TW_SF_AEABI, TW_SF_MUL16), and compared bit for bit with the host
+CPU's IEEE-754 float arithmetic (tests/fixtures/softfloat_check.c does the comparing); chosen by the build
+flags (no F in -march and ilp32; an ARMv6-M -mcpu/-march without -mfloat-abi=hard) and linked in place
+of libgcc's on exactly those builds; and the firmware, with them, still gives the host reference's
+tokens, in fewer instructions than with libgcc's."""
 
 from __future__ import annotations
 
@@ -19,7 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twin.device import build
-from twin.device.build import build_firmware, firmware_sources, riscv_soft_float
+from twin.device.build import (
+    arm_soft_float,
+    build_firmware,
+    firmware_sources,
+    riscv_soft_float,
+    soft_float_build,
+)
 from twin.device.protocol import PhaseKind
 from twin.model import modelgen
 from twin.model.image import read_image
@@ -31,7 +39,12 @@ from twin.runner import RunSpec, model_image, profiled_session
 CHECKER = ROOT / "tests" / "fixtures" / "softfloat_check.c"
 OPS = {"add": 0, "sub": 1, "mul": 2, "i2f": 3, "u2f": 4, "cmp": 5, "div": 6}
 SOFT_FLOAT_BUILDS = {"riscv32-virt", "rtl-ibex", "rtl-ibex-ws2", "rtl-ibex-icache", "rtl-cv32e40p",
-                     "rtl-cv32e40p-ws3", "esp32-c3-devkit"}
+                     "rtl-cv32e40p-ws3", "esp32-c3-devkit", "rpi-pico"}
+# the helpers as the RV32IM build has them, and as the Thumb-1 (ARMv6-M) build does: under the run-time
+# ABI's names, the products from 16x16- and 24x8-bit parts (no UMULL)
+VARIANTS = {"rv32": (), "thumb1": ("-DTW_SF_MUL16", "-DTW_SF_AEABI")}
+ARM_HELPERS = ("__aeabi_fmul", "__aeabi_fadd", "__aeabi_fsub", "__aeabi_fdiv", "__aeabi_i2f", "__aeabi_ui2f",
+               "__aeabi_fcmpgt", "__aeabi_fcmplt", "__aeabi_fcmpge", "__aeabi_fcmple", "__aeabi_fcmpeq")
 
 
 def _bits(x: float) -> int:
@@ -49,14 +62,14 @@ SPECIALS = sorted({s | v for s in (0, 0x80000000) for v in (
     0x7fffffff, _bits(0.1), _bits(1 / 3), _bits(3.4e38), _bits(1.1754942e-38), _bits(5.877472e-39))})
 
 
-def _compile(tmp: Path, source: Path) -> ctypes.CDLL:
+def _compile(tmp: Path, source: Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("no host gcc: the soft-float helpers are checked compiled for the host")
     lib = tmp / "libsoftfloat_check.so"
     subprocess.run([gcc, "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
-                    "-fno-fast-math", "-fPIC", "-shared", "-Wl,-Bsymbolic", "-DTW_SF_PREFIX=tw_sf_", "-o", str(lib),
-                    str(source), str(CHECKER)], check=True)
+                    "-fno-fast-math", "-fPIC", "-shared", "-Wl,-Bsymbolic", "-DTW_SF_PREFIX=tw_sf_", *defines,
+                    "-o", str(lib), str(source), str(CHECKER)], check=True)
     dll = ctypes.CDLL(str(lib))
     if not dll.tw_check_ieee_host():
         pytest.skip("the host's float unit flushes subnormals (FTZ/DAZ): no IEEE truth to compare with")
@@ -74,9 +87,15 @@ def _compile(tmp: Path, source: Path) -> ctypes.CDLL:
     return dll
 
 
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant(request) -> tuple[str, ...]:
+    """The compile defines of one build's variant of the helpers (VARIANTS): every check runs on both."""
+    return VARIANTS[request.param]
+
+
 @pytest.fixture(scope="module")
-def checker(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    return _compile(tmp_path_factory.mktemp("softfloat"), build.SOFTFLOAT)
+def checker(tmp_path_factory: pytest.TempPathFactory, variant) -> ctypes.CDLL:
+    return _compile(tmp_path_factory.mktemp("softfloat"), build.SOFTFLOAT, variant)
 
 
 def _first_mismatch(call) -> str:
@@ -88,7 +107,7 @@ def _first_mismatch(call) -> str:
 # ------------------------------------------------------------------ against the host's IEEE arithmetic
 
 
-def test_the_checker_calls_the_helpers_and_sees_a_wrong_rounding(checker, tmp_path):
+def test_the_checker_calls_the_helpers_and_sees_a_wrong_rounding(checker, variant, tmp_path):
     assert checker.tw_sf_mulsf3(1.5, 3.0) == 4.5 and checker.tw_sf_addsf3(0.5, 0.25) == 0.75
     assert checker.tw_check_one(OPS["mul"], _bits(1.5), _bits(3.0), None, 0) == 0
     source = build.SOFTFLOAT.read_text()
@@ -96,7 +115,7 @@ def test_the_checker_calls_the_helpers_and_sees_a_wrong_rounding(checker, tmp_pa
     assert source.count(rounding) == 1
     wrong = tmp_path / "softfloat_ties_away.c"      # ties away from zero: wrong once in ~2^7 random sums
     wrong.write_text(source.replace(rounding, "m += 0x40u;"))
-    mutant = _compile(tmp_path, wrong)
+    mutant = _compile(tmp_path, wrong, variant)
     for op in ("add", "mul", "i2f"):
         found = _first_mismatch(lambda b, k, op=op: mutant.tw_check_random(OPS[op], 100_000, 1, b, k))
         assert found.startswith(op + " "), op
@@ -146,34 +165,64 @@ def test_property_conversions_are_exact(checker, i):
 
 
 def test_the_build_flags_choose_the_soft_float_builds():
-    chosen = {pid for pid, p in all_platforms().items() if p.has_firmware and riscv_soft_float(p)}
+    chosen = {pid for pid, p in all_platforms().items() if p.has_firmware and soft_float_build(p)}
     assert chosen == SOFT_FLOAT_BUILDS
-    virt = get_platform("riscv32-virt")
-    assert build.SOFTFLOAT in firmware_sources(virt)
-    assert build.SOFTFLOAT not in firmware_sources(virt, softfloat=False)
-    for pid in ("rtl-cv32e40p-fpu", "mps2-an386", "rpi-pico"):       # hardware float; Arm
-        assert build.SOFTFLOAT not in firmware_sources(get_platform(pid)), pid
+    assert {pid for pid in chosen if arm_soft_float(get_platform(pid))} == {"rpi-pico"}
+    virt, pico = get_platform("riscv32-virt"), get_platform("rpi-pico")
+    for p in (virt, pico):
+        assert build.SOFTFLOAT in firmware_sources(p), p.id
+        assert build.SOFTFLOAT not in firmware_sources(p, softfloat=False), p.id
+    for pid in ("rtl-cv32e40p-fpu", "mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547", "stm32f4-disco"):
+        assert build.SOFTFLOAT not in firmware_sources(get_platform(pid)), pid      # hardware float
     for march, mabi, soft in [("rv32imac_zicsr", "ilp32", True), ("rv32emc", "ilp32e", True),
                               ("rv32gc", "ilp32", False), ("rv32imafc", "ilp32", False),
                               ("rv32imc_zfinx", "ilp32", False), ("rv32imfc", "ilp32f", False),
                               ("rv32iac", "ilp32", False)]:      # without M: no mulhu, libgcc's
         flags = ("-march=" + march, "-misa-spec=2.2", "-mabi=" + mabi)
         assert riscv_soft_float(dataclasses.replace(virt, cflags=flags)) is soft, march
+        assert arm_soft_float(dataclasses.replace(virt, cflags=flags)) is False, march
+    for flags, soft in [(("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"), True),
+                        (("-mcpu=cortex-m0", "-mthumb"), True),                      # soft: GCC's default
+                        (("-mcpu=cortex-m1.small-multiply", "-mthumb"), True),
+                        (("-march=armv6s-m", "-mthumb", "-mfloat-abi=softfp"), True),  # no FPU: the same
+                        (("-march=armv6-m", "-mcpu=cortex-m4", "-mthumb"), True),    # -march's architecture
+                        (("-mcpu=cortex-m0plus", "-mthumb", "-mhard-float"), False),
+                        (("-mcpu=cortex-m3", "-mthumb"), False),          # ARMv7-M: libgcc's Thumb-2 helpers
+                        (("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"), False),
+                        (("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"), False),
+                        (("-mcpu=cortex-m23", "-mthumb"), False),         # ARMv8-M Baseline: not measured
+                        (("-mcpu=cortex-m0plus", "-march=armv7-m", "-mthumb"), False)]:
+        assert arm_soft_float(dataclasses.replace(pico, cflags=flags)) is soft, flags
+        assert riscv_soft_float(dataclasses.replace(pico, cflags=flags)) is False, flags
 
 
 def test_the_build_id_covers_the_choice():
-    virt = get_platform("riscv32-virt")
-    assert (build._content_key(virt, firmware_sources(virt), "gcc x")
-            != build._content_key(virt, firmware_sources(virt, softfloat=False), "gcc x"))
+    for pid in ("riscv32-virt", "rpi-pico"):
+        p = get_platform(pid)
+        assert (build._content_key(p, firmware_sources(p), "gcc x")
+                != build._content_key(p, firmware_sources(p, softfloat=False), "gcc x")), pid
+
+
+def _tool(elf: Path, name: str) -> str:
+    """The binutils program ``name`` for the ELF's machine (e_machine 40: Arm, else RISC-V)."""
+    with open(elf, "rb") as f:
+        machine = struct.unpack("<18xH", f.read(20))[0]
+    return ("arm-none-eabi-" if machine == 40 else "riscv64-unknown-elf-") + name
+
+
+def _symbols(elf: Path) -> dict[str, int]:
+    """Function symbols of the ELF: name -> address (Thumb bit cleared)."""
+    nm = subprocess.run([_tool(elf, "nm"), str(elf)], capture_output=True, text=True, check=True).stdout
+    return {f[2]: int(f[0], 16) & ~1 for f in (line.split() for line in nm.splitlines())
+            if len(f) == 3 and f[1] in "tTwW"}
 
 
 def _defined_in(elf: Path, symbol: str) -> str:
     """The source file of ``symbol``'s first instruction by the ELF's line table ('' if no symbol)."""
-    nm = subprocess.run(["riscv64-unknown-elf-nm", str(elf)], capture_output=True, text=True, check=True)
-    addr = next((line.split()[0] for line in nm.stdout.splitlines() if line.endswith(" " + symbol)), None)
+    addr = _symbols(elf).get(symbol)
     if addr is None:
         return ""
-    out = subprocess.run(["riscv64-unknown-elf-addr2line", "-e", str(elf), "0x" + addr],
+    out = subprocess.run([_tool(elf, "addr2line"), "-e", str(elf), hex(addr)],
                          capture_output=True, text=True, check=True).stdout
     return out.strip()
 
@@ -190,6 +239,39 @@ def test_soft_float_builds_link_ours_and_the_fpu_build_does_not():
     assert _defined_in(fpu, "__mulsf3") == "" and _defined_in(fpu, "__addsf3") == ""   # fmul.s / fadd.s
     assert "softfloat.c" not in subprocess.run(["riscv64-unknown-elf-objdump", "--dwarf=info", str(fpu)],
                                                capture_output=True, text=True, check=True).stdout
+
+
+def _callers(elf: Path, callee: str) -> set[str]:
+    """The functions of the ELF with a ``bl`` to ``callee``."""
+    dis = subprocess.run([_tool(elf, "objdump"), "-d", str(elf)], capture_output=True, text=True,
+                         check=True).stdout
+    found, function = set(), ""
+    for line in dis.splitlines():
+        if m := re.match(r"[0-9a-f]+ <(.+)>:$", line):
+            function = m.group(1)
+        elif re.search(rf"\sbl\s+[0-9a-f]+ <{re.escape(callee)}>$", line):
+            found.add(function)
+    return found
+
+
+@pytest.mark.qemu
+def test_the_armv6m_build_links_ours_and_none_of_libgcc_float_objects():
+    """rpi-pico (Cortex-M0+, ARMv6-M): every run-time ABI float helper the firmware calls is ours; none
+    of libgcc's float objects is linked (their __clzsi2, the flag-returning __aeabi_cfcmp* and the
+    libgcc-contract comparisons the fcmp* wrappers call); our products make no __aeabi_lmul call."""
+    pico = get_platform("rpi-pico")
+    elf = build_firmware(pico).elf
+    symbols = _symbols(elf)
+    for helper in ARM_HELPERS:
+        assert re.search(r"firmware/softfloat/softfloat\.c:\d+", _defined_in(elf, helper)), helper
+    for gone in ("__clzsi2", "__aeabi_cfcmpeq", "__aeabi_cfcmple", "__gesf2", "__lesf2", "__eqsf2",
+                 "__mulsf3"):
+        assert gone not in symbols, gone
+    ours = {f for f in symbols if "softfloat.c" in _defined_in(elf, f)}
+    assert {"__aeabi_fmul", "div_core"} <= ours and not ours & _callers(elf, "__aeabi_lmul")
+    libgcc = build_firmware(pico, softfloat=False).elf
+    assert "__clzsi2" in _symbols(libgcc) and "softfloat.c" not in _defined_in(libgcc, "__aeabi_fmul")
+    assert "__aeabi_f2iz" in symbols and "softfloat.c" not in _defined_in(elf, "__aeabi_f2iz")   # libgcc's
 
 
 def _decode(platform, softfloat: bool, tokens: int = 3) -> tuple[list[int], list[int], float]:
@@ -209,9 +291,10 @@ def _decode(platform, softfloat: bool, tokens: int = 3) -> tuple[list[int], list
 
 
 @pytest.mark.qemu
-def test_ours_give_the_reference_tokens_in_fewer_instructions_than_libgcc():
-    virt = get_platform("riscv32-virt")
-    ours, expected, n_ours = _decode(virt, softfloat=True)
-    theirs, _, n_libgcc = _decode(virt, softfloat=False)
+@pytest.mark.parametrize("pid", ["riscv32-virt", "rpi-pico"])     # RV32IMAC; ARMv6-M on the M-profile machine
+def test_ours_give_the_reference_tokens_in_fewer_instructions_than_libgcc(pid):
+    platform = get_platform(pid)
+    ours, expected, n_ours = _decode(platform, softfloat=True)
+    theirs, _, n_libgcc = _decode(platform, softfloat=False)
     assert ours == theirs == expected
     assert n_ours < 0.8 * n_libgcc, (n_ours, n_libgcc)

@@ -73,7 +73,9 @@ WORKLOADS: tuple[Workload, ...] = (
 
 BY_NAME: dict[str, Workload] = {w.name: w for w in WORKLOADS}
 BY_ID: dict[int, Workload] = {w.id: w for w in WORKLOADS}
-SOFT_FLOAT_HELPERS = ("__addsf3", "__mulsf3", "__divsf3")
+# The float helpers a soft-float build's fp workload runs in (libgcc's names, Arm's run-time ABI names;
+# firmware/softfloat defines both)
+SOFT_FLOAT_HELPERS = ("__addsf3", "__mulsf3", "__divsf3", "__aeabi_fadd", "__aeabi_fmul", "__aeabi_fdiv")
 
 
 def get_workload(name_or_id: str | int) -> Workload:
@@ -92,7 +94,7 @@ def target_classes(w: Workload, platform: Platform) -> tuple[str, ...]:
     if w.name == "dsp" and not (arm and platform.dsp):
         return ("alu", "mul")            # plain C: shifts, extends, multiplies
     if w.name == "fp" and platform.fpu == "none":
-        return ()                        # libgcc soft-float: see SOFT_FLOAT_HELPERS
+        return ()                        # soft-float helper calls: see SOFT_FLOAT_HELPERS
     if w.name == "fdiv" and (platform.fpu == "none" or "-mno-fdiv" in platform.cflags):
         return ()
     return w.targets

@@ -17,7 +17,7 @@ from twin.platforms import ROOT, Platform
 
 FIRMWARE = ROOT / "firmware"
 KERNELS = FIRMWARE / "kernels"        # kernel sets: ref (the truth) and optimized ones (README.md)
-SOFTFLOAT = FIRMWARE / "softfloat" / "softfloat.c"   # exact binary32 helpers for soft-float RISC-V (its README.md)
+SOFTFLOAT = FIRMWARE / "softfloat" / "softfloat.c"   # exact binary32 helpers, soft-float RV32IM/ARMv6-M (README.md)
 
 COMMON_CFLAGS = (
     "-O2", "-g", "-std=c11", "-ffreestanding", "-fno-common", "-ffunction-sections", "-fdata-sections",
@@ -102,10 +102,49 @@ def riscv_soft_float(platform: Platform) -> bool:
     return "m" in letters and not hard
 
 
+ARMV6M_CPUS = ("cortex-m0", "cortex-m0plus", "cortex-m1")   # GCC's ARMv6-M cores (also as .small-multiply)
+ARMV6M_ARCHS = ("armv6-m", "armv6s-m")
+
+
+def _float_abi(cflags: tuple[str, ...] | list[str]) -> str:
+    """Arm's float ABI as the compiler takes it: the last of -mfloat-abi=, -msoft-float, -mhard-float
+    (arm-none-eabi-gcc's default: soft)."""
+    abi = "soft"
+    for f in cflags:
+        if f.startswith("-mfloat-abi="):
+            abi = f.split("=", 1)[1].lower()
+        elif f in ("-msoft-float", "-mhard-float"):
+            abi = f[2:6]
+    return abi
+
+
+def arm_soft_float(platform: Platform) -> bool:
+    """True when the build's own flags make an ARMv6-M build (Cortex-M0/M0+/M1: no FPU, and no 32x32->64
+    multiply, firmware/softfloat's TW_SF_MUL16), where every float operation is a call of an ``__aeabi_``
+    helper: ``-march=armv6-m``/``armv6s-m``, or without ``-march`` an ARMv6-M ``-mcpu``, and a float ABI
+    other than hard (soft, GCC's default; softfp is the same without an FPU). Other soft-float Arm builds
+    keep libgcc's: ARMv7-M's are hand-written Thumb-2 (an M3, an M4 at -mfloat-abi=soft), ARMv8-M
+    Baseline's (M23) are not measured against ours. Decided from the flags the compiler gets, never
+    from a board id."""
+    if platform.arch != "arm" or _float_abi(platform.cflags) == "hard":
+        return False
+    march = _flag(platform.cflags, "march").lower().split("+")[0]
+    if march:                                          # -march wins over -mcpu's architecture
+        return march in ARMV6M_ARCHS
+    mcpu = _flag(platform.cflags, "mcpu").lower().split("+")[0]
+    return mcpu.removesuffix(".small-multiply") in ARMV6M_CPUS
+
+
+def soft_float_build(platform: Platform) -> bool:
+    """True when firmware/softfloat/softfloat.c serves the build's float helpers: a soft-float RV32IM
+    build (``riscv_soft_float``) or an ARMv6-M one (``arm_soft_float``)."""
+    return riscv_soft_float(platform) or arm_soft_float(platform)
+
+
 def softfloat_sources(platform: Platform, softfloat: bool = True) -> list[Path]:
-    """firmware/softfloat/softfloat.c for a soft-float RV32IM build (``riscv_soft_float``), else nothing;
-    ``softfloat=False`` leaves libgcc's soft-fp helpers in (to measure against them)."""
-    return [SOFTFLOAT] if softfloat and riscv_soft_float(platform) else []
+    """firmware/softfloat/softfloat.c for a soft-float RV32IM or ARMv6-M build (``soft_float_build``), else
+    nothing; ``softfloat=False`` leaves libgcc's soft-fp helpers in (to measure against them)."""
+    return [SOFTFLOAT] if softfloat and soft_float_build(platform) else []
 
 
 def firmware_sources(platform: Platform, softfloat: bool = True) -> list[Path]:
@@ -170,8 +209,8 @@ def _content_key(platform: Platform, sources: list[Path], version: str) -> str:
 
 def build_firmware(platform: Platform, force: bool = False, softfloat: bool = True) -> Firmware:
     """Compile and link the firmware for ``platform``; reuse the cached ELF when nothing changed.
-    ``softfloat=False``: a soft-float RISC-V build with libgcc's float helpers instead of
-    firmware/softfloat (for measurements; the build id differs)."""
+    ``softfloat=False``: a soft-float build (RV32IM, ARMv6-M: ``soft_float_build``) with libgcc's float
+    helpers instead of firmware/softfloat (for measurements; the build id differs)."""
     if not platform.has_firmware:
         raise BuildError(f"platform {platform.id} has no firmware build yet (its file has no 'board:' "
                          f"section); predict it through its proxy: twin predict --platform {platform.id}")
