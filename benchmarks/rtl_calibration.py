@@ -182,8 +182,9 @@ def main() -> None:
                 rows = [r for r in cross if r[0] == a and r[1] == b]
                 err = np.abs([r[4] for r in rows])
                 print(f"  {a} -> {b}: |error| mean {err.mean():.2f}% worst {err.max():.2f}%, inside the "
-                      f"interval {np.mean([r[5] for r in rows]):.2f} (its half-width ±{np.mean([r[6] for r in rows]):.1f}%"
-                      f", ±{100 * cals[a].cycles.q:.1f}% on {a}: wider where the terms pass the calibrated support)")
+                      f"interval {np.mean([r[5] for r in rows]):.2f} (its half-width ±{np.mean([r[6] for r in rows]):.1f}%: "
+                      f"±{100 * cals[a].cycles.q:.1f}% of the core's cycles, wider where the terms pass the "
+                      "calibrated support)")
     if lines:
         cal_err = np.abs([r[5] for r in lines])
         prior_err = np.abs([r[4] for r in lines])

@@ -264,8 +264,7 @@ def test_calibration_on_the_suite_predicts_unseen_models_within_3_percent(tmp_pa
             k = df["phase"].str.startswith(phase).to_numpy()
             err = abs(pred[k].sum() / y[k].sum() - 1)
             assert err < 0.03, (name, phase, f"{100 * err:.2f}%")
-        # the phases twin predict reports; the image check (validate: a CRC, straight-line code whose
-        # fetch stalls at 2 wait states overlap its execution) is predicted 10-15 % high, outside them
+        # the phases twin predict reports (not the image check, validate: a CRC)
         k = df["phase"].str.startswith(("prefill", "decode")).to_numpy()
         assert np.all((lo <= y)[k] & (y <= hi)[k]) and np.all(np.isfinite(hi))
     # the same calibration predicts the core without wait states: the costs are pulled toward the published
