@@ -23,7 +23,7 @@
  *    operands shifted to bits 31 and 30; its high word is the significand at bit 30 or 29 (one
  *    shift normalizes), the low word's nonzero-ness is the sticky bit. Without a 32x32->64-bit
  *    multiply (Thumb-1: TW_SF_MUL16) the same word comes from three exact 24x8-bit products (and
- *    the divide's high words from four 16x16-bit ones).
+ *    the divide's quotient by long division, bit by bit).
  *  - Add: the larger magnitude first; the smaller is aligned with sticky. In an effective
  *    subtraction with an exponent difference of 0 or 1 nothing is shifted out (exact; any
  *    cancellation is renormalized), with a difference >= 2 at most one left shift follows.
@@ -246,19 +246,19 @@ tw_sf_t TW_SF(mulsf3)(tw_sf_t a, tw_sf_t b) { return OUT(mul_bits(IN(a), IN(b)))
 /* ---- divide ------------------------------------------------------------------------------ */
 
 #if defined(TW_SF_MUL16)
-/* The high word of a b from 16x16-bit products: a b = ah bh 2^32 + (al bh + ah bl) 2^16 + al bl; the
- * carries into the high word are those of the 16-bit column sum mid (< 3 * 2^16: no overflow). */
-static inline uint32_t mulhu(uint32_t a, uint32_t b)
+/* 24-bit significands ma, mb (leading 1 at bit 23); e = ea - eb + 127. Without a 32x32->64-bit
+ * multiply for a reciprocal (Thumb-1), the quotient q = floor(ma * 2^(30+k) / mb), k = (ma < mb), in
+ * [2^30, 2^31), bit by bit: restoring long division, 31 steps of compare, subtract and shift; the
+ * partial remainder r stays below 2 mb < 2^25, and its last value is 0 only for an exact quotient. */
+static inline uint32_t div_core(uint32_t sign, int32_t e, uint32_t ma, uint32_t mb)
 {
-    uint32_t al = a & 0xffffu, ah = a >> 16, bl = b & 0xffffu, bh = b >> 16;
-    uint32_t lh = al * bh, hl = ah * bl;
-    uint32_t mid = ((al * bl) >> 16) + (lh & 0xffffu) + (hl & 0xffffu);
-    return ah * bh + (lh >> 16) + (hl >> 16) + (mid >> 16);
-}
-/* s as unsigned is s + 2^32 when s < 0: floor(s u / 2^32) = mulhu(s, u) - u then (mod 2^32). */
-static inline int32_t mulhsu(int32_t s, uint32_t u)
-{
-    return (int32_t)(mulhu((uint32_t)s, u) - (u & (0u - ((uint32_t)s >> 31))));
+    uint32_t k = (uint32_t)(ma < mb), r = ma << k, q = 0;   /* r in [mb, 2 mb): the first bit is 1 */
+    for (uint32_t i = 0; i < 31u; i++) {
+        q <<= 1;
+        if (r >= mb) { r -= mb; q |= 1u; }
+        r <<= 1;
+    }
+    return pack(sign, e - (int32_t)k, q | (uint32_t)(r != 0));
 }
 #else
 static inline uint32_t mulhu(uint32_t a, uint32_t b) { return (uint32_t)(((uint64_t)a * b) >> 32); }
@@ -266,7 +266,6 @@ static inline int32_t mulhsu(int32_t s, uint32_t u)
 {
     return (int32_t)(((int64_t)s * (int64_t)(uint64_t)u) >> 32);
 }
-#endif
 
 /* One Newton step for x ~ 2^30 / (d / 2^32): x += x (1 - d x), |1 - d x| small (the error squares). */
 static inline uint32_t newton(uint32_t d, uint32_t x)
@@ -292,6 +291,7 @@ static inline uint32_t div_core(uint32_t sign, int32_t e, uint32_t ma, uint32_t 
     while (r >= (int32_t)mb) { q++; r -= (int32_t)mb; }
     return pack(sign, e - (int32_t)k, q | (uint32_t)(r != 0));
 }
+#endif
 
 static NOINLINE uint32_t div_slow(uint32_t a, uint32_t b)
 {
