@@ -125,17 +125,22 @@ def _counts_cache_dir() -> Path:
 def counts_key(platform: str, *, model: str = "builtin", bits: int = 4, tokens: int = DEFAULT_TOKENS,
                prompt: str | None = None, kernels: str | None = None):
     """(cache key, RunSpec, model image sha256, model name) of one generation; the key covers (platform,
-    firmware build id, model image hash, bits, tokens, prompt). The twin's counts and the executed
+    firmware build id, model image hash, bits, tokens, prompt, the cache geometries the run simulates:
+    a board file given a geometry gets counts that simulate it). The twin's counts and the executed
     blocks (calibration.mca) share it."""
     from twin.device.build import build_firmware
     from twin.platforms import with_kernels
+    from twin.profile.counts import DATA_CACHE_KINDS, catalog_caches
     from twin.runner import model_image
 
     spec = _run_spec(platform, model, bits, tokens, prompt, kernels)
-    build_id = build_firmware(with_kernels(get_platform(platform), kernels)).build_id
+    plat = with_kernels(get_platform(platform), kernels)
+    build_id = build_firmware(plat).build_id
     _, image, name = model_image(spec)
     image_sha = hashlib.sha256(image).hexdigest()
-    key_src = json.dumps([COUNTS_VERSION, platform, build_id, image_sha, bits, tokens, spec.prompt])
+    caches = [g.arg(kind) for kind, kinds in (("icache", None), ("dcache", DATA_CACHE_KINDS))
+              for g in (catalog_caches(plat) if kinds is None else catalog_caches(plat, kinds))]
+    key_src = json.dumps([COUNTS_VERSION, platform, build_id, image_sha, bits, tokens, spec.prompt, caches])
     key = f"{platform}-{build_id}-{image_sha[:12]}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
     return key, spec, image_sha, name
 
