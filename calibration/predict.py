@@ -138,8 +138,8 @@ def counts_key(platform: str, *, model: str = "builtin", bits: int = 4, tokens: 
     build_id = build_firmware(plat).build_id
     _, image, name = model_image(spec)
     image_sha = hashlib.sha256(image).hexdigest()
-    caches = [g.arg(kind) for kind, kinds in (("icache", None), ("dcache", DATA_CACHE_KINDS))
-              for g in (catalog_caches(plat) if kinds is None else catalog_caches(plat, kinds))]
+    caches = ([g.arg("icache") for g in catalog_caches(plat)]
+              + [g.arg("dcache") for g in catalog_caches(plat, DATA_CACHE_KINDS)])
     key_src = json.dumps([COUNTS_VERSION, platform, build_id, image_sha, bits, tokens, spec.prompt, caches])
     key = f"{platform}-{build_id}-{image_sha[:12]}-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
     return key, spec, image_sha, name

@@ -83,8 +83,11 @@ class FittedModel:
         X = np.atleast_2d(np.asarray(X, dtype=float))
         if not self.extrapolation:
             return np.zeros(len(X))
-        support = [self.extrapolation["support"].get(f, 0.0) for f in FEATURES]
-        return extrapolation(X, self.coef_vector(), support)
+        return extrapolation(X, self.coef_vector(), self._support())
+
+    def _support(self) -> list[float]:
+        """Each feature's largest count per instruction over the fitted rows (0 for one they lacked)."""
+        return [self.extrapolation["support"].get(f, 0.0) for f in FEATURES]
 
     def scale(self, X) -> np.ndarray:
         """Per row, what q is relative to, as a share of the prediction (1, or the core share)."""
@@ -102,8 +105,7 @@ class FittedModel:
         bands = np.full(len(FEATURES), float(self.extrapolation["band"]))
         if fetch_band is not None:
             bands[FEATURES.index("fetch_wait")] = fetch_band
-        support = [self.extrapolation["support"].get(f, 0.0) for f in FEATURES]
-        return h + extrapolation(X, self.coef_vector(), support, bands)
+        return h + extrapolation(X, self.coef_vector(), self._support(), bands)
 
     def predict_interval(self, X, fetch_band: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(prediction, low, high) exactly as the fitted ``ConformalInterval``: ŷ·(1 ± h), low >= 0,
