@@ -99,6 +99,12 @@ def workload_suite(n: int = 40, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _noise(sigma: float, rng: np.random.Generator) -> float:
+    """A multiplicative noise factor 1 + sigma · N(0, 1), kept positive (a measurement is never 0 or
+    negative: at sigma 0.3 one row in a few thousand would be)."""
+    return max(float(1 + sigma * rng.standard_normal()), 1e-3)
+
+
 def bench_dataset(hidden: HiddenModel | None = None, *, boards: dict[str, list[int]] | None = None,
                   n_workloads: int = 40, seed: int = 0, build_id: str = "synthetic0") -> pd.DataFrame:
     """Rows per board × clock × workload × phase (prefill, decode), schema of docs/calibration.md."""
@@ -122,10 +128,10 @@ def bench_dataset(hidden: HiddenModel | None = None, *, boards: dict[str, list[i
                     x = np.array([*counts, taken, counts.sum() * ws * mem.fetch_miss,
                                   loads_flash * ws * mem.load_miss], dtype=float)
                     regime = hidden.regime_factor(float(counts.sum()))
-                    true = hidden.cycles(x, by_class) * regime * float(1 + hidden.noise * rng.standard_normal())
+                    true = hidden.cycles(x, by_class) * regime * _noise(hidden.noise, rng)
                     seconds = true / clock
-                    energy = (true * hidden.joules_per_cycle + hidden.static_watts * seconds) * float(
-                        1 + hidden.noise * rng.standard_normal())
+                    energy = (true * hidden.joules_per_cycle + hidden.static_watts * seconds) * _noise(
+                        hidden.noise, rng)
                     rows.append({"board": board, "platform": board, "workload": w.workload, "phase": phase,
                                  "clock_hz": clock, "build_id": build_id,
                                  **{f"n_{c}": by_class[c] for c in CLASSES},
